@@ -1,0 +1,15 @@
+//! The pure core of the Conductor.
+//!
+//! - [`pipeline`]: the pipeline language (decode, validate, `FILE:LINE:COL` errors).
+//! - [`plan`]: a pipeline resolved against the cell inventory (waves of cells,
+//!   the wave graph, projected durations).
+//! - [`train`]: the release-train state machine, `apply(state, event, now)`.
+//! - [`window`] and [`duration`]: deploy windows and human durations.
+//!
+//! Nothing here does I/O, reads a clock, or knows about tokio, sqlx or HTTP.
+
+pub mod duration;
+pub mod pipeline;
+pub mod plan;
+pub mod train;
+pub mod window;

@@ -1,0 +1,458 @@
+//! The pipeline language: what a developer writes in `pipelines/*.yaml`.
+//!
+//! Decoding is strict (unknown keys are errors); validation then checks every
+//! rule and reports all problems at once, each as `FILE:LINE:COL: message`
+//! with a hint.
+
+use crate::duration::Dur;
+use crate::window::{self, Window, WindowTz};
+use cells_inventory::valid_id;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use yamlspan::{Diagnostic, Diagnostics, Spans};
+
+/// What is being shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    pub name: String,
+    /// Arguments the local target starts the binary with. `{port}`, `{cell}`,
+    /// `{data_dir}` and `{version}` are replaced per cell.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Path of the health endpoint the local target waits for.
+    #[serde(default = "default_health")]
+    pub health: String,
+}
+
+fn default_health() -> String {
+    "/healthz".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactKind {
+    Binary,
+    Container,
+    Command,
+}
+
+/// Which cells of the inventory a pipeline deploys to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Every label must match.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Any of these regions (empty: all).
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+/// A synthetic HTTP check against the cell's live endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub path: String,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestStep {
+    #[serde(default)]
+    pub http: Option<HttpCheck>,
+    /// A shell command; exit status 0 passes.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// HTTP checks: how many requests to send (all must pass).
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_min_requests() -> u32 {
+    10
+}
+fn default_step_timeout() -> Dur {
+    Dur::secs(300)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployStep {
+    /// How long to wait for the new version's health endpoint.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: Dur,
+}
+
+fn default_health_timeout() -> Dur {
+    Dur::secs(60)
+}
+
+impl Default for DeployStep {
+    fn default() -> Self {
+        DeployStep {
+            health_timeout: default_health_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandStep {
+    pub run: String,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+}
+
+/// One step run on each cell, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Step {
+    Deploy(DeployStep),
+    Test(TestStep),
+    Bake(Dur),
+    Command(CommandStep),
+}
+
+impl Step {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Deploy(_) => "deploy",
+            Step::Test(_) => "test",
+            Step::Bake(_) => "bake",
+            Step::Command(_) => "command",
+        }
+    }
+}
+
+/// An approval gate in front of a wave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Approvers must belong to this group (admins may always approve).
+    pub group: String,
+    /// Distinct approvers needed.
+    #[serde(default = "one")]
+    pub quorum: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaveSpec {
+    pub name: String,
+    /// The next N cells.
+    #[serde(default)]
+    pub cells: Option<u32>,
+    /// N cells of each region.
+    #[serde(default)]
+    pub per_region: Option<u32>,
+    /// P percent of all selected cells (rounded up); 100 takes the rest.
+    #[serde(default)]
+    pub percent: Option<u32>,
+    /// Exactly these cells.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    #[serde(default = "one")]
+    pub max_parallel: u32,
+    #[serde(default)]
+    pub approval: Option<Gate>,
+    /// Waves this one waits for; default: the wave before it.
+    #[serde(default)]
+    pub after: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Roll back the cell that failed and start no new cell.
+    #[default]
+    RollbackCellAndHalt,
+    /// Roll back every cell the train deployed, newest wave first.
+    RollbackTrain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    pub allow: String,
+    #[serde(default)]
+    pub tz: WindowTz,
+}
+
+/// A pipeline as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: String,
+    pub artifact: Artifact,
+    #[serde(default)]
+    pub cells: Selector,
+    /// Steps are written as one-key maps (`- bake: 10m`).
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub steps: Vec<Step>,
+    pub waves: Vec<WaveSpec>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    #[serde(default)]
+    pub windows: Vec<WindowSpec>,
+}
+
+impl Pipeline {
+    /// The parsed deploy windows (valid after [`parse`]).
+    pub fn parsed_windows(&self) -> Vec<Window> {
+        self.windows
+            .iter()
+            .filter_map(|w| window::parse(&w.allow, w.tz.clone()).ok())
+            .collect()
+    }
+
+    /// Names of the waves each wave waits for.
+    pub fn wave_deps(&self, i: usize) -> Vec<String> {
+        match &self.waves[i].after {
+            Some(after) => after.clone(),
+            None if i == 0 => vec![],
+            None => vec![self.waves[i - 1].name.clone()],
+        }
+    }
+}
+
+/// Decode and validate a pipeline file. All problems come back at once.
+pub fn parse(file: &str, text: &str) -> Result<(Pipeline, Spans), Diagnostics> {
+    let (p, spans): (Pipeline, Spans) = yamlspan::from_str(file, text)?;
+    let errs = validate(&p, &spans);
+    if errs.is_empty() {
+        Ok((p, spans))
+    } else {
+        Err(sorted(errs))
+    }
+}
+
+pub(crate) fn sorted(mut errs: Vec<Diagnostic>) -> Diagnostics {
+    errs.sort_by_key(|d| (d.pos.line, d.pos.col));
+    Diagnostics(errs)
+}
+
+fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
+    let mut e = Vec::new();
+    if !valid_id(&p.name) {
+        e.push(s.error_hint(
+            "name",
+            format!("invalid pipeline name {:?}", p.name),
+            "use 1-63 lowercase letters, digits, '-' or '_'",
+        ));
+    }
+    if !valid_id(&p.artifact.name) {
+        e.push(s.error_hint(
+            "artifact.name",
+            format!("invalid artifact name {:?}", p.artifact.name),
+            "use 1-63 lowercase letters, digits, '-' or '_'",
+        ));
+    }
+    if !p.artifact.health.starts_with('/') {
+        e.push(s.error("artifact.health", "the health path must start with '/'"));
+    }
+    for (k, v) in &p.cells.labels {
+        if !valid_id(k) || v.is_empty() {
+            e.push(s.error(&format!("cells.labels.{k}"), format!("invalid label {k}={v:?}")));
+        }
+    }
+    if p.steps.is_empty() {
+        e.push(s.error_hint("steps", "no steps", "add at least `- deploy: {}`"));
+    }
+    if p.steps.len() > 50 {
+        e.push(s.error("steps", "more than 50 steps"));
+    }
+    let deploys = p.steps.iter().filter(|st| matches!(st, Step::Deploy(_))).count();
+    if deploys > 1 {
+        e.push(s.error("steps", "more than one `deploy` step"));
+    }
+    if deploys == 0 && p.artifact.kind != ArtifactKind::Command {
+        e.push(s.error_hint(
+            "steps",
+            "no `deploy` step",
+            "add `- deploy: {}`, or use `artifact: { kind: command }` for command-only pipelines",
+        ));
+    }
+    for (i, st) in p.steps.iter().enumerate() {
+        let at = format!("steps[{i}]");
+        match st {
+            Step::Bake(d) if d.0.is_zero() => {
+                e.push(s.error(&format!("{at}.bake"), "a bake of zero does nothing"))
+            }
+            Step::Test(t) => {
+                if t.http.is_some() == t.command.is_some() {
+                    e.push(s.error_hint(
+                        &format!("{at}.test"),
+                        "a test needs exactly one of `http` or `command`",
+                        "for example `test: { http: { path: /healthz }, min_requests: 100 }`",
+                    ));
+                }
+                if let Some(h) = &t.http {
+                    if !h.path.starts_with('/') {
+                        e.push(s.error(&format!("{at}.test.http.path"), "the path must start with '/'"));
+                    }
+                }
+                if t.min_requests == 0 || t.min_requests > 100_000 {
+                    e.push(s.error(&format!("{at}.test.min_requests"), "min_requests must be 1 to 100000"));
+                }
+            }
+            Step::Command(c) if c.run.trim().is_empty() => {
+                e.push(s.error(&format!("{at}.command.run"), "empty command"))
+            }
+            _ => {}
+        }
+    }
+    if p.waves.is_empty() {
+        e.push(s.error_hint(
+            "waves",
+            "no waves",
+            "add at least `- { name: all, percent: 100 }`",
+        ));
+    }
+    let names: BTreeSet<&str> = p.waves.iter().map(|w| w.name.as_str()).collect();
+    let mut seen = BTreeSet::new();
+    for (i, w) in p.waves.iter().enumerate() {
+        let at = |f: &str| format!("waves[{i}].{f}");
+        if !valid_id(&w.name) {
+            e.push(s.error(&at("name"), format!("invalid wave name {:?}", w.name)));
+        }
+        if !seen.insert(w.name.as_str()) {
+            e.push(s.error(&at("name"), format!("wave {:?} declared twice", w.name)));
+        }
+        let sizing = [w.cells.is_some(), w.per_region.is_some(), w.percent.is_some(), w.ids.is_some()]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if sizing != 1 {
+            e.push(s.error_hint(
+                &format!("waves[{i}]"),
+                format!("wave {:?} needs exactly one of `cells`, `per_region`, `percent` or `ids`", w.name),
+                "for example `{ name: canary, cells: 1 }`",
+            ));
+        }
+        if w.cells == Some(0) || w.per_region == Some(0) {
+            e.push(s.error(&format!("waves[{i}]"), format!("wave {:?} is empty", w.name)));
+        }
+        if let Some(pc) = w.percent {
+            if pc == 0 || pc > 100 {
+                e.push(s.error(&at("percent"), "percent must be 1 to 100"));
+            }
+        }
+        if let Some(ids) = &w.ids {
+            if ids.is_empty() {
+                e.push(s.error(&at("ids"), format!("wave {:?} is empty", w.name)));
+            }
+        }
+        if w.max_parallel == 0 {
+            e.push(s.error(&at("max_parallel"), "max_parallel must be at least 1"));
+        }
+        if let Some(g) = &w.approval {
+            if !valid_id(&g.group) {
+                e.push(s.error(&at("approval.group"), format!("invalid group {:?}", g.group)));
+            }
+            if g.quorum == 0 || g.quorum > 20 {
+                e.push(s.error(&at("approval.quorum"), "quorum must be 1 to 20"));
+            }
+        }
+        for (j, d) in w.after.iter().flatten().enumerate() {
+            if !names.contains(d.as_str()) {
+                e.push(s.error_hint(
+                    &format!("waves[{i}].after[{j}]"),
+                    format!("unknown wave {d:?}"),
+                    format!("waves: {}", names.iter().copied().collect::<Vec<_>>().join(", ")),
+                ));
+            } else if d == &w.name {
+                e.push(s.error(&format!("waves[{i}].after[{j}]"), "a wave cannot wait for itself"));
+            }
+        }
+    }
+    for (i, w) in p.windows.iter().enumerate() {
+        if let Err(msg) = window::parse(&w.allow, w.tz.clone()) {
+            e.push(s.error_hint(
+                &format!("windows[{i}].allow"),
+                msg,
+                "write days and hours, for example `Mon-Thu 08:00-17:00`",
+            ));
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const GOOD: &str = r#"
+name: fga-dataplane
+artifact: { kind: binary, name: fga-dataplane }
+cells: { labels: { service: fga } }
+steps:
+  - deploy: {}
+  - test: { http: { path: /healthz }, min_requests: 100 }
+  - bake: 10m
+waves:
+  - { name: canary, cells: 1 }
+  - { name: first-per-region, per_region: 1 }
+  - { name: rest, percent: 100, max_parallel: 20, approval: { group: release-managers } }
+on_failure: rollback_cell_and_halt
+windows: [ { allow: "Mon-Thu 08:00-17:00", tz: cell } ]
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let (p, _) = parse("p.yaml", GOOD).expect("valid");
+        assert_eq!(p.waves.len(), 3);
+        assert_eq!(p.wave_deps(2), vec!["first-per-region".to_string()]);
+        assert!(matches!(p.steps[2], Step::Bake(d) if d.0.as_secs() == 600));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_position() {
+        let bad = GOOD.replace("bake: 10m", "bkae: 10m");
+        let e = parse("p.yaml", &bad).expect_err("invalid");
+        let s = e.to_string();
+        assert!(s.starts_with("p.yaml:8:"), "{s}");
+        assert!(s.contains("bkae"), "{s}");
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let bad = GOOD.replace("bake: 10m", "bake: 10 minutes");
+        let e = parse("p.yaml", &bad).expect_err("invalid");
+        assert!(e.to_string().contains("p.yaml:8:"), "{e}");
+    }
+
+    #[test]
+    fn all_semantic_errors_at_once() {
+        let bad = GOOD
+            .replace("{ name: canary, cells: 1 }", "{ name: canary, cells: 1, percent: 5 }")
+            .replace("max_parallel: 20", "max_parallel: 0")
+            .replace("Mon-Thu", "Mon-Funday");
+        let e = parse("p.yaml", &bad).expect_err("invalid");
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert_eq!(e.0[0].pos.line, 10, "{e}");
+        assert_eq!(e.0[1].pos.line, 12, "{e}");
+        assert_eq!(e.0[2].pos.line, 14, "{e}");
+        assert!(e.0.iter().all(|d| d.hint.is_some() || d.message.contains("max_parallel")));
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        for text in ["", "[]", "name: [", ":", "name: x\nsteps: 3", "\u{0}", "a: &x [*x]"] {
+            let _ = parse("p.yaml", text);
+        }
+    }
+}
