@@ -17,7 +17,7 @@
 //!   leaves them at a recorded step, a rolled-back train restores them.
 //! - Rolling back the whole train goes newest wave first.
 
-use crate::pipeline::{OnFailure, Step};
+use crate::pipeline::{Artifact, OnFailure, Step};
 use crate::plan::Plan;
 use crate::window::{self, Window};
 use chrono::{DateTime, Duration, Utc};
@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 pub struct TrainSpec {
     pub id: String,
     pub pipeline: String,
-    pub artifact: String,
+    pub artifact: Artifact,
     pub version: String,
     pub started_by: String,
     pub steps: Vec<Step>,

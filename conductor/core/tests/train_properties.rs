@@ -62,7 +62,7 @@ fn spec(s: &Shape) -> TrainSpec {
     TrainSpec {
         id: "t1".into(),
         pipeline: "p".into(),
-        artifact: "a".into(),
+        artifact: conductor_core::pipeline::Artifact { kind: conductor_core::pipeline::ArtifactKind::Binary, name: "a".into(), args: vec![], health: "/healthz".into() },
         version: "v2".into(),
         started_by: STARTER.into(),
         steps,

@@ -1,0 +1,440 @@
+//! The engine: the imperative shell around the pure train state machine.
+//!
+//! One task owns the in-memory state of every active train. It takes a batch
+//! of messages (commands from the API, outcomes from executors, lease grants,
+//! timers), validates and applies them to working copies, appends all the
+//! accepted events and the changed snapshots to the store in **one**
+//! transaction, and only then executes the resulting effects. A crash at any
+//! point loses nothing: on start the engine replays the stored events and
+//! re-issues the effects that were in flight, each with the idempotency key
+//! it had, and the effect runner returns a recorded outcome instead of acting
+//! twice.
+
+use crate::leases::Leases;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use cells_inventory::CellSpec;
+use chrono::{DateTime, Utc};
+use conductor_core::train::{Effect, Event, Refusal, Train, TrainSpec, TrainStatus};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where time comes from; tests and the benchmark may substitute their own.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// What running an effect on a cell came to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub detail: String,
+    /// For deploys: the version the cell ran before.
+    pub previous_version: Option<String>,
+}
+
+impl Outcome {
+    pub fn ok(detail: impl Into<String>) -> Outcome {
+        Outcome { ok: true, detail: detail.into(), previous_version: None }
+    }
+    pub fn failed(detail: impl Into<String>) -> Outcome {
+        Outcome { ok: false, detail: detail.into(), previous_version: None }
+    }
+}
+
+/// One step to run on one cell.
+#[derive(Clone)]
+pub struct StepRequest {
+    pub train: Arc<TrainSpec>,
+    pub cell: CellSpec,
+    pub step: usize,
+    pub key: String,
+}
+
+/// Restore a cell to `to_version` (None: the artifact was not there before).
+#[derive(Clone)]
+pub struct RollbackRequest {
+    pub train: Arc<TrainSpec>,
+    pub cell: CellSpec,
+    pub to_version: Option<String>,
+    pub key: String,
+}
+
+/// Executes steps against cells (the deploy targets live behind this).
+pub trait Executor: Send + Sync + 'static {
+    fn run_step(&self, req: StepRequest) -> BoxFut<'_, Outcome>;
+    fn rollback(&self, req: RollbackRequest) -> BoxFut<'_, Outcome>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("no train {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+enum Msg {
+    Internal { train: String, event: Event },
+    Command { train: String, event: Event, reply: oneshot::Sender<Result<Train, EngineError>> },
+    Start { spec: TrainSpec, reply: oneshot::Sender<Result<Train, EngineError>> },
+}
+
+struct Shared {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    executor: Arc<dyn Executor>,
+    leases: Arc<Leases>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// A handle to the running engine.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// Most messages folded into one transaction.
+const MAX_BATCH: usize = 2048;
+
+impl Engine {
+    /// Replay the store, re-issue in-flight effects, and start the loop.
+    pub async fn start(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        executor: Arc<dyn Executor>,
+        leases: Arc<Leases>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine, EngineError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared { store, clock, executor, leases, metrics, tx });
+        let mut trains = HashMap::new();
+        for events in shared.store.active_train_events().await? {
+            if let Some(t) = Train::replay(events.iter().map(|(e, at)| (e, *at))) {
+                trains.insert(t.spec.id.clone(), t);
+            }
+        }
+        // Leases held by cells that were mid-step when we stopped.
+        for t in trains.values() {
+            for (cell, c) in &t.cells {
+                use conductor_core::train::CellPhase as P;
+                if matches!(c.phase, P::Running { .. } | P::Baking { .. } | P::RollingBack) {
+                    shared.leases.hold(cell, &holder(&t.spec.id));
+                }
+            }
+        }
+        let resumed: Vec<(String, Effect)> = trains
+            .values()
+            .flat_map(|t| t.resume().into_iter().map(|e| (t.spec.id.clone(), e)))
+            .collect();
+        if !trains.is_empty() {
+            tracing::info!(trains = trains.len(), effects = resumed.len(), "resumed active trains");
+        }
+        let specs: HashMap<String, Arc<TrainSpec>> =
+            trains.values().map(|t| (t.spec.id.clone(), Arc::new(t.spec.clone()))).collect();
+        let engine = Engine { shared: shared.clone() };
+        for (id, e) in resumed {
+            if let Some(spec) = specs.get(&id) {
+                execute(&shared, spec.clone(), e);
+            }
+        }
+        tokio::spawn(run(shared, rx, trains, specs));
+        Ok(engine)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.shared.leases
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
+    /// Create a train (queued behind a running train of the same pipeline).
+    pub async fn start_train(&self, spec: TrainSpec) -> Result<Train, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared.tx.send(Msg::Start { spec, reply }).map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Apply a command (approve, reject, cancel, rollback) to a train.
+    pub async fn command(&self, train: &str, event: Event) -> Result<Train, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Command { train: train.to_string(), event, reply })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+}
+
+fn holder(train: &str) -> String {
+    format!("train:{train}")
+}
+
+struct Batch {
+    staged: HashMap<String, Train>,
+    events: Vec<(String, Event, DateTime<Utc>)>,
+    effects: Vec<(String, Effect)>,
+    replies: Vec<(oneshot::Sender<Result<Train, EngineError>>, Result<String, EngineError>)>,
+}
+
+impl Batch {
+    fn train<'a>(&'a mut self, trains: &HashMap<String, Train>, id: &str) -> Option<&'a mut Train> {
+        if !self.staged.contains_key(id) {
+            let t = trains.get(id)?.clone();
+            self.staged.insert(id.to_string(), t);
+        }
+        self.staged.get_mut(id)
+    }
+
+    /// Validate and apply one event; returns the refusal if any.
+    fn apply(&mut self, trains: &HashMap<String, Train>, id: &str, ev: Event, now: DateTime<Utc>) -> Result<(), EngineError> {
+        let t = self.train(trains, id).ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+        t.validate(&ev)?;
+        let fx = t.apply(&ev, now);
+        let pipeline = t.spec.pipeline.clone();
+        self.events.push((id.to_string(), ev, now));
+        for e in fx {
+            let finished = matches!(e, Effect::Finished { .. });
+            self.effects.push((id.to_string(), e));
+            if finished {
+                self.promote_next(trains, &pipeline, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// All known trains of a pipeline (staged copies win over committed ones).
+    fn of_pipeline(&self, trains: &HashMap<String, Train>, pipeline: &str) -> Vec<(String, TrainStatus, DateTime<Utc>)> {
+        let mut v: HashMap<String, (TrainStatus, DateTime<Utc>)> = trains
+            .values()
+            .filter(|t| t.spec.pipeline == pipeline)
+            .map(|t| (t.spec.id.clone(), (t.status, t.created_at)))
+            .collect();
+        for t in self.staged.values().filter(|t| t.spec.pipeline == pipeline) {
+            v.insert(t.spec.id.clone(), (t.status, t.created_at));
+        }
+        let mut out: Vec<_> = v.into_iter().map(|(k, (s, c))| (k, s, c)).collect();
+        out.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+        out
+    }
+
+    fn promote_next(&mut self, trains: &HashMap<String, Train>, pipeline: &str, now: DateTime<Utc>) {
+        let all = self.of_pipeline(trains, pipeline);
+        if all.iter().any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack)) {
+            return;
+        }
+        if let Some((id, _, _)) = all.into_iter().find(|(_, s, _)| *s == TrainStatus::Queued) {
+            let _ = self.apply(trains, &id, Event::Promoted, now);
+        }
+    }
+
+    fn start(&mut self, trains: &HashMap<String, Train>, spec: TrainSpec, now: DateTime<Utc>) -> Result<String, EngineError> {
+        let id = spec.id.clone();
+        let all = self.of_pipeline(trains, &spec.pipeline);
+        let busy = all.iter().any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack));
+        let created = Event::Created { spec: spec.clone(), queued: busy };
+        let t = Train::new(spec, busy, now);
+        self.staged.insert(id.clone(), t);
+        self.events.push((id.clone(), created, now));
+        // A newer train takes the place of any train still queued.
+        for (q, s, _) in all {
+            if s == TrainStatus::Queued {
+                let _ = self.apply(trains, &q, Event::Superseded { by: id.clone() }, now);
+            }
+        }
+        if !busy {
+            self.apply(trains, &id, Event::Wake { cell: None }, now)?;
+        }
+        Ok(id)
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    mut trains: HashMap<String, Train>,
+    mut specs: HashMap<String, Arc<TrainSpec>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut msgs = vec![first];
+        while msgs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        let now = shared.clock.now();
+        let mut b = Batch { staged: HashMap::new(), events: Vec::new(), effects: Vec::new(), replies: Vec::new() };
+        for m in msgs {
+            match m {
+                Msg::Internal { train, event } => {
+                    // Stale internal events (a duplicate outcome, a late timer) are dropped.
+                    let _ = b.apply(&trains, &train, event, now);
+                }
+                Msg::Command { train, event, reply } => {
+                    let r = b.apply(&trains, &train, event, now).map(|_| train);
+                    b.replies.push((reply, r));
+                }
+                Msg::Start { spec, reply } => {
+                    let r = b.start(&trains, spec, now);
+                    b.replies.push((reply, r));
+                }
+            }
+        }
+        let changed: Vec<&Train> = b.staged.values().collect();
+        let mut attempt = 0u32;
+        while !b.events.is_empty() {
+            match shared.store.commit(&b.events, &changed).await {
+                Ok(()) => break,
+                Err(e) if attempt < 20 => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "persisting events failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(e) => {
+                    // Nothing was applied in memory; stop rather than act on unpersisted events.
+                    tracing::error!(error = %e, "cannot persist events; the engine stops");
+                    for (reply, _) in b.replies {
+                        let _ = reply.send(Err(EngineError::Stopped));
+                    }
+                    return;
+                }
+            }
+        }
+        shared.metrics.events_persisted(b.events.len());
+        for (id, t) in b.staged {
+            specs.entry(id.clone()).or_insert_with(|| Arc::new(t.spec.clone()));
+            if t.status.is_terminal() {
+                shared.metrics.train_finished(t.status);
+                trains.remove(&id);
+                // Keep the spec until its effects below are dispatched.
+            } else {
+                trains.insert(id, t);
+            }
+        }
+        for (reply, r) in b.replies {
+            let r = match r {
+                Ok(id) => match trains.get(&id) {
+                    Some(t) => Ok(t.clone()),
+                    None => match shared.store.get_train(&id).await {
+                        Ok(Some(t)) => Ok(t),
+                        Ok(None) => Err(EngineError::NotFound(id)),
+                        Err(e) => Err(e.into()),
+                    },
+                },
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(r);
+        }
+        for (id, e) in b.effects {
+            if let Some(spec) = specs.get(&id) {
+                execute(&shared, spec.clone(), e);
+            }
+        }
+        specs.retain(|id, _| trains.contains_key(id));
+    }
+}
+
+fn send(shared: &Shared, train: &str, event: Event) {
+    let _ = shared.tx.send(Msg::Internal { train: train.to_string(), event });
+}
+
+/// Carry out one effect. Effects that act on cells run as their own tasks.
+fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
+    let train = spec.id.clone();
+    match effect {
+        Effect::AcquireLease { cell } => {
+            let tx = shared.tx.clone();
+            let (t, c) = (train.clone(), cell.clone());
+            shared.leases.acquire(&cell, &holder(&train), move || {
+                let _ = tx.send(Msg::Internal { train: t, event: Event::LeaseGranted { cell: c } });
+            });
+        }
+        Effect::ReleaseLease { cell } => shared.leases.release(&cell, &holder(&train)),
+        Effect::WakeAt { at, cell } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let wait = (at - shared.clock.now()).to_std().unwrap_or(Duration::ZERO);
+                tokio::time::sleep(wait).await;
+                send(&shared, &train, Event::Wake { cell });
+            });
+        }
+        Effect::RunStep { cell, step, attempt, key } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let kind = spec.steps.get(step).map_or("step", |s| s.kind());
+                let started = std::time::Instant::now();
+                let out = run_effect(&shared, &cell, |c| {
+                    shared.executor.run_step(StepRequest { train: spec.clone(), cell: c, step, key: key.clone() })
+                })
+                .await;
+                shared.metrics.step_duration(kind, started.elapsed());
+                let ev = Event::StepFinished {
+                    cell,
+                    step,
+                    attempt,
+                    ok: out.ok,
+                    detail: out.detail,
+                    previous_version: out.previous_version,
+                };
+                send(&shared, &train, ev);
+            });
+        }
+        Effect::Rollback { cell, to_version, key } => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let out = run_effect(&shared, &cell, |c| {
+                    shared.executor.rollback(RollbackRequest {
+                        train: spec.clone(),
+                        cell: c,
+                        to_version: to_version.clone(),
+                        key: key.clone(),
+                    })
+                })
+                .await;
+                send(&shared, &train, Event::RollbackFinished { cell, ok: out.ok, detail: out.detail });
+            });
+        }
+        Effect::Finished { status } => {
+            tracing::info!(train = %train, status = status.as_str(), "train finished");
+        }
+    }
+}
+
+/// Look up the cell and run the effect. The outcome is persisted as the
+/// event the caller sends; a restart before that re-runs the effect with the
+/// same idempotency key, and targets use the key to avoid acting twice.
+async fn run_effect<'a, F>(shared: &'a Shared, cell: &str, f: F) -> Outcome
+where
+    F: FnOnce(CellSpec) -> BoxFut<'a, Outcome>,
+{
+    match shared.store.cell_spec(cell).await {
+        Ok(Some(c)) => f(c).await,
+        Ok(None) => Outcome::failed(format!("cell {cell} is not in the inventory")),
+        Err(e) => Outcome::failed(format!("store unavailable: {e}")),
+    }
+}

@@ -1,0 +1,153 @@
+//! Per-cell leases: two operations on the same cell (a train's steps on it, a
+//! resize, another train) are serialized on that cell only; everything else
+//! proceeds. Waiters are served first come, first served.
+//!
+//! Leases live in memory; who holds what is derivable from the durable state
+//! of trains (and resize operations), and is restored from it on start.
+
+use crate::metrics::Metrics;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+type Grant = Box<dyn FnOnce() + Send>;
+
+struct Waiter {
+    holder: String,
+    since: Instant,
+    grant: Grant,
+}
+
+#[derive(Default)]
+struct CellLease {
+    holder: Option<String>,
+    waiters: VecDeque<Waiter>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseView {
+    pub cell: String,
+    pub holder: Option<String>,
+    pub waiting: Vec<String>,
+}
+
+pub struct Leases {
+    cells: Mutex<HashMap<String, CellLease>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Leases {
+    pub fn new(metrics: Arc<Metrics>) -> Leases {
+        Leases { cells: Mutex::new(HashMap::new()), metrics }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CellLease>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every update is a single assignment), so a poisoned lock is usable.
+        self.cells.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Mark `holder` as holding `cell` (restoring state after a restart).
+    pub fn hold(&self, cell: &str, holder: &str) {
+        self.lock().entry(cell.to_string()).or_default().holder = Some(holder.to_string());
+    }
+
+    /// Ask for `cell`. `grant` runs once the lease is ours (at once if free or
+    /// already ours). A second request by a waiting holder is ignored.
+    pub fn acquire(&self, cell: &str, holder: &str, grant: impl FnOnce() + Send + 'static) {
+        let granted = {
+            let mut m = self.lock();
+            let l = m.entry(cell.to_string()).or_default();
+            match &l.holder {
+                None => {
+                    l.holder = Some(holder.to_string());
+                    true
+                }
+                Some(h) if h == holder => true,
+                Some(_) => {
+                    if !l.waiters.iter().any(|w| w.holder == holder) {
+                        l.waiters.push_back(Waiter { holder: holder.to_string(), since: Instant::now(), grant: Box::new(grant) });
+                    }
+                    return;
+                }
+            }
+        };
+        if granted {
+            self.metrics.lease_granted(std::time::Duration::ZERO);
+            grant();
+        }
+    }
+
+    /// Release `cell` if `holder` holds it (handing it to the next waiter), or
+    /// withdraw `holder`'s pending request.
+    pub fn release(&self, cell: &str, holder: &str) {
+        let next = {
+            let mut m = self.lock();
+            let Some(l) = m.get_mut(cell) else { return };
+            if l.holder.as_deref() == Some(holder) {
+                l.holder = None;
+                match l.waiters.pop_front() {
+                    Some(w) => {
+                        l.holder = Some(w.holder.clone());
+                        Some(w)
+                    }
+                    None => None,
+                }
+            } else {
+                l.waiters.retain(|w| w.holder != holder);
+                None
+            }
+        };
+        if let Some(w) = next {
+            self.metrics.lease_granted(w.since.elapsed());
+            (w.grant)();
+        }
+    }
+
+    pub fn view(&self) -> Vec<LeaseView> {
+        let m = self.lock();
+        let mut v: Vec<LeaseView> = m
+            .iter()
+            .filter(|(_, l)| l.holder.is_some() || !l.waiters.is_empty())
+            .map(|(c, l)| LeaseView {
+                cell: c.clone(),
+                holder: l.holder.clone(),
+                waiting: l.waiters.iter().map(|w| w.holder.clone()).collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.cell.cmp(&b.cell));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn serializes_per_cell_only() {
+        let l = Leases::new(Arc::new(Metrics::default()));
+        let n = Arc::new(AtomicUsize::new(0));
+        let bump = |n: &Arc<AtomicUsize>| {
+            let n = n.clone();
+            move || {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        l.acquire("a", "t1", bump(&n));
+        l.acquire("b", "t2", bump(&n));
+        l.acquire("a", "t2", bump(&n)); // waits
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+        l.release("a", "t1");
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+        assert_eq!(l.view()[0].holder.as_deref(), Some("t2"));
+        // Withdrawing a request that is still waiting.
+        l.acquire("b", "t3", bump(&n));
+        l.release("b", "t3");
+        l.release("b", "t2");
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+        assert!(l.view().iter().all(|v| v.cell != "b"));
+    }
+}
