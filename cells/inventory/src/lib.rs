@@ -64,7 +64,8 @@ pub struct CellSpec {
     pub shape: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
+    /// `local`, or `{ command: { deploy: ..., rollback: ... } }`.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub target: TargetSpec,
     /// First of the two loopback ports the local target uses for this cell
     /// (blue/green: `port` and `port + 1`).
@@ -265,6 +266,18 @@ mod tests {
         assert!(all.contains("c.yaml:3:") && all.contains("declared twice"), "{all}");
         assert!(all.contains("no known time zone"), "{all}");
         assert!(all.contains("port 18001 is also used"), "{all}");
+    }
+
+    #[test]
+    fn command_targets_parse() {
+        let shapes = parse_shapes("s.yaml", SHAPES).expect("shapes");
+        let cells = parse_cells(
+            "c.yaml",
+            "cells:\n  - { id: x, region: eu-west-1, shape: small, target: { command: { deploy: d, rollback: r } } }\n",
+            &shapes,
+        )
+        .expect("cells");
+        assert_eq!(cells[0].target, TargetSpec::Command { deploy: "d".into(), rollback: "r".into() });
     }
 
     #[test]

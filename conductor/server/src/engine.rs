@@ -296,6 +296,13 @@ async fn run(
                     let _ = b.apply(&trains, &train, event, now);
                 }
                 Msg::Command { train, event, reply } => {
+                    // Finished trains are not kept in memory; a command such as
+                    // a rollback brings one back from its snapshot.
+                    if !trains.contains_key(&train) && !b.staged.contains_key(&train) {
+                        if let Ok(Some(t)) = shared.store.get_train(&train).await {
+                            trains.insert(train.clone(), t);
+                        }
+                    }
                     let r = b.apply(&trains, &train, event, now).map(|_| train);
                     b.replies.push((reply, r));
                 }
