@@ -47,7 +47,10 @@ pub fn cells_yaml(base: u16, n_per_region: usize) -> String {
     let mut port = base;
     for r in ["us-east-1", "eu-west-1", "ap-southeast-2"] {
         for i in 0..n_per_region {
-            let short: String = r.split('-').map(|p| p.chars().next().unwrap_or('x')).collect();
+            let short: String = r
+                .split('-')
+                .map(|p| p.chars().next().unwrap_or('x'))
+                .collect();
             s.push_str(&format!(
                 "  - {{ id: {short}-{i}, region: {r}, shape: small, port: {port}, labels: {{ service: fga }} }}\n"
             ));
@@ -63,9 +66,18 @@ impl Conductor {
         let dir = tempfile::tempdir().expect("tempdir");
         let cells_file = dir.path().join("cells.yaml");
         std::fs::write(&cells_file, cells).expect("write cells");
-        let mut c = Conductor { dir, url: String::new(), admin: String::new(), child: None, cells_file };
+        let mut c = Conductor {
+            dir,
+            url: String::new(),
+            admin: String::new(),
+            child: None,
+            cells_file,
+        };
         c.boot();
-        c.admin = std::fs::read_to_string(c.dir.path().join("data/admin.token")).expect("admin token").trim().to_string();
+        c.admin = std::fs::read_to_string(c.dir.path().join("data/admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
         c
     }
 
@@ -97,11 +109,19 @@ impl Conductor {
             match lines.next() {
                 Some(Ok(l)) => {
                     if let Some(rest) = l.strip_prefix("Conductor is up at ") {
-                        self.url = rest.split_whitespace().next().unwrap_or("").trim_end_matches('/').to_string();
+                        self.url = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("")
+                            .trim_end_matches('/')
+                            .to_string();
                         break;
                     }
                 }
-                _ => panic!("conductor exited during start; see {}", self.dir.path().join("server.log").display()),
+                _ => panic!(
+                    "conductor exited during start; see {}",
+                    self.dir.path().join("server.log").display()
+                ),
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -131,8 +151,15 @@ impl Conductor {
     /// Run the CLI and require exit status `code`; returns stdout.
     pub fn cli_ok(&self, token: &str, args: &[&str], code: i32) -> String {
         let o = self.cli(token, args);
-        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert_eq!(o.status.code(), Some(code), "conductor {args:?}\nstdout:\n{out}\nstderr:\n{err}");
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "conductor {args:?}\nstdout:\n{out}\nstderr:\n{err}"
+        );
         out.into_owned()
     }
 
@@ -163,7 +190,11 @@ impl Conductor {
 
     pub fn push_sample(&self, version: &str) {
         let b = bin("sample-service").display().to_string();
-        self.cli_ok(&self.admin, &["artifact", "push", "sample-service", version, &b], 0);
+        self.cli_ok(
+            &self.admin,
+            &["artifact", "push", "sample-service", version, &b],
+            0,
+        );
     }
 
     pub fn train(&self, id: &str) -> Value {
@@ -178,15 +209,25 @@ impl Conductor {
             if f(&t) {
                 return t;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; train: {t:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; train: {t:#}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Start a train and return its id.
     pub fn start_train(&self, token: &str, pipeline: &str, version: &str) -> String {
-        let out = self.cli_ok(token, &["train", "start", pipeline, "--version", version], 0);
-        out.split_whitespace().nth(2).expect("train id in output").to_string()
+        let out = self.cli_ok(
+            token,
+            &["train", "start", pipeline, "--version", version],
+            0,
+        );
+        out.split_whitespace()
+            .nth(2)
+            .expect("train id in output")
+            .to_string()
     }
 
     /// Versions each cell runs, by cell id.
@@ -197,7 +238,11 @@ impl Conductor {
             .expect("cells")
             .iter()
             .map(|c| {
-                let ver = c["versions"].as_array().and_then(|a| a.first()).and_then(|x| x["version"].as_str()).map(String::from);
+                let ver = c["versions"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|x| x["version"].as_str())
+                    .map(String::from);
                 (c["id"].as_str().unwrap_or("").to_string(), ver)
             })
             .collect()

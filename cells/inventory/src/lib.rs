@@ -209,7 +209,10 @@ pub fn check_cell(
     }
     for (k, v) in &c.labels {
         if !valid_id(k) || v.is_empty() || v.len() > 63 {
-            errs.push(spans.error(&at(&format!("labels.{k}")), format!("invalid label {k}={v:?}")));
+            errs.push(spans.error(
+                &at(&format!("labels.{k}")),
+                format!("invalid label {k}={v:?}"),
+            ));
         }
     }
     if c.tz.is_none() && region_time_zone(&c.region).is_none() {
@@ -262,8 +265,14 @@ mod tests {
         let text = "cells:\n  - { id: a1, region: us-east-1, shape: huge, port: 18000 }\n  - { id: a1, region: mars-1, shape: small, port: 18001 }\n";
         let e = parse_cells("c.yaml", text, &shapes).expect_err("invalid");
         let all = e.to_string();
-        assert!(all.contains("c.yaml:2:") && all.contains("unknown shape \"huge\""), "{all}");
-        assert!(all.contains("c.yaml:3:") && all.contains("declared twice"), "{all}");
+        assert!(
+            all.contains("c.yaml:2:") && all.contains("unknown shape \"huge\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("c.yaml:3:") && all.contains("declared twice"),
+            "{all}"
+        );
         assert!(all.contains("no known time zone"), "{all}");
         assert!(all.contains("port 18001 is also used"), "{all}");
     }
@@ -277,7 +286,13 @@ mod tests {
             &shapes,
         )
         .expect("cells");
-        assert_eq!(cells[0].target, TargetSpec::Command { deploy: "d".into(), rollback: "r".into() });
+        assert_eq!(
+            cells[0].target,
+            TargetSpec::Command {
+                deploy: "d".into(),
+                rollback: "r".into()
+            }
+        );
     }
 
     #[test]

@@ -25,8 +25,12 @@ fn main() {
     };
     let version = std::env::var("ARTIFACT_VERSION").unwrap_or_else(|_| "dev".into());
     let cell = std::env::var("CELL_ID").unwrap_or_else(|_| "none".into());
-    let unhealthy = std::env::var("SAMPLE_UNHEALTHY").is_ok_and(|v| v == "1") || version.ends_with("-bad");
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let unhealthy =
+        std::env::var("SAMPLE_UNHEALTHY").is_ok_and(|v| v == "1") || version.ends_with("-bad");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start runtime: {e}");
@@ -47,7 +51,10 @@ fn main() {
                     }
                 }),
             )
-            .route("/version", get(move || async move { Json(json!({"version": v, "cell": c})) }));
+            .route(
+                "/version",
+                get(move || async move { Json(json!({"version": v, "cell": c})) }),
+            );
         let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
             Ok(l) => l,
             Err(e) => {

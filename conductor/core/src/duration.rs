@@ -43,8 +43,16 @@ pub fn parse(s: &str) -> Result<Dur, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => return Err(format!("invalid duration {s:?}: missing unit (ms, s, m, h or d)")),
-            u => return Err(format!("invalid duration {s:?}: unknown unit {u:?} (use ms, s, m, h or d)")),
+            "" => {
+                return Err(format!(
+                    "invalid duration {s:?}: missing unit (ms, s, m, h or d)"
+                ))
+            }
+            u => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {u:?} (use ms, s, m, h or d)"
+                ))
+            }
         };
         total = total
             .checked_add(n.saturating_mul(ms))
@@ -64,7 +72,7 @@ impl fmt::Display for Dur {
         if ms == 0 {
             return write!(f, "0s");
         }
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");
         }
         let mut s = ms / 1000;

@@ -266,7 +266,10 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
     }
     for (k, v) in &p.cells.labels {
         if !valid_id(k) || v.is_empty() {
-            e.push(s.error(&format!("cells.labels.{k}"), format!("invalid label {k}={v:?}")));
+            e.push(s.error(
+                &format!("cells.labels.{k}"),
+                format!("invalid label {k}={v:?}"),
+            ));
         }
     }
     if p.steps.is_empty() {
@@ -275,7 +278,11 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
     if p.steps.len() > 50 {
         e.push(s.error("steps", "more than 50 steps"));
     }
-    let deploys = p.steps.iter().filter(|st| matches!(st, Step::Deploy(_))).count();
+    let deploys = p
+        .steps
+        .iter()
+        .filter(|st| matches!(st, Step::Deploy(_)))
+        .count();
     if deploys > 1 {
         e.push(s.error("steps", "more than one `deploy` step"));
     }
@@ -302,11 +309,17 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
                 }
                 if let Some(h) = &t.http {
                     if !h.path.starts_with('/') {
-                        e.push(s.error(&format!("{at}.test.http.path"), "the path must start with '/'"));
+                        e.push(s.error(
+                            &format!("{at}.test.http.path"),
+                            "the path must start with '/'",
+                        ));
                     }
                 }
                 if t.min_requests == 0 || t.min_requests > 100_000 {
-                    e.push(s.error(&format!("{at}.test.min_requests"), "min_requests must be 1 to 100000"));
+                    e.push(s.error(
+                        &format!("{at}.test.min_requests"),
+                        "min_requests must be 1 to 100000",
+                    ));
                 }
             }
             Step::Command(c) if c.run.trim().is_empty() => {
@@ -332,19 +345,30 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
         if !seen.insert(w.name.as_str()) {
             e.push(s.error(&at("name"), format!("wave {:?} declared twice", w.name)));
         }
-        let sizing = [w.cells.is_some(), w.per_region.is_some(), w.percent.is_some(), w.ids.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        let sizing = [
+            w.cells.is_some(),
+            w.per_region.is_some(),
+            w.percent.is_some(),
+            w.ids.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if sizing != 1 {
             e.push(s.error_hint(
                 &format!("waves[{i}]"),
-                format!("wave {:?} needs exactly one of `cells`, `per_region`, `percent` or `ids`", w.name),
+                format!(
+                    "wave {:?} needs exactly one of `cells`, `per_region`, `percent` or `ids`",
+                    w.name
+                ),
                 "for example `{ name: canary, cells: 1 }`",
             ));
         }
         if w.cells == Some(0) || w.per_region == Some(0) {
-            e.push(s.error(&format!("waves[{i}]"), format!("wave {:?} is empty", w.name)));
+            e.push(s.error(
+                &format!("waves[{i}]"),
+                format!("wave {:?} is empty", w.name),
+            ));
         }
         if let Some(pc) = w.percent {
             if pc == 0 || pc > 100 {
@@ -361,7 +385,10 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
         }
         if let Some(g) = &w.approval {
             if !valid_id(&g.group) {
-                e.push(s.error(&at("approval.group"), format!("invalid group {:?}", g.group)));
+                e.push(s.error(
+                    &at("approval.group"),
+                    format!("invalid group {:?}", g.group),
+                ));
             }
             if g.quorum == 0 || g.quorum > 20 {
                 e.push(s.error(&at("approval.quorum"), "quorum must be 1 to 20"));
@@ -372,10 +399,16 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
                 e.push(s.error_hint(
                     &format!("waves[{i}].after[{j}]"),
                     format!("unknown wave {d:?}"),
-                    format!("waves: {}", names.iter().copied().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "waves: {}",
+                        names.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             } else if d == &w.name {
-                e.push(s.error(&format!("waves[{i}].after[{j}]"), "a wave cannot wait for itself"));
+                e.push(s.error(
+                    &format!("waves[{i}].after[{j}]"),
+                    "a wave cannot wait for itself",
+                ));
             }
         }
     }
@@ -438,7 +471,10 @@ windows: [ { allow: "Mon-Thu 08:00-17:00", tz: cell } ]
     #[test]
     fn all_semantic_errors_at_once() {
         let bad = GOOD
-            .replace("{ name: canary, cells: 1 }", "{ name: canary, cells: 1, percent: 5 }")
+            .replace(
+                "{ name: canary, cells: 1 }",
+                "{ name: canary, cells: 1, percent: 5 }",
+            )
             .replace("max_parallel: 20", "max_parallel: 0")
             .replace("Mon-Thu", "Mon-Funday");
         let e = parse("p.yaml", &bad).expect_err("invalid");
@@ -446,12 +482,23 @@ windows: [ { allow: "Mon-Thu 08:00-17:00", tz: cell } ]
         assert_eq!(e.0[0].pos.line, 10, "{e}");
         assert_eq!(e.0[1].pos.line, 12, "{e}");
         assert_eq!(e.0[2].pos.line, 14, "{e}");
-        assert!(e.0.iter().all(|d| d.hint.is_some() || d.message.contains("max_parallel")));
+        assert!(e
+            .0
+            .iter()
+            .all(|d| d.hint.is_some() || d.message.contains("max_parallel")));
     }
 
     #[test]
     fn never_panics_on_garbage() {
-        for text in ["", "[]", "name: [", ":", "name: x\nsteps: 3", "\u{0}", "a: &x [*x]"] {
+        for text in [
+            "",
+            "[]",
+            "name: [",
+            ":",
+            "name: x\nsteps: 3",
+            "\u{0}",
+            "a: &x [*x]",
+        ] {
             let _ = parse("p.yaml", text);
         }
     }

@@ -45,24 +45,32 @@ impl Plan {
 
 /// Does the selector pick this cell?
 pub fn selects(p: &Pipeline, c: &CellSpec) -> bool {
-    p.cells.labels.iter().all(|(k, v)| c.labels.get(k) == Some(v))
+    p.cells
+        .labels
+        .iter()
+        .all(|(k, v)| c.labels.get(k) == Some(v))
         && (p.cells.regions.is_empty() || p.cells.regions.contains(&c.region))
 }
 
 /// Resolve `p` against `cells`. Errors point into the pipeline file.
 pub fn plan(p: &Pipeline, spans: &Spans, cells: &[CellSpec]) -> Result<Plan, Diagnostics> {
     let mut errs = Vec::new();
-    let index: BTreeMap<&str, usize> = p.waves.iter().enumerate().map(|(i, w)| (w.name.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = p
+        .waves
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.name.as_str(), i))
+        .collect();
 
     // The wave graph: an edge dep -> wave.
     let mut g: DiGraphMap<usize, ()> = DiGraphMap::new();
     let mut after = vec![Vec::new(); p.waves.len()];
-    for i in 0..p.waves.len() {
+    for (i, deps) in after.iter_mut().enumerate() {
         g.add_node(i);
         for d in p.wave_deps(i) {
             if let Some(&j) = index.get(d.as_str()) {
                 g.add_edge(j, i, ());
-                after[i].push(j);
+                deps.push(j);
             }
         }
     }
@@ -116,7 +124,10 @@ pub fn plan(p: &Pipeline, spans: &Spans, cells: &[CellSpec]) -> Result<Plan, Dia
                 } else if let Some(&other) = assigned.get(id) {
                     errs.push(spans.error(
                         &format!("waves[{i}].ids[{j}]"),
-                        format!("cell {id:?} is in two waves: {:?} and {:?}", p.waves[other].name, w.name),
+                        format!(
+                            "cell {id:?} is in two waves: {:?} and {:?}",
+                            p.waves[other].name, w.name
+                        ),
                     ));
                 } else if !v.contains(id) {
                     v.push(id.clone());
@@ -124,7 +135,10 @@ pub fn plan(p: &Pipeline, spans: &Spans, cells: &[CellSpec]) -> Result<Plan, Dia
             }
             v
         } else {
-            let free: Vec<&&CellSpec> = pool.iter().filter(|c| !assigned.contains_key(&c.id)).collect();
+            let free: Vec<&&CellSpec> = pool
+                .iter()
+                .filter(|c| !assigned.contains_key(&c.id))
+                .collect();
             if let Some(n) = w.cells {
                 free.iter().take(n as usize).map(|c| c.id.clone()).collect()
             } else if let Some(n) = w.per_region {
@@ -156,11 +170,19 @@ pub fn plan(p: &Pipeline, spans: &Spans, cells: &[CellSpec]) -> Result<Plan, Dia
         }
         wave_cells[i] = take;
     }
-    let left: Vec<&str> = pool.iter().filter(|c| !assigned.contains_key(&c.id)).map(|c| c.id.as_str()).collect();
+    let left: Vec<&str> = pool
+        .iter()
+        .filter(|c| !assigned.contains_key(&c.id))
+        .map(|c| c.id.as_str())
+        .collect();
     if !left.is_empty() {
         errs.push(spans.error_hint(
             "waves",
-            format!("{} selected cell(s) are in no wave: {}", left.len(), left.join(", ")),
+            format!(
+                "{} selected cell(s) are in no wave: {}",
+                left.len(),
+                left.join(", ")
+            ),
             "end with a wave such as `{ name: rest, percent: 100 }`",
         ));
     }
@@ -179,8 +201,15 @@ pub fn plan(p: &Pipeline, spans: &Spans, cells: &[CellSpec]) -> Result<Plan, Dia
             after: after[i].clone(),
         })
         .collect();
-    let cell_tz = pool.iter().map(|c| (c.id.clone(), c.time_zone().to_string())).collect();
-    Ok(Plan { waves, order, cell_tz })
+    let cell_tz = pool
+        .iter()
+        .map(|c| (c.id.clone(), c.time_zone().to_string()))
+        .collect();
+    Ok(Plan {
+        waves,
+        order,
+        cell_tz,
+    })
 }
 
 /// Assumed durations of steps whose length is not written down.
@@ -236,10 +265,20 @@ pub fn project(
     let mut out: BTreeMap<usize, WaveProjection> = BTreeMap::new();
     for &i in &plan.order {
         let w = &plan.waves[i];
-        let mut t = w.after.iter().filter_map(|d| ends.get(d)).max().copied().unwrap_or(start);
+        let mut t = w
+            .after
+            .iter()
+            .filter_map(|d| ends.get(d))
+            .max()
+            .copied()
+            .unwrap_or(start);
         let wave_start = t;
         for batch in w.cells.chunks(w.max_parallel.max(1) as usize) {
-            let tz = batch.first().and_then(|c| plan.cell_tz.get(c)).map(String::as_str).unwrap_or("UTC");
+            let tz = batch
+                .first()
+                .and_then(|c| plan.cell_tz.get(c))
+                .map(String::as_str)
+                .unwrap_or("UTC");
             if let Some(open) = window::next_allowed(windows, t, tz) {
                 t = open;
             }
@@ -329,7 +368,9 @@ mod tests {
 
     #[test]
     fn cycles_are_errors() {
-        let text = pipe("  - { name: a, cells: 1, after: [b] }\n  - { name: b, percent: 100, after: [a] }\n");
+        let text = pipe(
+            "  - { name: a, cells: 1, after: [b] }\n  - { name: b, percent: 100, after: [a] }\n",
+        );
         let (p, s) = parse("p.yaml", &text).expect("valid");
         let e = plan(&p, &s, &fleet(2)).expect_err("cycle");
         assert!(e.to_string().contains("cycle"), "{e}");

@@ -57,7 +57,10 @@ pub enum TrainStatus {
 
 impl TrainStatus {
     pub fn is_terminal(self) -> bool {
-        !matches!(self, TrainStatus::Queued | TrainStatus::Running | TrainStatus::RollingBack)
+        !matches!(
+            self,
+            TrainStatus::Queued | TrainStatus::Running | TrainStatus::RollingBack
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -107,6 +110,17 @@ pub struct WaveState {
     pub status: WaveStatus,
     pub approvals: Vec<Decision>,
     pub rejection: Option<Decision>,
+    /// Cells of the wave that are active (started, not at rest).
+    #[serde(default)]
+    pub active: usize,
+    /// Cells of the wave that succeeded.
+    #[serde(default)]
+    pub succeeded: usize,
+    /// Index into the wave's cells before which no cell is pending for a
+    /// forward start (cells only go back to pending once the train halts,
+    /// after which none starts again).
+    #[serde(default)]
+    pub cursor: usize,
 }
 
 /// Where one cell is in this train.
@@ -114,17 +128,26 @@ pub struct WaveState {
 #[serde(rename_all = "snake_case", tag = "phase")]
 pub enum CellPhase {
     Pending,
-    WaitingWindow { until: DateTime<Utc> },
+    WaitingWindow {
+        until: DateTime<Utc>,
+    },
     WaitingLease,
-    Running { step: usize },
-    Baking { step: usize, until: DateTime<Utc> },
+    Running {
+        step: usize,
+    },
+    Baking {
+        step: usize,
+        until: DateTime<Utc>,
+    },
     Succeeded,
     RollbackWaitingLease,
     RollingBack,
     RolledBack,
     RollbackFailed,
     /// Left as it was when the train was cancelled; `next_step` had not run.
-    Stopped { next_step: usize },
+    Stopped {
+        next_step: usize,
+    },
 }
 
 impl CellPhase {
@@ -185,10 +208,17 @@ pub struct Train {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Event {
-    Created { spec: TrainSpec, queued: bool },
+    Created {
+        spec: Box<TrainSpec>,
+        queued: bool,
+    },
     Promoted,
-    Superseded { by: String },
-    LeaseGranted { cell: String },
+    Superseded {
+        by: String,
+    },
+    LeaseGranted {
+        cell: String,
+    },
     StepFinished {
         cell: String,
         step: usize,
@@ -198,25 +228,65 @@ pub enum Event {
         #[serde(default)]
         previous_version: Option<String>,
     },
-    Wake { cell: Option<String> },
-    Approved { wave: String, by: String, groups: Vec<String>, admin: bool, reason: Option<String> },
-    Rejected { wave: String, by: String, groups: Vec<String>, admin: bool, reason: Option<String> },
-    CancelRequested { by: String },
-    RollbackRequested { by: String },
-    RollbackFinished { cell: String, ok: bool, detail: String },
+    Wake {
+        cell: Option<String>,
+    },
+    Approved {
+        wave: String,
+        by: String,
+        groups: Vec<String>,
+        admin: bool,
+        reason: Option<String>,
+    },
+    Rejected {
+        wave: String,
+        by: String,
+        groups: Vec<String>,
+        admin: bool,
+        reason: Option<String>,
+    },
+    CancelRequested {
+        by: String,
+    },
+    RollbackRequested {
+        by: String,
+    },
+    RollbackFinished {
+        cell: String,
+        ok: bool,
+        detail: String,
+    },
 }
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum Effect {
-    AcquireLease { cell: String },
+    AcquireLease {
+        cell: String,
+    },
     /// Release the cell's lease, or withdraw a pending request for it.
-    ReleaseLease { cell: String },
-    RunStep { cell: String, step: usize, attempt: u32, key: String },
-    Rollback { cell: String, to_version: Option<String>, key: String },
-    WakeAt { at: DateTime<Utc>, cell: Option<String> },
-    Finished { status: TrainStatus },
+    ReleaseLease {
+        cell: String,
+    },
+    RunStep {
+        cell: String,
+        step: usize,
+        attempt: u32,
+        key: String,
+    },
+    Rollback {
+        cell: String,
+        to_version: Option<String>,
+        key: String,
+    },
+    WakeAt {
+        at: DateTime<Utc>,
+        cell: Option<String>,
+    },
+    Finished {
+        status: TrainStatus,
+    },
 }
 
 /// Why an event was refused (it is then not persisted).
@@ -229,7 +299,11 @@ pub enum Refusal {
     #[error("{0} started this train and cannot approve or reject it")]
     SelfApproval(String),
     #[error("{by} is not in group {group:?}, which gates wave {wave:?}")]
-    NotInGroup { by: String, group: String, wave: String },
+    NotInGroup {
+        by: String,
+        group: String,
+        wave: String,
+    },
     #[error("{0} already approved this wave; a quorum needs distinct approvers")]
     AlreadyApproved(String),
     #[error("train is {0}")]
@@ -274,11 +348,22 @@ impl Train {
             .plan
             .waves
             .iter()
-            .map(|_| WaveState { status: WaveStatus::Pending, approvals: vec![], rejection: None })
+            .map(|_| WaveState {
+                status: WaveStatus::Pending,
+                approvals: vec![],
+                rejection: None,
+                active: 0,
+                succeeded: 0,
+                cursor: 0,
+            })
             .collect();
         Train {
             spec,
-            status: if queued { TrainStatus::Queued } else { TrainStatus::Running },
+            status: if queued {
+                TrainStatus::Queued
+            } else {
+                TrainStatus::Running
+            },
             waves,
             cells,
             halted: false,
@@ -293,11 +378,15 @@ impl Train {
     }
 
     /// Rebuild a train from its events (the first must be `Created`).
-    pub fn replay<'a>(events: impl IntoIterator<Item = (&'a Event, DateTime<Utc>)>) -> Option<Train> {
+    pub fn replay<'a>(
+        events: impl IntoIterator<Item = (&'a Event, DateTime<Utc>)>,
+    ) -> Option<Train> {
         let mut it = events.into_iter();
         let (first, t0) = it.next()?;
-        let Event::Created { spec, queued } = first else { return None };
-        let mut t = Train::new(spec.clone(), *queued, t0);
+        let Event::Created { spec, queued } = first else {
+            return None;
+        };
+        let mut t = Train::new(TrainSpec::clone(spec), *queued, t0);
         for (ev, at) in it {
             t.apply(ev, at);
         }
@@ -318,16 +407,31 @@ impl Train {
         let live = !self.status.is_terminal();
         match event {
             Event::Created { .. } => Err(Refusal::Stale),
-            Event::Promoted | Event::Superseded { .. } => {
-                (self.status == TrainStatus::Queued).then_some(()).ok_or(Refusal::Stale)
+            Event::Promoted | Event::Superseded { .. } => (self.status == TrainStatus::Queued)
+                .then_some(())
+                .ok_or(Refusal::Stale),
+            Event::Approved {
+                wave,
+                by,
+                groups,
+                admin,
+                ..
             }
-            Event::Approved { wave, by, groups, admin, .. }
-            | Event::Rejected { wave, by, groups, admin, .. } => {
+            | Event::Rejected {
+                wave,
+                by,
+                groups,
+                admin,
+                ..
+            } => {
                 if !live {
                     return Err(Refusal::Finished(self.status.as_str()));
                 }
                 let i = self.wave_index(wave)?;
-                if self.waves[i].status != WaveStatus::AwaitingApproval || self.halted || self.cancel_requested {
+                if self.waves[i].status != WaveStatus::AwaitingApproval
+                    || self.halted
+                    || self.cancel_requested
+                {
                     return Err(Refusal::NotAwaitingApproval(wave.clone()));
                 }
                 if by == &self.spec.started_by {
@@ -335,10 +439,16 @@ impl Train {
                 }
                 if let Some(g) = &self.spec.plan.waves[i].approval {
                     if !admin && !groups.contains(&g.group) {
-                        return Err(Refusal::NotInGroup { by: by.clone(), group: g.group.clone(), wave: wave.clone() });
+                        return Err(Refusal::NotInGroup {
+                            by: by.clone(),
+                            group: g.group.clone(),
+                            wave: wave.clone(),
+                        });
                     }
                 }
-                if matches!(event, Event::Approved { .. }) && self.waves[i].approvals.iter().any(|d| &d.by == by) {
+                if matches!(event, Event::Approved { .. })
+                    && self.waves[i].approvals.iter().any(|d| &d.by == by)
+                {
                     return Err(Refusal::AlreadyApproved(by.clone()));
                 }
                 Ok(())
@@ -356,7 +466,10 @@ impl Train {
                 if self.rollback_all {
                     return Err(Refusal::Stale);
                 }
-                let any = self.cells.values().any(|c| c.deployed || c.phase.is_active());
+                let any = self
+                    .cells
+                    .values()
+                    .any(|c| c.deployed || c.phase.is_active());
                 if !any {
                     return Err(Refusal::NothingToRollBack);
                 }
@@ -368,15 +481,19 @@ impl Train {
                 Some(_) => Ok(()),
                 None => Err(Refusal::Stale),
             },
-            Event::StepFinished { cell, step, .. } => match self.cells.get(cell).map(|c| &c.phase) {
-                Some(CellPhase::Running { step: s }) if s == step => Ok(()),
-                _ => Err(Refusal::Stale),
-            },
+            Event::StepFinished { cell, step, .. } => {
+                match self.cells.get(cell).map(|c| &c.phase) {
+                    Some(CellPhase::Running { step: s }) if s == step => Ok(()),
+                    _ => Err(Refusal::Stale),
+                }
+            }
             Event::RollbackFinished { cell, .. } => match self.cells.get(cell).map(|c| &c.phase) {
                 Some(CellPhase::RollingBack) => Ok(()),
                 _ => Err(Refusal::Stale),
             },
-            Event::Wake { .. } => (!self.status.is_terminal()).then_some(()).ok_or(Refusal::Stale),
+            Event::Wake { .. } => (!self.status.is_terminal())
+                .then_some(())
+                .ok_or(Refusal::Stale),
         }
     }
 
@@ -394,30 +511,60 @@ impl Train {
                 self.status = TrainStatus::Superseded;
                 self.failure = Some(format!("superseded by {by}"));
                 self.finished_at = Some(now);
-                fx.push(Effect::Finished { status: self.status });
+                fx.push(Effect::Finished {
+                    status: self.status,
+                });
                 return fx;
             }
             Event::LeaseGranted { cell } => self.on_lease(cell, now, &mut fx),
-            Event::StepFinished { cell, step, ok, detail, previous_version, .. } => {
-                self.on_step(cell, *step, *ok, detail, previous_version.clone(), now, &mut fx)
-            }
+            Event::StepFinished {
+                cell,
+                step,
+                ok,
+                detail,
+                previous_version,
+                ..
+            } => self.on_step(
+                cell,
+                *step,
+                *ok,
+                detail,
+                previous_version.clone(),
+                now,
+                &mut fx,
+            ),
             Event::Wake { cell } => {
                 if let Some(c) = cell {
                     self.on_wake(c, now, &mut fx);
                 }
             }
-            Event::Approved { wave, by, reason, .. } => {
+            Event::Approved {
+                wave, by, reason, ..
+            } => {
                 if let Ok(i) = self.wave_index(wave) {
-                    self.waves[i].approvals.push(Decision { by: by.clone(), at: now, reason: reason.clone() });
-                    let quorum = self.spec.plan.waves[i].approval.as_ref().map_or(1, |g| g.quorum) as usize;
+                    self.waves[i].approvals.push(Decision {
+                        by: by.clone(),
+                        at: now,
+                        reason: reason.clone(),
+                    });
+                    let quorum = self.spec.plan.waves[i]
+                        .approval
+                        .as_ref()
+                        .map_or(1, |g| g.quorum) as usize;
                     if self.waves[i].approvals.len() >= quorum {
                         self.waves[i].status = WaveStatus::Running;
                     }
                 }
             }
-            Event::Rejected { wave, by, reason, .. } => {
+            Event::Rejected {
+                wave, by, reason, ..
+            } => {
                 if let Ok(i) = self.wave_index(wave) {
-                    self.waves[i].rejection = Some(Decision { by: by.clone(), at: now, reason: reason.clone() });
+                    self.waves[i].rejection = Some(Decision {
+                        by: by.clone(),
+                        at: now,
+                        reason: reason.clone(),
+                    });
                     self.rejected = true;
                     self.halted = true;
                     self.failure = Some(format!("wave {wave} rejected by {by}"));
@@ -425,30 +572,43 @@ impl Train {
             }
             Event::CancelRequested { by } => {
                 self.cancel_requested = true;
-                self.failure.get_or_insert_with(|| format!("cancelled by {by}"));
+                self.failure
+                    .get_or_insert_with(|| format!("cancelled by {by}"));
                 if self.status == TrainStatus::Queued {
                     self.status = TrainStatus::Cancelled;
                     self.finished_at = Some(now);
-                    fx.push(Effect::Finished { status: self.status });
+                    fx.push(Effect::Finished {
+                        status: self.status,
+                    });
                     return fx;
                 }
             }
             Event::RollbackRequested { by } => {
                 self.halted = true;
                 self.rollback_all = true;
-                self.failure.get_or_insert_with(|| format!("rollback requested by {by}"));
+                self.failure
+                    .get_or_insert_with(|| format!("rollback requested by {by}"));
                 self.status = TrainStatus::RollingBack;
                 self.finished_at = None;
             }
             Event::RollbackFinished { cell, ok, detail } => {
                 if let Some(c) = self.cells.get_mut(cell) {
-                    c.log.push(StepRecord { step: usize::MAX, kind: "rollback".into(), at: now, ok: *ok, detail: detail.clone() });
+                    c.log.push(StepRecord {
+                        step: usize::MAX,
+                        kind: "rollback".into(),
+                        at: now,
+                        ok: *ok,
+                        detail: detail.clone(),
+                    });
                     if *ok {
-                        c.phase = CellPhase::RolledBack;
                         c.deployed = false;
-                    } else {
-                        c.phase = CellPhase::RollbackFailed;
                     }
+                    let phase = if *ok {
+                        CellPhase::RolledBack
+                    } else {
+                        CellPhase::RollbackFailed
+                    };
+                    self.set(cell, phase);
                     fx.push(Effect::ReleaseLease { cell: cell.clone() });
                 }
             }
@@ -458,11 +618,20 @@ impl Train {
     }
 
     fn deploy_index(&self) -> Option<usize> {
-        self.spec.steps.iter().position(|s| matches!(s, Step::Deploy(_)))
+        self.spec
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Deploy(_)))
     }
 
+    /// Every phase change goes through here, keeping the wave counters true.
     fn set(&mut self, cell: &str, phase: CellPhase) {
         if let Some(c) = self.cells.get_mut(cell) {
+            let w = &mut self.waves[c.wave];
+            let (was_active, was_ok) = (c.phase.is_active(), c.phase == CellPhase::Succeeded);
+            let (is_active, is_ok) = (phase.is_active(), phase == CellPhase::Succeeded);
+            w.active = w.active + usize::from(is_active) - usize::from(was_active);
+            w.succeeded = w.succeeded + usize::from(is_ok) - usize::from(was_ok);
             c.phase = phase;
         }
     }
@@ -473,7 +642,9 @@ impl Train {
             Some(CellPhase::WaitingLease) => self.start_step(cell, 0, now, fx),
             Some(CellPhase::RollbackWaitingLease) => self.start_rollback(cell, fx),
             // Nobody waits for it any more (cancelled, halted): hand it back.
-            _ => fx.push(Effect::ReleaseLease { cell: cell.to_string() }),
+            _ => fx.push(Effect::ReleaseLease {
+                cell: cell.to_string(),
+            }),
         }
     }
 
@@ -481,7 +652,9 @@ impl Train {
     fn start_step(&mut self, cell: &str, i: usize, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
         if self.cancel_requested {
             self.set(cell, CellPhase::Stopped { next_step: i });
-            fx.push(Effect::ReleaseLease { cell: cell.to_string() });
+            fx.push(Effect::ReleaseLease {
+                cell: cell.to_string(),
+            });
             return;
         }
         if self.rollback_all {
@@ -491,12 +664,17 @@ impl Train {
         match self.spec.steps.get(i) {
             None => {
                 self.set(cell, CellPhase::Succeeded);
-                fx.push(Effect::ReleaseLease { cell: cell.to_string() });
+                fx.push(Effect::ReleaseLease {
+                    cell: cell.to_string(),
+                });
             }
             Some(Step::Bake(d)) => {
                 let until = now + Duration::milliseconds(d.millis());
                 self.set(cell, CellPhase::Baking { step: i, until });
-                fx.push(Effect::WakeAt { at: until, cell: Some(cell.to_string()) });
+                fx.push(Effect::WakeAt {
+                    at: until,
+                    cell: Some(cell.to_string()),
+                });
             }
             Some(_) => {
                 self.set(cell, CellPhase::Running { step: i });
@@ -512,9 +690,10 @@ impl Train {
 
     /// A cell holding its lease starts to roll back (or has nothing to undo).
     fn begin_cell_rollback(&mut self, cell: &str, fx: &mut Vec<Effect>) {
-        let Some(c) = self.cells.get(cell) else { return };
-        let touched = c.deployed
-            || c.log.iter().any(|r| Some(r.step) == self.deploy_index());
+        let Some(c) = self.cells.get(cell) else {
+            return;
+        };
+        let touched = c.deployed || c.log.iter().any(|r| Some(r.step) == self.deploy_index());
         if touched {
             self.start_rollback(cell, fx);
         } else {
@@ -528,21 +707,24 @@ impl Train {
                     detail: "nothing to roll back: the cell was not deployed".into(),
                 });
             }
-            fx.push(Effect::ReleaseLease { cell: cell.to_string() });
+            fx.push(Effect::ReleaseLease {
+                cell: cell.to_string(),
+            });
         }
     }
 
     fn start_rollback(&mut self, cell: &str, fx: &mut Vec<Effect>) {
         let id = self.spec.id.clone();
-        if let Some(c) = self.cells.get_mut(cell) {
-            c.rollbacks += 1;
-            c.phase = CellPhase::RollingBack;
-            fx.push(Effect::Rollback {
-                cell: cell.to_string(),
-                to_version: c.previous_version.clone(),
-                key: format!("{id}/{cell}/rollback{}", c.rollbacks),
-            });
-        }
+        let Some(c) = self.cells.get_mut(cell) else {
+            return;
+        };
+        c.rollbacks += 1;
+        fx.push(Effect::Rollback {
+            cell: cell.to_string(),
+            to_version: c.previous_version.clone(),
+            key: format!("{id}/{cell}/rollback{}", c.rollbacks),
+        });
+        self.set(cell, CellPhase::RollingBack);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -556,10 +738,21 @@ impl Train {
         now: DateTime<Utc>,
         fx: &mut Vec<Effect>,
     ) {
-        let kind = self.spec.steps.get(step).map_or("step", Step::kind).to_string();
+        let kind = self
+            .spec
+            .steps
+            .get(step)
+            .map_or("step", Step::kind)
+            .to_string();
         let is_deploy = self.deploy_index() == Some(step);
         if let Some(c) = self.cells.get_mut(cell) {
-            c.log.push(StepRecord { step, kind: kind.clone(), at: now, ok, detail: detail.to_string() });
+            c.log.push(StepRecord {
+                step,
+                kind: kind.clone(),
+                at: now,
+                ok,
+                detail: detail.to_string(),
+            });
             if is_deploy {
                 c.previous_version = previous_version;
                 c.deployed = ok;
@@ -569,7 +762,8 @@ impl Train {
             self.start_step(cell, step + 1, now, fx);
             return;
         }
-        self.failure.get_or_insert_with(|| format!("{kind} failed on {cell}: {detail}"));
+        self.failure
+            .get_or_insert_with(|| format!("{kind} failed on {cell}: {detail}"));
         self.halted = true;
         if self.spec.on_failure == OnFailure::RollbackTrain {
             self.rollback_all = true;
@@ -578,10 +772,17 @@ impl Train {
     }
 
     fn on_wake(&mut self, cell: &str, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
-        let Some(phase) = self.cells.get(cell).map(|c| c.phase.clone()) else { return };
+        let Some(phase) = self.cells.get(cell).map(|c| c.phase.clone()) else {
+            return;
+        };
         match phase {
-            CellPhase::Baking { step, until } if now >= until => self.start_step(cell, step + 1, now, fx),
-            CellPhase::Baking { until, .. } => fx.push(Effect::WakeAt { at: until, cell: Some(cell.into()) }),
+            CellPhase::Baking { step, until } if now >= until => {
+                self.start_step(cell, step + 1, now, fx)
+            }
+            CellPhase::Baking { until, .. } => fx.push(Effect::WakeAt {
+                at: until,
+                cell: Some(cell.into()),
+            }),
             CellPhase::WaitingWindow { .. } => self.try_enter(cell, now, fx),
             _ => {}
         }
@@ -589,27 +790,44 @@ impl Train {
 
     /// Start a pending cell if its window allows, else wait for the window.
     fn try_enter(&mut self, cell: &str, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
-        let tz = self.spec.plan.cell_tz.get(cell).cloned().unwrap_or_else(|| "UTC".into());
+        let tz = self
+            .spec
+            .plan
+            .cell_tz
+            .get(cell)
+            .cloned()
+            .unwrap_or_else(|| "UTC".into());
         match window::next_allowed(&self.spec.windows, now, &tz) {
             Some(t) if t <= now => {
                 self.set(cell, CellPhase::WaitingLease);
-                fx.push(Effect::AcquireLease { cell: cell.to_string() });
+                fx.push(Effect::AcquireLease {
+                    cell: cell.to_string(),
+                });
             }
             Some(t) => {
                 self.set(cell, CellPhase::WaitingWindow { until: t });
-                fx.push(Effect::WakeAt { at: t, cell: Some(cell.to_string()) });
+                fx.push(Effect::WakeAt {
+                    at: t,
+                    cell: Some(cell.to_string()),
+                });
             }
             None => {
                 // No opening within a week: look again in a day.
                 let t = now + Duration::days(1);
                 self.set(cell, CellPhase::WaitingWindow { until: t });
-                fx.push(Effect::WakeAt { at: t, cell: Some(cell.to_string()) });
+                fx.push(Effect::WakeAt {
+                    at: t,
+                    cell: Some(cell.to_string()),
+                });
             }
         }
     }
 
     fn wave_cells(&self, w: usize) -> impl Iterator<Item = (&String, &CellRun)> {
-        self.spec.plan.waves[w].cells.iter().filter_map(|c| self.cells.get_key_value(c))
+        self.spec.plan.waves[w]
+            .cells
+            .iter()
+            .filter_map(|c| self.cells.get_key_value(c))
     }
 
     /// Move the train forward as far as the rules allow at `now`.
@@ -664,7 +882,10 @@ impl Train {
             for oi in 0..self.spec.plan.order.len() {
                 let w = self.spec.plan.order[oi];
                 if self.waves[w].status == WaveStatus::Pending
-                    && self.spec.plan.waves[w].after.iter().all(|d| self.waves[*d].status == WaveStatus::Done)
+                    && self.spec.plan.waves[w]
+                        .after
+                        .iter()
+                        .all(|d| self.waves[*d].status == WaveStatus::Done)
                 {
                     self.waves[w].status = if self.spec.plan.waves[w].approval.is_some() {
                         WaveStatus::AwaitingApproval
@@ -677,20 +898,20 @@ impl Train {
                     continue;
                 }
                 let max = self.spec.plan.waves[w].max_parallel.max(1) as usize;
-                let mut active = self.wave_cells(w).filter(|(_, c)| c.phase.is_active()).count();
-                let pending: Vec<String> = self
-                    .wave_cells(w)
-                    .filter(|(_, c)| c.phase == CellPhase::Pending)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in pending {
-                    if active >= max {
-                        break;
+                let len = self.spec.plan.waves[w].cells.len();
+                while self.waves[w].active < max && self.waves[w].cursor < len {
+                    let i = self.waves[w].cursor;
+                    self.waves[w].cursor += 1;
+                    let id = self.spec.plan.waves[w].cells[i].clone();
+                    if self
+                        .cells
+                        .get(&id)
+                        .is_some_and(|c| c.phase == CellPhase::Pending)
+                    {
+                        self.try_enter(&id, now, fx);
                     }
-                    self.try_enter(&id, now, fx);
-                    active += 1;
                 }
-                if self.wave_cells(w).all(|(_, c)| c.phase == CellPhase::Succeeded) {
+                if self.waves[w].succeeded == len {
                     self.waves[w].status = WaveStatus::Done;
                     changed = true;
                 }
@@ -704,7 +925,10 @@ impl Train {
     /// Roll back deployed cells, newest wave first, `max_parallel` at a time.
     fn advance_rollback(&mut self, fx: &mut Vec<Effect>) {
         let forward_active = self.cells.values().any(|c| {
-            matches!(c.phase, CellPhase::Running { .. } | CellPhase::Baking { .. } | CellPhase::WaitingLease)
+            matches!(
+                c.phase,
+                CellPhase::Running { .. } | CellPhase::Baking { .. } | CellPhase::WaitingLease
+            )
         });
         if forward_active {
             return;
@@ -713,11 +937,19 @@ impl Train {
             let w = self.spec.plan.order[oi];
             let in_flight = self
                 .wave_cells(w)
-                .filter(|(_, c)| matches!(c.phase, CellPhase::RollbackWaitingLease | CellPhase::RollingBack))
+                .filter(|(_, c)| {
+                    matches!(
+                        c.phase,
+                        CellPhase::RollbackWaitingLease | CellPhase::RollingBack
+                    )
+                })
                 .count();
             let todo: Vec<String> = self
                 .wave_cells(w)
-                .filter(|(_, c)| c.deployed && matches!(c.phase, CellPhase::Succeeded | CellPhase::Stopped { .. }))
+                .filter(|(_, c)| {
+                    c.deployed
+                        && matches!(c.phase, CellPhase::Succeeded | CellPhase::Stopped { .. })
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             if in_flight == 0 && todo.is_empty() {
@@ -734,15 +966,22 @@ impl Train {
 
     /// Decide whether the train is over.
     fn settle(&mut self, now: DateTime<Utc>, fx: &mut Vec<Effect>) {
-        if self.cells.values().any(|c| c.phase.is_active()) {
+        if self.waves.iter().any(|w| w.active > 0) {
             return;
         }
         let status = if self.rollback_all {
-            let left = self.cells.values().any(|c| c.deployed && !matches!(c.phase, CellPhase::RollbackFailed));
+            let left = self
+                .cells
+                .values()
+                .any(|c| c.deployed && !matches!(c.phase, CellPhase::RollbackFailed));
             if left {
                 return;
             }
-            if self.cells.values().any(|c| c.phase == CellPhase::RollbackFailed) {
+            if self
+                .cells
+                .values()
+                .any(|c| c.phase == CellPhase::RollbackFailed)
+            {
                 TrainStatus::Failed
             } else {
                 TrainStatus::RolledBack
@@ -773,7 +1012,9 @@ impl Train {
         for (id, c) in &self.cells {
             let cell = id.clone();
             match &c.phase {
-                CellPhase::WaitingLease | CellPhase::RollbackWaitingLease => fx.push(Effect::AcquireLease { cell }),
+                CellPhase::WaitingLease | CellPhase::RollbackWaitingLease => {
+                    fx.push(Effect::AcquireLease { cell })
+                }
                 CellPhase::Running { step } => fx.push(Effect::RunStep {
                     cell,
                     step: *step,
@@ -786,7 +1027,10 @@ impl Train {
                     key: format!("{}/{id}/rollback{}", self.spec.id, c.rollbacks),
                 }),
                 CellPhase::Baking { until, .. } | CellPhase::WaitingWindow { until } => {
-                    fx.push(Effect::WakeAt { at: *until, cell: Some(cell) })
+                    fx.push(Effect::WakeAt {
+                        at: *until,
+                        cell: Some(cell),
+                    })
                 }
                 _ => {}
             }

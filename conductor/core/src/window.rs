@@ -36,7 +36,13 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 fn day(s: &str) -> Result<usize, String> {
     const FULL: [&str; 7] = [
-        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
     ];
     let l = s.to_ascii_lowercase();
     DAYS.iter()
@@ -49,8 +55,12 @@ fn hhmm(s: &str) -> Result<u32, String> {
     let (h, m) = s
         .split_once(':')
         .ok_or_else(|| format!("invalid time {s:?} (use HH:MM)"))?;
-    let h: u32 = h.parse().map_err(|_| format!("invalid time {s:?} (use HH:MM)"))?;
-    let m: u32 = m.parse().map_err(|_| format!("invalid time {s:?} (use HH:MM)"))?;
+    let h: u32 = h
+        .parse()
+        .map_err(|_| format!("invalid time {s:?} (use HH:MM)"))?;
+    let m: u32 = m
+        .parse()
+        .map_err(|_| format!("invalid time {s:?} (use HH:MM)"))?;
     if m >= 60 || h > 24 || (h == 24 && m != 0) {
         return Err(format!("invalid time {s:?}"));
     }
@@ -171,11 +181,18 @@ pub fn allowed(windows: &[Window], now: DateTime<Utc>, cell_tz: &str) -> bool {
 }
 
 /// The next instant at or after `now` inside any window.
-pub fn next_allowed(windows: &[Window], now: DateTime<Utc>, cell_tz: &str) -> Option<DateTime<Utc>> {
+pub fn next_allowed(
+    windows: &[Window],
+    now: DateTime<Utc>,
+    cell_tz: &str,
+) -> Option<DateTime<Utc>> {
     if allowed(windows, now, cell_tz) {
         return Some(now);
     }
-    windows.iter().filter_map(|w| w.next_open(now, cell_tz)).min()
+    windows
+        .iter()
+        .filter_map(|w| w.next_open(now, cell_tz))
+        .min()
 }
 
 #[cfg(test)]
@@ -183,7 +200,9 @@ mod tests {
     use super::*;
 
     fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).map(|d| d.with_timezone(&Utc)).expect("time")
+        DateTime::parse_from_rfc3339(s)
+            .map(|d| d.with_timezone(&Utc))
+            .expect("time")
     }
 
     #[test]

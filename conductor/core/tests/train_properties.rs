@@ -5,7 +5,9 @@ use chrono::{DateTime, Duration, Utc};
 use conductor_core::duration::Dur;
 use conductor_core::pipeline::{DeployStep, Gate, OnFailure, Step};
 use conductor_core::plan::{Plan, PlannedWave};
-use conductor_core::train::{CellPhase, Effect, Event, Refusal, Train, TrainSpec, TrainStatus, WaveStatus};
+use conductor_core::train::{
+    CellPhase, Effect, Event, Refusal, Train, TrainSpec, TrainStatus, WaveStatus,
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -27,7 +29,12 @@ fn shape() -> impl Strategy<Value = Shape> {
         any::<bool>(),
         any::<bool>(),
     )
-        .prop_map(|(waves, bake, test, rollback_train)| Shape { waves, bake, test, rollback_train })
+        .prop_map(|(waves, bake, test, rollback_train)| Shape {
+            waves,
+            bake,
+            test,
+            rollback_train,
+        })
 }
 
 fn spec(s: &Shape) -> TrainSpec {
@@ -48,13 +55,19 @@ fn spec(s: &Shape) -> TrainSpec {
             name: format!("w{i}"),
             cells: ids,
             max_parallel: *max_parallel,
-            approval: quorum.map(|q| Gate { group: "rm".into(), quorum: q }),
+            approval: quorum.map(|q| Gate {
+                group: "rm".into(),
+                quorum: q,
+            }),
             after: if i == 0 { vec![] } else { vec![i - 1] },
         });
     }
     let mut steps = vec![Step::Deploy(DeployStep::default())];
     if s.test {
-        steps.push(Step::Command(conductor_core::pipeline::CommandStep { run: "true".into(), timeout: Dur::secs(5) }));
+        steps.push(Step::Command(conductor_core::pipeline::CommandStep {
+            run: "true".into(),
+            timeout: Dur::secs(5),
+        }));
     }
     if s.bake {
         steps.push(Step::Bake(Dur::secs(60)));
@@ -62,13 +75,26 @@ fn spec(s: &Shape) -> TrainSpec {
     TrainSpec {
         id: "t1".into(),
         pipeline: "p".into(),
-        artifact: conductor_core::pipeline::Artifact { kind: conductor_core::pipeline::ArtifactKind::Binary, name: "a".into(), args: vec![], health: "/healthz".into() },
+        artifact: conductor_core::pipeline::Artifact {
+            kind: conductor_core::pipeline::ArtifactKind::Binary,
+            name: "a".into(),
+            args: vec![],
+            health: "/healthz".into(),
+        },
         version: "v2".into(),
         started_by: STARTER.into(),
         steps,
-        on_failure: if s.rollback_train { OnFailure::RollbackTrain } else { OnFailure::RollbackCellAndHalt },
+        on_failure: if s.rollback_train {
+            OnFailure::RollbackTrain
+        } else {
+            OnFailure::RollbackCellAndHalt
+        },
         windows: vec![],
-        plan: Plan { order: (0..waves.len()).collect(), waves, cell_tz },
+        plan: Plan {
+            order: (0..waves.len()).collect(),
+            waves,
+            cell_tz,
+        },
     }
 }
 
@@ -103,10 +129,17 @@ impl World {
     fn new(s: &Shape) -> World {
         let now = DateTime::UNIX_EPOCH + Duration::days(20_000);
         let sp = spec(s);
-        let ev = Event::Created { spec: sp.clone(), queued: false };
+        let ev = Event::Created {
+            spec: Box::new(sp.clone()),
+            queued: false,
+        };
         let mut train = Train::new(sp, false, now);
         let fx = train.apply(&ev, now);
-        let mut w = World { train, now, inflight: vec![] };
+        let mut w = World {
+            train,
+            now,
+            inflight: vec![],
+        };
         // Created is not re-applied by the engine; kick the machine with a wake.
         w.feed(Event::Wake { cell: None });
         w.absorb(fx);
@@ -135,13 +168,27 @@ impl World {
             if started {
                 // No cell is touched before its wave starts.
                 let w = c.wave;
-                assert_eq!(after.waves[w].status, WaveStatus::Running, "cell {id} started in a wave that is not running");
+                assert_eq!(
+                    after.waves[w].status,
+                    WaveStatus::Running,
+                    "cell {id} started in a wave that is not running"
+                );
                 for d in &after.spec.plan.waves[w].after {
-                    assert_eq!(after.waves[*d].status, WaveStatus::Done, "cell {id} started before wave {d} was done");
+                    assert_eq!(
+                        after.waves[*d].status,
+                        WaveStatus::Done,
+                        "cell {id} started before wave {d} was done"
+                    );
                 }
                 // A halted or cancelled train starts no new cell.
-                assert!(!before.halted && !before.cancel_requested, "halted/cancelled train started {id}");
-                assert!(!after.halted && !after.cancel_requested, "halted/cancelled train started {id}");
+                assert!(
+                    !before.halted && !before.cancel_requested,
+                    "halted/cancelled train started {id}"
+                );
+                assert!(
+                    !after.halted && !after.cancel_requested,
+                    "halted/cancelled train started {id}"
+                );
             }
         }
         // Parallelism stays within max_parallel per wave.
@@ -149,9 +196,32 @@ impl World {
             let active = pw
                 .cells
                 .iter()
-                .filter(|c| !matches!(after.cells[*c].phase, CellPhase::Pending | CellPhase::Succeeded | CellPhase::RolledBack | CellPhase::RollbackFailed | CellPhase::Stopped { .. }))
+                .filter(|c| {
+                    !matches!(
+                        after.cells[*c].phase,
+                        CellPhase::Pending
+                            | CellPhase::Succeeded
+                            | CellPhase::RolledBack
+                            | CellPhase::RollbackFailed
+                            | CellPhase::Stopped { .. }
+                    )
+                })
                 .count();
-            assert!(active <= pw.max_parallel as usize, "wave {w} has {active} active cells");
+            assert!(
+                active <= pw.max_parallel as usize,
+                "wave {w} has {active} active cells"
+            );
+            // The incremental counters agree with a recount.
+            let succeeded = pw
+                .cells
+                .iter()
+                .filter(|c| after.cells[*c].phase == CellPhase::Succeeded)
+                .count();
+            assert_eq!(after.waves[w].active, active, "active counter of wave {w}");
+            assert_eq!(
+                after.waves[w].succeeded, succeeded,
+                "succeeded counter of wave {w}"
+            );
         }
         self.train = after;
         self.absorb(fx);
@@ -166,7 +236,12 @@ impl World {
                 let e = self.inflight.remove(pick % self.inflight.len());
                 let ev = match e {
                     Effect::AcquireLease { cell } => Event::LeaseGranted { cell },
-                    Effect::RunStep { cell, step, attempt, .. } => Event::StepFinished {
+                    Effect::RunStep {
+                        cell,
+                        step,
+                        attempt,
+                        ..
+                    } => Event::StepFinished {
                         cell,
                         step,
                         attempt,
@@ -174,7 +249,11 @@ impl World {
                         detail: if *ok { "ok".into() } else { "boom".into() },
                         previous_version: Some("v1".into()),
                     },
-                    Effect::Rollback { cell, .. } => Event::RollbackFinished { cell, ok: true, detail: "restored".into() },
+                    Effect::Rollback { cell, .. } => Event::RollbackFinished {
+                        cell,
+                        ok: true,
+                        detail: "restored".into(),
+                    },
                     Effect::WakeAt { at, cell } => {
                         self.now = self.now.max(at);
                         Event::Wake { cell }
@@ -190,8 +269,21 @@ impl World {
                 }
                 let wave = gates[pick % gates.len()].to_string();
                 let by = PEOPLE[*person].to_string();
-                let ev = Event::Approved { wave: wave.clone(), by: by.clone(), groups: vec!["rm".into()], admin: false, reason: None };
-                let w = self.train.spec.plan.waves.iter().position(|x| x.name == wave).expect("wave");
+                let ev = Event::Approved {
+                    wave: wave.clone(),
+                    by: by.clone(),
+                    groups: vec!["rm".into()],
+                    admin: false,
+                    reason: None,
+                };
+                let w = self
+                    .train
+                    .spec
+                    .plan
+                    .waves
+                    .iter()
+                    .position(|x| x.name == wave)
+                    .expect("wave");
                 let had = self.train.waves[w].approvals.iter().any(|d| d.by == by);
                 match self.train.validate(&ev) {
                     Err(Refusal::SelfApproval(_)) => assert_eq!(by, STARTER),
@@ -201,9 +293,15 @@ impl World {
                         assert_ne!(by, STARTER, "self-approval accepted");
                         assert!(!had, "same approver counted twice");
                         self.feed(ev);
-                        let distinct: std::collections::BTreeSet<_> =
-                            self.train.waves[w].approvals.iter().map(|d| d.by.clone()).collect();
-                        let quorum = self.train.spec.plan.waves[w].approval.as_ref().map_or(1, |g| g.quorum) as usize;
+                        let distinct: std::collections::BTreeSet<_> = self.train.waves[w]
+                            .approvals
+                            .iter()
+                            .map(|d| d.by.clone())
+                            .collect();
+                        let quorum = self.train.spec.plan.waves[w]
+                            .approval
+                            .as_ref()
+                            .map_or(1, |g| g.quorum) as usize;
                         assert_eq!(distinct.len(), self.train.waves[w].approvals.len());
                         assert_eq!(
                             self.train.waves[w].status != WaveStatus::AwaitingApproval,
@@ -216,7 +314,13 @@ impl World {
             Action::Reject { pick } => {
                 let gates = self.train.gates_waiting();
                 if let Some(wave) = gates.get(pick % gates.len().max(1)) {
-                    let ev = Event::Rejected { wave: wave.to_string(), by: "bob".into(), groups: vec!["rm".into()], admin: false, reason: Some("no".into()) };
+                    let ev = Event::Rejected {
+                        wave: wave.to_string(),
+                        by: "bob".into(),
+                        groups: vec!["rm".into()],
+                        admin: false,
+                        reason: Some("no".into()),
+                    };
                     self.feed(ev);
                 }
             }
@@ -286,13 +390,36 @@ proptest! {
 
 #[test]
 fn self_approval_is_refused() {
-    let s = Shape { waves: vec![(1, 1, None), (2, 1, Some(2))], bake: false, test: false, rollback_train: false };
+    let s = Shape {
+        waves: vec![(1, 1, None), (2, 1, Some(2))],
+        bake: false,
+        test: false,
+        rollback_train: false,
+    };
     let mut w = World::new(&s);
     w.drain_until_gate();
-    let ev = Event::Approved { wave: "w1".into(), by: STARTER.into(), groups: vec!["rm".into()], admin: true, reason: None };
-    assert_eq!(w.train.validate(&ev), Err(Refusal::SelfApproval(STARTER.into())));
-    let outsider = Event::Approved { wave: "w1".into(), by: "eve".into(), groups: vec![], admin: false, reason: None };
-    assert!(matches!(w.train.validate(&outsider), Err(Refusal::NotInGroup { .. })));
+    let ev = Event::Approved {
+        wave: "w1".into(),
+        by: STARTER.into(),
+        groups: vec!["rm".into()],
+        admin: true,
+        reason: None,
+    };
+    assert_eq!(
+        w.train.validate(&ev),
+        Err(Refusal::SelfApproval(STARTER.into()))
+    );
+    let outsider = Event::Approved {
+        wave: "w1".into(),
+        by: "eve".into(),
+        groups: vec![],
+        admin: false,
+        reason: None,
+    };
+    assert!(matches!(
+        w.train.validate(&outsider),
+        Err(Refusal::NotInGroup { .. })
+    ));
 }
 
 impl World {
@@ -305,21 +432,44 @@ impl World {
 
 #[test]
 fn rollback_train_goes_newest_wave_first() {
-    let s = Shape { waves: vec![(1, 1, None), (2, 2, None), (2, 2, None)], bake: false, test: false, rollback_train: true };
+    let s = Shape {
+        waves: vec![(1, 1, None), (2, 2, None), (2, 2, None)],
+        bake: false,
+        test: false,
+        rollback_train: true,
+    };
     let mut w = World::new(&s);
     // Deploy waves 0 and 1, and fail the first cell of wave 2.
     let mut order = Vec::new();
     for _ in 0..1000 {
-        let Some(pos) = w.inflight.iter().position(|e| !matches!(e, Effect::RunStep { cell, .. } if cell == "c04")) else {
+        let Some(pos) = w
+            .inflight
+            .iter()
+            .position(|e| !matches!(e, Effect::RunStep { cell, .. } if cell == "c04"))
+        else {
             break;
         };
         if let Effect::Rollback { cell, .. } = &w.inflight[pos] {
             order.push(w.train.cells[cell].wave);
         }
-        w.step(&Action::Complete { pick: pos, ok: true });
-        if w.inflight.iter().any(|e| matches!(e, Effect::RunStep { cell, .. } if cell == "c04")) && order.is_empty() {
-            let pos = w.inflight.iter().position(|e| matches!(e, Effect::RunStep { cell, .. } if cell == "c04")).expect("c04");
-            w.step(&Action::Complete { pick: pos, ok: false });
+        w.step(&Action::Complete {
+            pick: pos,
+            ok: true,
+        });
+        if w.inflight
+            .iter()
+            .any(|e| matches!(e, Effect::RunStep { cell, .. } if cell == "c04"))
+            && order.is_empty()
+        {
+            let pos = w
+                .inflight
+                .iter()
+                .position(|e| matches!(e, Effect::RunStep { cell, .. } if cell == "c04"))
+                .expect("c04");
+            w.step(&Action::Complete {
+                pick: pos,
+                ok: false,
+            });
         }
     }
     w.drain();
@@ -332,11 +482,20 @@ fn rollback_train_goes_newest_wave_first() {
 
 #[test]
 fn happy_path_deploys_every_cell() {
-    let s = Shape { waves: vec![(1, 1, None), (3, 2, Some(2)), (4, 3, None)], bake: true, test: true, rollback_train: false };
+    let s = Shape {
+        waves: vec![(1, 1, None), (3, 2, Some(2)), (4, 3, None)],
+        bake: true,
+        test: true,
+        rollback_train: false,
+    };
     let mut w = World::new(&s);
     w.drain();
     assert_eq!(w.train.status, TrainStatus::Succeeded);
     assert_eq!(w.train.cells.len(), 8);
-    assert!(w.train.cells.values().all(|c| c.deployed && c.log.len() == 2));
+    assert!(w
+        .train
+        .cells
+        .values()
+        .all(|c| c.deployed && c.log.len() == 2));
     assert_eq!(w.train.waves[1].approvals.len(), 2);
 }

@@ -50,7 +50,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
     }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -86,11 +91,19 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists")),
+            StoreError::Conflict(what) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            ),
             other => {
                 // Logged once here; the caller gets no internals.
                 tracing::error!(error = %other, "store error while serving a request");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                )
             }
         }
     }
@@ -102,14 +115,20 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(id) => ApiError::not_found(format!("no train {id:?}")),
             EngineError::Refused(r) => {
                 let (status, code) = match r {
-                    Refusal::SelfApproval(_) | Refusal::NotInGroup { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+                    Refusal::SelfApproval(_) | Refusal::NotInGroup { .. } => {
+                        (StatusCode::FORBIDDEN, "forbidden")
+                    }
                     Refusal::UnknownWave(_) => (StatusCode::NOT_FOUND, "not_found"),
                     _ => (StatusCode::CONFLICT, "conflict"),
                 };
                 ApiError::new(status, code, r.to_string())
             }
             EngineError::Store(s) => s.into(),
-            EngineError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the engine has stopped"),
+            EngineError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the engine has stopped",
+            ),
         }
     }
 }
@@ -123,7 +142,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|_| {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body over {MAX_JSON_BODY} bytes"))
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("request body over {MAX_JSON_BODY} bytes"),
+            )
         })?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
@@ -134,15 +157,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 impl FromRequestParts<AppState> for Identity {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let unauth = || ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "a valid bearer token is required");
-        let h = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauth)?;
+        let unauth = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "a valid bearer token is required",
+            )
+        };
+        let h = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauth)?;
         let token = h.strip_prefix("Bearer ").ok_or_else(unauth)?.trim();
         if token.is_empty() || token.len() > 256 {
             return Err(unauth());
         }
-        let row = app.engine.store().token_by_hash(&hash_token(token)).await?.ok_or_else(unauth)?;
+        let row = app
+            .engine
+            .store()
+            .token_by_hash(&hash_token(token))
+            .await?
+            .ok_or_else(unauth)?;
         let role: Role = row.role.parse().map_err(|_| unauth())?;
-        Ok(Identity { name: row.name, role, groups: row.groups })
+        Ok(Identity {
+            name: row.name,
+            role,
+            groups: row.groups,
+        })
     }
 }
 
@@ -150,12 +192,25 @@ fn require(id: &Identity, a: Action) -> ApiResult<()> {
     if id.role.may(a) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("role {} may not do this", id.role)))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("role {} may not do this", id.role),
+        ))
     }
 }
 
-async fn audit(st: &AppState, id: &Identity, action: &str, target: &str, detail: &str) -> ApiResult<()> {
-    st.engine.store().audit(&id.name, action, target, detail, st.engine.now()).await?;
+async fn audit(
+    st: &AppState,
+    id: &Identity,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> ApiResult<()> {
+    st.engine
+        .store()
+        .audit(&id.name, action, target, detail, st.engine.now())
+        .await?;
     Ok(())
 }
 
@@ -192,11 +247,18 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
-async fn count_requests(State(st): State<AppState>, req: Request, next: axum::middleware::Next) -> Response {
+async fn count_requests(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     st.metrics.http_request();
     next.run(req).await
 }
@@ -207,7 +269,11 @@ async fn whoami(id: Identity) -> Json<Identity> {
 
 async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     let by_state = st.engine.store().count_trains_by_status().await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render(&by_state)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(&by_state),
+    )
+        .into_response())
 }
 
 async fn dashboard() -> Html<&'static str> {
@@ -228,7 +294,11 @@ fn file_name(b: &PipelineBody) -> String {
 }
 
 /// Parse and plan against the current inventory.
-async fn check_pipeline(st: &AppState, file: &str, yaml: &str) -> ApiResult<(pipeline::Pipeline, plan::Plan)> {
+async fn check_pipeline(
+    st: &AppState,
+    file: &str,
+    yaml: &str,
+) -> ApiResult<(pipeline::Pipeline, plan::Plan)> {
     let (p, spans) = pipeline::parse(file, yaml).map_err(|d| ApiError::invalid(&d))?;
     let cells = st.engine.store().cell_specs().await?;
     let pl = plan::plan(&p, &spans, &cells).map_err(|d| ApiError::invalid(&d))?;
@@ -256,17 +326,43 @@ fn plan_json(p: &pipeline::Pipeline, pl: &plan::Plan, now: chrono::DateTime<chro
     })
 }
 
-async fn validate_pipeline(State(st): State<AppState>, _id: Identity, JsonBody(b): JsonBody<PipelineBody>) -> ApiResult<Json<Value>> {
+async fn validate_pipeline(
+    State(st): State<AppState>,
+    _id: Identity,
+    JsonBody(b): JsonBody<PipelineBody>,
+) -> ApiResult<Json<Value>> {
     let (p, pl) = check_pipeline(&st, &file_name(&b), &b.yaml).await?;
-    Ok(Json(json!({ "valid": true, "plan": plan_json(&p, &pl, st.engine.now()) })))
+    Ok(Json(
+        json!({ "valid": true, "plan": plan_json(&p, &pl, st.engine.now()) }),
+    ))
 }
 
-async fn submit_pipeline(State(st): State<AppState>, id: Identity, JsonBody(b): JsonBody<PipelineBody>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn submit_pipeline(
+    State(st): State<AppState>,
+    id: Identity,
+    JsonBody(b): JsonBody<PipelineBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::SubmitPipeline)?;
     let (p, pl) = check_pipeline(&st, &file_name(&b), &b.yaml).await?;
-    let rev = st.engine.store().put_pipeline(&p.name, &b.yaml, &id.name, st.engine.now()).await?;
-    audit(&st, &id, "pipeline.submit", &p.name, &format!("revision {rev}")).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "name": p.name, "revision": rev, "plan": plan_json(&p, &pl, st.engine.now()) }))))
+    let rev = st
+        .engine
+        .store()
+        .put_pipeline(&p.name, &b.yaml, &id.name, st.engine.now())
+        .await?;
+    audit(
+        &st,
+        &id,
+        "pipeline.submit",
+        &p.name,
+        &format!("revision {rev}"),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "name": p.name, "revision": rev, "plan": plan_json(&p, &pl, st.engine.now()) }),
+        ),
+    ))
 }
 
 async fn list_pipelines(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
@@ -274,13 +370,31 @@ async fn list_pipelines(State(st): State<AppState>, _id: Identity) -> ApiResult<
     Ok(Json(json!({ "pipelines": rows })))
 }
 
-async fn get_pipeline(State(st): State<AppState>, _id: Identity, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    let row = st.engine.store().get_pipeline(&name).await?.ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
+async fn get_pipeline(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = st
+        .engine
+        .store()
+        .get_pipeline(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
     Ok(Json(json!(row)))
 }
 
-async fn plan_pipeline(State(st): State<AppState>, _id: Identity, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    let row = st.engine.store().get_pipeline(&name).await?.ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
+async fn plan_pipeline(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = st
+        .engine
+        .store()
+        .get_pipeline(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
     let (p, pl) = check_pipeline(&st, &format!("{name}.yaml"), &row.yaml).await?;
     Ok(Json(plan_json(&p, &pl, st.engine.now())))
 }
@@ -296,10 +410,18 @@ struct StartBody {
 fn train_id(pipeline: &str) -> String {
     let mut b = [0u8; 3];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-    format!("{pipeline}-{}-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"), hex::encode(b))
+    format!(
+        "{pipeline}-{}-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        hex::encode(b)
+    )
 }
 
-async fn start_train(State(st): State<AppState>, id: Identity, JsonBody(b): JsonBody<StartBody>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn start_train(
+    State(st): State<AppState>,
+    id: Identity,
+    JsonBody(b): JsonBody<StartBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::StartTrain)?;
     if !valid_version(&b.version) {
         return Err(ApiError::bad_request(format!(
@@ -312,13 +434,24 @@ async fn start_train(State(st): State<AppState>, id: Identity, JsonBody(b): Json
         .store()
         .get_pipeline(&b.pipeline)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline)))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
+        })?;
     let (p, pl) = check_pipeline(&st, &format!("{}.yaml", b.pipeline), &row.yaml).await?;
     // Local cells run the artifact binary: it must have been pushed.
     if p.artifact.kind == ArtifactKind::Binary {
         let cells = st.engine.store().cell_specs().await?;
-        let local = cells.iter().any(|c| pl.cell_tz.contains_key(&c.id) && c.target == TargetSpec::Local);
-        if local && st.engine.store().get_artifact(&p.artifact.name, &b.version).await?.is_none() {
+        let local = cells
+            .iter()
+            .any(|c| pl.cell_tz.contains_key(&c.id) && c.target == TargetSpec::Local);
+        if local
+            && st
+                .engine
+                .store()
+                .get_artifact(&p.artifact.name, &b.version)
+                .await?
+                .is_none()
+        {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "artifact_missing",
@@ -341,7 +474,14 @@ async fn start_train(State(st): State<AppState>, id: Identity, JsonBody(b): Json
         plan: pl,
     };
     let t = st.engine.start_train(spec).await?;
-    audit(&st, &id, "train.start", &t.spec.id, &format!("pipeline {} version {}", p.name, b.version)).await?;
+    audit(
+        &st,
+        &id,
+        "train.start",
+        &t.spec.id,
+        &format!("pipeline {} version {}", p.name, b.version),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(json!(t))))
 }
 
@@ -351,14 +491,30 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list_trains(State(st): State<AppState>, _id: Identity, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+async fn list_trains(
+    State(st): State<AppState>,
+    _id: Identity,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let rows = st.engine.store().list_trains(q.pipeline.as_deref(), limit).await?;
+    let rows = st
+        .engine
+        .store()
+        .list_trains(q.pipeline.as_deref(), limit)
+        .await?;
     Ok(Json(json!({ "trains": rows })))
 }
 
-async fn get_train(State(st): State<AppState>, _id: Identity, Path(tid): Path<String>) -> ApiResult<Json<Value>> {
-    let t = st.engine.store().get_train(&tid).await?.ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
+async fn get_train(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let t = st
+        .engine
+        .train(&tid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
     let mut v = json!(t);
     v["gates_waiting"] = json!(t.gates_waiting());
     v["summary"] = json!(t.cell_summary());
@@ -371,13 +527,32 @@ struct EventsQuery {
     limit: Option<i64>,
 }
 
-async fn train_events(State(st): State<AppState>, _id: Identity, Path(tid): Path<String>, Query(q): Query<EventsQuery>) -> ApiResult<Json<Value>> {
-    let rows = st.engine.store().train_events(&tid, q.after.unwrap_or(0), q.limit.unwrap_or(500).clamp(1, 5000)).await?;
+async fn train_events(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(tid): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
+    let rows = st
+        .engine
+        .store()
+        .train_events(
+            &tid,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(500).clamp(1, 5000),
+        )
+        .await?;
     Ok(Json(json!({ "events": rows })))
 }
 
-async fn train_logs(State(st): State<AppState>, _id: Identity, Path(tid): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "logs": st.engine.store().step_logs(&tid).await? })))
+async fn train_logs(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "logs": st.engine.store().step_logs(&tid).await? }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -389,44 +564,115 @@ struct GateBody {
 
 fn check_reason(r: &Option<String>) -> ApiResult<()> {
     match r {
-        Some(s) if s.len() > 2000 => Err(ApiError::bad_request("reason is longer than 2000 characters")),
+        Some(s) if s.len() > 2000 => Err(ApiError::bad_request(
+            "reason is longer than 2000 characters",
+        )),
         _ => Ok(()),
     }
 }
 
-async fn decide(st: &AppState, id: &Identity, tid: &str, b: GateBody, approve: bool) -> ApiResult<Json<Value>> {
+async fn decide(
+    st: &AppState,
+    id: &Identity,
+    tid: &str,
+    b: GateBody,
+    approve: bool,
+) -> ApiResult<Json<Value>> {
     require(id, Action::Approve)?;
     check_reason(&b.reason)?;
-    let (wave, by, groups, admin, reason) = (b.gate.clone(), id.name.clone(), id.groups.clone(), id.role == Role::Admin, b.reason.clone());
+    let (wave, by, groups, admin, reason) = (
+        b.gate.clone(),
+        id.name.clone(),
+        id.groups.clone(),
+        id.role == Role::Admin,
+        b.reason.clone(),
+    );
     let ev = if approve {
-        Event::Approved { wave, by, groups, admin, reason }
+        Event::Approved {
+            wave,
+            by,
+            groups,
+            admin,
+            reason,
+        }
     } else {
-        Event::Rejected { wave, by, groups, admin, reason }
+        Event::Rejected {
+            wave,
+            by,
+            groups,
+            admin,
+            reason,
+        }
     };
     let t = st.engine.command(tid, ev).await?;
-    let action = if approve { "train.approve" } else { "train.reject" };
-    audit(st, id, action, tid, &format!("gate {} reason {:?}", b.gate, b.reason.unwrap_or_default())).await?;
+    let action = if approve {
+        "train.approve"
+    } else {
+        "train.reject"
+    };
+    audit(
+        st,
+        id,
+        action,
+        tid,
+        &format!("gate {} reason {:?}", b.gate, b.reason.unwrap_or_default()),
+    )
+    .await?;
     Ok(Json(json!(t)))
 }
 
-async fn approve(State(st): State<AppState>, id: Identity, Path(tid): Path<String>, JsonBody(b): JsonBody<GateBody>) -> ApiResult<Json<Value>> {
+async fn approve(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+    JsonBody(b): JsonBody<GateBody>,
+) -> ApiResult<Json<Value>> {
     decide(&st, &id, &tid, b, true).await
 }
 
-async fn reject(State(st): State<AppState>, id: Identity, Path(tid): Path<String>, JsonBody(b): JsonBody<GateBody>) -> ApiResult<Json<Value>> {
+async fn reject(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+    JsonBody(b): JsonBody<GateBody>,
+) -> ApiResult<Json<Value>> {
     decide(&st, &id, &tid, b, false).await
 }
 
-async fn cancel(State(st): State<AppState>, id: Identity, Path(tid): Path<String>) -> ApiResult<Json<Value>> {
+async fn cancel(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
     require(&id, Action::CancelOrRollback)?;
-    let t = st.engine.command(&tid, Event::CancelRequested { by: id.name.clone() }).await?;
+    let t = st
+        .engine
+        .command(
+            &tid,
+            Event::CancelRequested {
+                by: id.name.clone(),
+            },
+        )
+        .await?;
     audit(&st, &id, "train.cancel", &tid, "").await?;
     Ok(Json(json!(t)))
 }
 
-async fn rollback(State(st): State<AppState>, id: Identity, Path(tid): Path<String>) -> ApiResult<Json<Value>> {
+async fn rollback(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
     require(&id, Action::CancelOrRollback)?;
-    let t = st.engine.command(&tid, Event::RollbackRequested { by: id.name.clone() }).await?;
+    let t = st
+        .engine
+        .command(
+            &tid,
+            Event::RollbackRequested {
+                by: id.name.clone(),
+            },
+        )
+        .await?;
     audit(&st, &id, "train.rollback", &tid, "").await?;
     Ok(Json(json!(t)))
 }
@@ -434,7 +680,9 @@ async fn rollback(State(st): State<AppState>, id: Identity, Path(tid): Path<Stri
 // ---- cells, leases, artifacts ------------------------------------------------
 
 async fn list_cells(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "cells": st.engine.store().list_cells().await? })))
+    Ok(Json(
+        json!({ "cells": st.engine.store().list_cells().await? }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -442,8 +690,14 @@ struct CellQuery {
     cell: Option<String>,
 }
 
-async fn deploy_log(State(st): State<AppState>, _id: Identity, Query(q): Query<CellQuery>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "deploys": st.engine.store().deploy_log(q.cell.as_deref()).await? })))
+async fn deploy_log(
+    State(st): State<AppState>,
+    _id: Identity,
+    Query(q): Query<CellQuery>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "deploys": st.engine.store().deploy_log(q.cell.as_deref()).await? }),
+    ))
 }
 
 async fn leases(State(st): State<AppState>, _id: Identity) -> Json<Value> {
@@ -455,29 +709,58 @@ async fn routes(State(st): State<AppState>, _id: Identity) -> Json<Value> {
 }
 
 async fn list_artifacts(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "artifacts": st.engine.store().list_artifacts().await? })))
+    Ok(Json(
+        json!({ "artifacts": st.engine.store().list_artifacts().await? }),
+    ))
 }
 
-async fn push_artifact(State(st): State<AppState>, id: Identity, Path((name, version)): Path<(String, String)>, body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn push_artifact(
+    State(st): State<AppState>,
+    id: Identity,
+    Path((name, version)): Path<(String, String)>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::PushArtifact)?;
-    let body = body.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("artifact over {MAX_ARTIFACT} bytes")))?;
+    let body = body.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("artifact over {MAX_ARTIFACT} bytes"),
+        )
+    })?;
     if !valid_id(&name) {
-        return Err(ApiError::bad_request(format!("invalid artifact name {name:?}")));
+        return Err(ApiError::bad_request(format!(
+            "invalid artifact name {name:?}"
+        )));
     }
     if !valid_version(&version) {
-        return Err(ApiError::bad_request(format!("invalid version {version:?}")));
+        return Err(ApiError::bad_request(format!(
+            "invalid version {version:?}"
+        )));
     }
     if body.is_empty() {
         return Err(ApiError::bad_request("empty artifact"));
     }
-    if st.engine.store().get_artifact(&name, &version).await?.is_some() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("artifact {name} {version} already exists; versions are immutable")));
+    if st
+        .engine
+        .store()
+        .get_artifact(&name, &version)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("artifact {name} {version} already exists; versions are immutable"),
+        ));
     }
     let sha = hex::encode(Sha256::digest(&body));
     let path = st.artifacts.path(&name, &version);
     let write = |path: std::path::PathBuf, body: Bytes| -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let dir = path.parent().ok_or_else(|| std::io::Error::other("no parent"))?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("no parent"))?;
         std::fs::create_dir_all(dir)?;
         let tmp = path.with_extension("partial");
         std::fs::write(&tmp, &body)?;
@@ -488,14 +771,38 @@ async fn push_artifact(State(st): State<AppState>, id: Identity, Path((name, ver
     let size = body.len() as i64;
     tokio::task::spawn_blocking(move || write(path, body))
         .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "artifact write failed"))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "artifact write failed",
+            )
+        })?
         .map_err(|e| {
             tracing::error!(error = %e, "cannot write an artifact");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "could not store the artifact; see the server log")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "could not store the artifact; see the server log",
+            )
         })?;
-    let row = ArtifactRow { name: name.clone(), version: version.clone(), sha256: sha.clone(), size, pushed_by: id.name.clone(), pushed_at: st.engine.now().to_rfc3339() };
+    let row = ArtifactRow {
+        name: name.clone(),
+        version: version.clone(),
+        sha256: sha.clone(),
+        size,
+        pushed_by: id.name.clone(),
+        pushed_at: st.engine.now().to_rfc3339(),
+    };
     st.engine.store().put_artifact(&row).await?;
-    audit(&st, &id, "artifact.push", &format!("{name}:{version}"), &format!("sha256 {sha} size {size}")).await?;
+    audit(
+        &st,
+        &id,
+        "artifact.push",
+        &format!("{name}:{version}"),
+        &format!("sha256 {sha} size {size}"),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(json!(row))))
 }
 
@@ -509,23 +816,64 @@ struct TokenBody {
     groups: Vec<String>,
 }
 
-async fn create_token(State(st): State<AppState>, id: Identity, JsonBody(b): JsonBody<TokenBody>) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create_token(
+    State(st): State<AppState>,
+    id: Identity,
+    JsonBody(b): JsonBody<TokenBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::ManageTokens)?;
     let role: Role = b.role.parse().map_err(ApiError::bad_request)?;
-    if b.name.is_empty() || b.name.len() > 64 || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
-        return Err(ApiError::bad_request("token name must be 1-64 letters, digits, '-', '_', '.' or '@'"));
+    if b.name.is_empty()
+        || b.name.len() > 64
+        || !b
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        return Err(ApiError::bad_request(
+            "token name must be 1-64 letters, digits, '-', '_', '.' or '@'",
+        ));
     }
     if b.groups.len() > 32 || b.groups.iter().any(|g| !valid_id(g)) {
-        return Err(ApiError::bad_request("groups must be at most 32 ids of lowercase letters, digits, '-' or '_'"));
+        return Err(ApiError::bad_request(
+            "groups must be at most 32 ids of lowercase letters, digits, '-' or '_'",
+        ));
     }
     let token = new_token();
-    st.engine.store().create_token(&b.name, &role.to_string(), &b.groups, &hash_token(&token), st.engine.now()).await?;
-    audit(&st, &id, "token.create", &b.name, &format!("role {role} groups {}", b.groups.join(","))).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "name": b.name, "role": role, "groups": b.groups, "token": token }))))
+    st.engine
+        .store()
+        .create_token(
+            &b.name,
+            &role.to_string(),
+            &b.groups,
+            &hash_token(&token),
+            st.engine.now(),
+        )
+        .await?;
+    audit(
+        &st,
+        &id,
+        "token.create",
+        &b.name,
+        &format!("role {role} groups {}", b.groups.join(",")),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": b.name, "role": role, "groups": b.groups, "token": token })),
+    ))
 }
 
-async fn audit_log(State(st): State<AppState>, id: Identity, Query(q): Query<EventsQuery>) -> ApiResult<Json<Value>> {
+async fn audit_log(
+    State(st): State<AppState>,
+    id: Identity,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
     require(&id, Action::ReadAudit)?;
-    let rows = st.engine.store().audit_log(q.after.unwrap_or(0), q.limit.unwrap_or(200).clamp(1, 5000)).await?;
+    let rows = st
+        .engine
+        .store()
+        .audit_log(q.after.unwrap_or(0), q.limit.unwrap_or(200).clamp(1, 5000))
+        .await?;
     Ok(Json(json!({ "audit": rows })))
 }

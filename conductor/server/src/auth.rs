@@ -27,7 +27,11 @@ impl FromStr for Role {
             "sre" => Role::Sre,
             "ci" => Role::Ci,
             "admin" => Role::Admin,
-            _ => return Err(format!("unknown role {s:?} (developer, approver, sre, ci or admin)")),
+            _ => {
+                return Err(format!(
+                    "unknown role {s:?} (developer, approver, sre, ci or admin)"
+                ))
+            }
         })
     }
 }
@@ -64,7 +68,10 @@ impl Role {
         use Action::*;
         match self {
             Role::Admin => true,
-            Role::Developer => matches!(a, Read | SubmitPipeline | StartTrain | PushArtifact | CancelOrRollback),
+            Role::Developer => matches!(
+                a,
+                Read | SubmitPipeline | StartTrain | PushArtifact | CancelOrRollback
+            ),
             Role::Ci => matches!(a, Read | StartTrain | PushArtifact | CancelOrRollback),
             Role::Approver => matches!(a, Read | Approve),
             Role::Sre => matches!(a, Read | ManageCells | CancelOrRollback),

@@ -30,23 +30,33 @@ pub struct CliError {
 
 impl CliError {
     fn usage(m: impl Into<String>) -> CliError {
-        CliError { code: exit::USAGE, message: m.into() }
+        CliError {
+            code: exit::USAGE,
+            message: m.into(),
+        }
     }
 }
 
 impl From<anyhow::Error> for CliError {
     fn from(e: anyhow::Error) -> CliError {
-        CliError { code: exit::FAILED, message: format!("{e:#}") }
+        CliError {
+            code: exit::FAILED,
+            message: format!("{e:#}"),
+        }
     }
 }
 
 type CliResult = Result<i32, CliError>;
 
 #[derive(Parser)]
-#[command(name = "conductor", version, about = "Release trains across cells: pipelines, trains, approvals, cells.",
+#[command(
+    name = "conductor",
+    version,
+    about = "Release trains across cells: pipelines, trains, approvals, cells.",
     long_about = "The Conductor carries an artifact version to every selected cell in waves, with test gates, \
 bake times, approvals and rollback on failure.\n\nServer: `conductor up`. Every other command talks to a server \
-at $CONDUCTOR_URL (default http://127.0.0.1:8480) with the token in $CONDUCTOR_TOKEN.")]
+at $CONDUCTOR_URL (default http://127.0.0.1:8480) with the token in $CONDUCTOR_TOKEN."
+)]
 pub struct Cli {
     /// Log format for the server: text or json.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
@@ -58,7 +68,12 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Conn {
     /// Conductor API URL.
-    #[arg(long, env = "CONDUCTOR_URL", default_value = "http://127.0.0.1:8480", global = true)]
+    #[arg(
+        long,
+        env = "CONDUCTOR_URL",
+        default_value = "http://127.0.0.1:8480",
+        global = true
+    )]
     pub url: String,
     /// Bearer token (see `conductor token create`).
     #[arg(long, env = "CONDUCTOR_TOKEN", hide_env_values = true, global = true)]
@@ -287,39 +302,64 @@ impl Client {
         let token = c
             .token
             .clone()
-            .or_else(|| std::fs::read_to_string(".data/admin.token").ok().map(|s| s.trim().to_string()))
+            .or_else(|| {
+                std::fs::read_to_string(".data/admin.token")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
             .ok_or_else(|| CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token)"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
             .build()
             .map_err(|e| CliError::from(anyhow::anyhow!("building HTTP client: {e}")))?;
-        Ok(Client { base: c.url.trim_end_matches('/').to_string(), token, http })
+        Ok(Client {
+            base: c.url.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
-        let resp = rb.bearer_auth(&self.token).send().await.map_err(|e| CliError {
-            code: exit::FAILED,
-            message: format!("cannot reach the Conductor at {}: {e}", self.base),
-        })?;
+        let resp = rb
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| CliError {
+                code: exit::FAILED,
+                message: format!("cannot reach the Conductor at {}: {e}", self.base),
+            })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(body);
         }
-        let msg = body["message"].as_str().unwrap_or("request failed").to_string();
+        let msg = body["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string();
         let code = body["code"].as_str().unwrap_or("error");
         Err(CliError {
-            code: if status.is_client_error() { exit::USAGE } else { exit::FAILED },
+            code: if status.is_client_error() {
+                exit::USAGE
+            } else {
+                exit::FAILED
+            },
             message: format!("{msg} ({code}, HTTP {})", status.as_u16()),
         })
     }
 
     async fn get(&self, path: &str) -> Result<Value, CliError> {
-        self.send(self.http.get(format!("{}/api/v1{path}", self.base))).await
+        self.send(self.http.get(format!("{}/api/v1{path}", self.base)))
+            .await
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
-        self.send(self.http.post(format!("{}/api/v1{path}", self.base)).json(&body)).await
+        self.send(
+            self.http
+                .post(format!("{}/api/v1{path}", self.base))
+                .json(&body),
+        )
+        .await
     }
 }
 
@@ -333,15 +373,36 @@ fn print_json(v: &Value) {
 
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
 pub async fn run(cli: Cli) -> CliResult {
     match cli.cmd {
-        Cmd::Up { data_dir, listen, cells, shapes } => {
-            let listen = listen.parse().map_err(|_| CliError::usage(format!("--listen {listen:?} is not an address like 127.0.0.1:8480")))?;
-            up(UpOptions { data_dir, listen, cells_file: cells, shapes_file: shapes }).await?;
+        Cmd::Up {
+            data_dir,
+            listen,
+            cells,
+            shapes,
+        } => {
+            let listen = listen.parse().map_err(|_| {
+                CliError::usage(format!(
+                    "--listen {listen:?} is not an address like 127.0.0.1:8480"
+                ))
+            })?;
+            up(UpOptions {
+                data_dir,
+                listen,
+                cells_file: cells,
+                shapes_file: shapes,
+            })
+            .await?;
             Ok(exit::OK)
         }
         Cmd::Pipeline(c) => pipeline_cmd(c).await,
@@ -351,32 +412,92 @@ pub async fn run(cli: Cli) -> CliResult {
             if json {
                 print_json(&v);
             } else {
-                println!("{:<20} {:<16} {:<8} {:<8} {:<28} VERSIONS", "CELL", "REGION", "SHAPE", "STATUS", "LABELS");
+                println!(
+                    "{:<20} {:<16} {:<8} {:<8} {:<28} VERSIONS",
+                    "CELL", "REGION", "SHAPE", "STATUS", "LABELS"
+                );
                 for c in v["cells"].as_array().into_iter().flatten() {
-                    let labels: Vec<String> = c["labels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-                    let versions: Vec<String> = c["versions"].as_array().into_iter().flatten().map(|v| format!("{}={}", v["artifact"].as_str().unwrap_or(""), v["version"].as_str().unwrap_or("-"))).collect();
-                    println!("{:<20} {:<16} {:<8} {:<8} {:<28} {}", s(&c["id"]), s(&c["region"]), s(&c["shape"]), s(&c["status"]), labels.join(","), versions.join(" "));
+                    let labels: Vec<String> = c["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect();
+                    let versions: Vec<String> = c["versions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| {
+                            format!(
+                                "{}={}",
+                                v["artifact"].as_str().unwrap_or(""),
+                                v["version"].as_str().unwrap_or("-")
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "{:<20} {:<16} {:<8} {:<8} {:<28} {}",
+                        s(&c["id"]),
+                        s(&c["region"]),
+                        s(&c["shape"]),
+                        s(&c["status"]),
+                        labels.join(","),
+                        versions.join(" ")
+                    );
                 }
             }
             Ok(exit::OK)
         }
-        Cmd::Artifact(ArtifactCmd::Push { name, version, path, conn }) => {
+        Cmd::Artifact(ArtifactCmd::Push {
+            name,
+            version,
+            path,
+            conn,
+        }) => {
             let client = Client::new(&conn)?;
-            let bytes = std::fs::read(&path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-            let url = format!("{}/api/v1/artifacts/{}/{}", client.base, enc(&name), enc(&version));
+            let bytes = std::fs::read(&path)
+                .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+            let url = format!(
+                "{}/api/v1/artifacts/{}/{}",
+                client.base,
+                enc(&name),
+                enc(&version)
+            );
             let v = client.send(client.http.put(url).body(bytes)).await?;
-            println!("pushed {} {} ({} bytes, sha256 {})", name, version, v["size"], s(&v["sha256"]));
+            println!(
+                "pushed {} {} ({} bytes, sha256 {})",
+                name,
+                version,
+                v["size"],
+                s(&v["sha256"])
+            );
             Ok(exit::OK)
         }
         Cmd::Artifact(ArtifactCmd::List { conn }) => {
             let v = Client::new(&conn)?.get("/artifacts").await?;
             for a in v["artifacts"].as_array().into_iter().flatten() {
-                println!("{:<24} {:<20} {:>10}  {}", s(&a["name"]), s(&a["version"]), a["size"], s(&a["pushed_at"]));
+                println!(
+                    "{:<24} {:<20} {:>10}  {}",
+                    s(&a["name"]),
+                    s(&a["version"]),
+                    a["size"],
+                    s(&a["pushed_at"])
+                );
             }
             Ok(exit::OK)
         }
-        Cmd::Token(TokenCmd::Create { name, role, groups, conn }) => {
-            let v = Client::new(&conn)?.post("/tokens", json!({"name": name, "role": role, "groups": groups})).await?;
+        Cmd::Token(TokenCmd::Create {
+            name,
+            role,
+            groups,
+            conn,
+        }) => {
+            let v = Client::new(&conn)?
+                .post(
+                    "/tokens",
+                    json!({"name": name, "role": role, "groups": groups}),
+                )
+                .await?;
             println!("{}", s(&v["token"]));
             eprintln!("token for {name} (role {role}); it is shown only this once");
             Ok(exit::OK)
@@ -387,7 +508,14 @@ pub async fn run(cli: Cli) -> CliResult {
                 print_json(&v);
             } else {
                 for a in v["audit"].as_array().into_iter().flatten() {
-                    println!("{} {:<12} {:<16} {} {}", s(&a["at"]), s(&a["actor"]), s(&a["action"]), s(&a["target"]), s(&a["detail"]));
+                    println!(
+                        "{} {:<12} {:<16} {} {}",
+                        s(&a["at"]),
+                        s(&a["actor"]),
+                        s(&a["action"]),
+                        s(&a["target"]),
+                        s(&a["detail"])
+                    );
                 }
             }
             Ok(exit::OK)
@@ -406,14 +534,20 @@ fn s(v: &Value) -> String {
 async fn pipeline_cmd(c: PipelineCmd) -> CliResult {
     match c {
         PipelineCmd::Validate { files, offline } => {
-            let cells = load_inventory(&offline.shapes, &offline.cells).map_err(|e| CliError::usage(format!("{e:#}")))?;
+            let cells = load_inventory(&offline.shapes, &offline.cells)
+                .map_err(|e| CliError::usage(format!("{e:#}")))?;
             let mut bad = 0;
             for f in &files {
                 let text = read_file(f)?;
                 let name = f.display().to_string();
-                let r = pipeline::parse(&name, &text).and_then(|(p, spans)| plan::plan(&p, &spans, &cells).map(|pl| (p, pl)));
+                let r = pipeline::parse(&name, &text)
+                    .and_then(|(p, spans)| plan::plan(&p, &spans, &cells).map(|pl| (p, pl)));
                 match r {
-                    Ok((p, pl)) => println!("{name}: ok ({} waves, {} cells)", p.waves.len(), pl.cell_count()),
+                    Ok((p, pl)) => println!(
+                        "{name}: ok ({} waves, {} cells)",
+                        p.waves.len(),
+                        pl.cell_count()
+                    ),
                     Err(d) => {
                         bad += 1;
                         eprintln!("{d}");
@@ -422,11 +556,17 @@ async fn pipeline_cmd(c: PipelineCmd) -> CliResult {
             }
             Ok(if bad == 0 { exit::OK } else { exit::USAGE })
         }
-        PipelineCmd::Plan { file, offline, json } => {
-            let cells = load_inventory(&offline.shapes, &offline.cells).map_err(|e| CliError::usage(format!("{e:#}")))?;
+        PipelineCmd::Plan {
+            file,
+            offline,
+            json,
+        } => {
+            let cells = load_inventory(&offline.shapes, &offline.cells)
+                .map_err(|e| CliError::usage(format!("{e:#}")))?;
             let text = read_file(&file)?;
             let name = file.display().to_string();
-            let (p, spans) = pipeline::parse(&name, &text).map_err(|d| CliError::usage(d.to_string()))?;
+            let (p, spans) =
+                pipeline::parse(&name, &text).map_err(|d| CliError::usage(d.to_string()))?;
             let pl = plan::plan(&p, &spans, &cells).map_err(|d| CliError::usage(d.to_string()))?;
             let now = chrono::Utc::now();
             let proj = plan::project(&p, &pl, &p.parsed_windows(), now, Estimates::default());
@@ -434,22 +574,40 @@ async fn pipeline_cmd(c: PipelineCmd) -> CliResult {
                 print_json(&json!({"plan": pl, "projection": proj}));
                 return Ok(exit::OK);
             }
-            println!("pipeline {} — {} cells in {} waves, on_failure {}", p.name, pl.cell_count(), pl.waves.len(), s(&json!(p.on_failure)));
+            println!(
+                "pipeline {} — {} cells in {} waves, on_failure {}",
+                p.name,
+                pl.cell_count(),
+                pl.waves.len(),
+                s(&json!(p.on_failure))
+            );
             if !p.windows.is_empty() {
                 let w: Vec<&str> = p.windows.iter().map(|w| w.allow.as_str()).collect();
                 println!("deploy windows: {}", w.join("; "));
             }
             for (i, w) in pl.order.iter().zip(proj.iter()) {
                 let pw = &pl.waves[*i];
-                let gate = pw.approval.as_ref().map(|g| format!(", approval by {} (quorum {})", g.group, g.quorum)).unwrap_or_default();
-                let after: Vec<&str> = pw.after.iter().map(|a| pl.waves[*a].name.as_str()).collect();
+                let gate = pw
+                    .approval
+                    .as_ref()
+                    .map(|g| format!(", approval by {} (quorum {})", g.group, g.quorum))
+                    .unwrap_or_default();
+                let after: Vec<&str> = pw
+                    .after
+                    .iter()
+                    .map(|a| pl.waves[*a].name.as_str())
+                    .collect();
                 println!(
                     "\nwave {} — {} cells, max_parallel {}{}{}\n  starts +{}, ends +{}",
                     pw.name,
                     pw.cells.len(),
                     pw.max_parallel,
                     gate,
-                    if after.is_empty() { String::new() } else { format!(", after {}", after.join(", ")) },
+                    if after.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", after {}", after.join(", "))
+                    },
                     human(w.start - now),
                     human(w.end - now)
                 );
@@ -471,14 +629,27 @@ async fn pipeline_cmd(c: PipelineCmd) -> CliResult {
                 eprintln!("{d}");
                 return Ok(exit::USAGE);
             }
-            let v = Client::new(&conn)?.post("/pipelines", json!({"yaml": text, "file": name})).await?;
-            println!("submitted {} (revision {}, {} cells)", s(&v["name"]), v["revision"], v["plan"]["cells"]);
+            let v = Client::new(&conn)?
+                .post("/pipelines", json!({"yaml": text, "file": name}))
+                .await?;
+            println!(
+                "submitted {} (revision {}, {} cells)",
+                s(&v["name"]),
+                v["revision"],
+                v["plan"]["cells"]
+            );
             Ok(exit::OK)
         }
         PipelineCmd::List { conn } => {
             let v = Client::new(&conn)?.get("/pipelines").await?;
             for p in v["pipelines"].as_array().into_iter().flatten() {
-                println!("{:<28} rev {:<4} by {:<16} {}", s(&p["name"]), p["revision"], s(&p["submitted_by"]), s(&p["submitted_at"]));
+                println!(
+                    "{:<28} rev {:<4} by {:<16} {}",
+                    s(&p["name"]),
+                    p["revision"],
+                    s(&p["submitted_by"]),
+                    s(&p["submitted_at"])
+                );
             }
             Ok(exit::OK)
         }
@@ -507,8 +678,18 @@ pub fn status_exit(status: &str) -> i32 {
 }
 
 fn progress_line(t: &Value) -> String {
-    let summary: Vec<String> = t["summary"].as_object().into_iter().flatten().map(|(k, v)| format!("{k} {v}")).collect();
-    let mut line = format!("{} {}: {}", s(&t["spec"]["id"]), s(&t["status"]), summary.join(", "));
+    let summary: Vec<String> = t["summary"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let mut line = format!(
+        "{} {}: {}",
+        s(&t["spec"]["id"]),
+        s(&t["status"]),
+        summary.join(", ")
+    );
     if let Some(g) = t["gates_waiting"].as_array().filter(|g| !g.is_empty()) {
         let names: Vec<String> = g.iter().map(s).collect();
         line.push_str(&format!(" — waiting for approval at {}", names.join(", ")));
@@ -538,9 +719,16 @@ async fn wait_for(client: &Client, id: &str) -> CliResult {
 
 async fn train_cmd(c: TrainCmd) -> CliResult {
     match c {
-        TrainCmd::Start { pipeline, version, wait, conn } => {
+        TrainCmd::Start {
+            pipeline,
+            version,
+            wait,
+            conn,
+        } => {
             let client = Client::new(&conn)?;
-            let t = client.post("/trains", json!({"pipeline": pipeline, "version": version})).await?;
+            let t = client
+                .post("/trains", json!({"pipeline": pipeline, "version": version}))
+                .await?;
             let id = s(&t["spec"]["id"]);
             println!("started train {id} ({})", s(&t["status"]));
             if wait {
@@ -550,66 +738,134 @@ async fn train_cmd(c: TrainCmd) -> CliResult {
         }
         TrainCmd::Wait { id, conn } => wait_for(&Client::new(&conn)?, &id).await,
         TrainCmd::Status { id, json, conn } => {
-            let t = Client::new(&conn)?.get(&format!("/trains/{}", enc(&id))).await?;
+            let t = Client::new(&conn)?
+                .get(&format!("/trains/{}", enc(&id)))
+                .await?;
             if json {
                 print_json(&t);
                 return Ok(exit::OK);
             }
-            println!("train {} — pipeline {} version {} — {}", s(&t["spec"]["id"]), s(&t["spec"]["pipeline"]), s(&t["spec"]["version"]), s(&t["status"]));
-            println!("started by {} at {}", s(&t["spec"]["started_by"]), s(&t["created_at"]));
+            println!(
+                "train {} — pipeline {} version {} — {}",
+                s(&t["spec"]["id"]),
+                s(&t["spec"]["pipeline"]),
+                s(&t["spec"]["version"]),
+                s(&t["status"])
+            );
+            println!(
+                "started by {} at {}",
+                s(&t["spec"]["started_by"]),
+                s(&t["created_at"])
+            );
             if let Some(f) = t["failure"].as_str() {
                 println!("why: {f}");
             }
-            let waves = t["spec"]["plan"]["waves"].as_array().cloned().unwrap_or_default();
+            let waves = t["spec"]["plan"]["waves"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             for (i, w) in waves.iter().enumerate() {
                 let ws = &t["waves"][i];
-                let approvals: Vec<String> = ws["approvals"].as_array().into_iter().flatten().map(|a| s(&a["by"])).collect();
+                let approvals: Vec<String> = ws["approvals"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|a| s(&a["by"]))
+                    .collect();
                 println!(
                     "\nwave {} — {}{}",
                     s(&w["name"]),
                     s(&ws["status"]),
-                    if approvals.is_empty() { String::new() } else { format!(" (approved by {})", approvals.join(", ")) }
+                    if approvals.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (approved by {})", approvals.join(", "))
+                    }
                 );
                 for c in w["cells"].as_array().into_iter().flatten() {
                     let id = s(c);
                     let cell = &t["cells"][&id];
-                    let last = cell["log"].as_array().and_then(|l| l.last()).map(|r| s(&r["detail"])).unwrap_or_default();
+                    let last = cell["log"]
+                        .as_array()
+                        .and_then(|l| l.last())
+                        .map(|r| s(&r["detail"]))
+                        .unwrap_or_default();
                     println!("  {:<20} {:<14} {}", id, s(&cell["phase"]), last);
                 }
             }
             Ok(exit::OK)
         }
-        TrainCmd::List { pipeline, json, conn } => {
-            let q = pipeline.map(|p| format!("?pipeline={}", enc(&p))).unwrap_or_default();
+        TrainCmd::List {
+            pipeline,
+            json,
+            conn,
+        } => {
+            let q = pipeline
+                .map(|p| format!("?pipeline={}", enc(&p)))
+                .unwrap_or_default();
             let v = Client::new(&conn)?.get(&format!("/trains{q}")).await?;
             if json {
                 print_json(&v);
             } else {
-                println!("{:<44} {:<14} {:<14} {:<12} CREATED", "TRAIN", "VERSION", "STATUS", "BY");
+                println!(
+                    "{:<44} {:<14} {:<14} {:<12} CREATED",
+                    "TRAIN", "VERSION", "STATUS", "BY"
+                );
                 for t in v["trains"].as_array().into_iter().flatten() {
-                    println!("{:<44} {:<14} {:<14} {:<12} {}", s(&t["id"]), s(&t["version"]), s(&t["status"]), s(&t["started_by"]), s(&t["created_at"]));
+                    println!(
+                        "{:<44} {:<14} {:<14} {:<12} {}",
+                        s(&t["id"]),
+                        s(&t["version"]),
+                        s(&t["status"]),
+                        s(&t["started_by"]),
+                        s(&t["created_at"])
+                    );
                 }
             }
             Ok(exit::OK)
         }
-        TrainCmd::Approve { id, gate, reason, conn } => {
-            let t = Client::new(&conn)?.post(&format!("/trains/{}/approve", enc(&id)), json!({"gate": gate, "reason": reason})).await?;
+        TrainCmd::Approve {
+            id,
+            gate,
+            reason,
+            conn,
+        } => {
+            let t = Client::new(&conn)?
+                .post(
+                    &format!("/trains/{}/approve", enc(&id)),
+                    json!({"gate": gate, "reason": reason}),
+                )
+                .await?;
             println!("approved {gate}; {}", progress_line(&t));
             Ok(exit::OK)
         }
-        TrainCmd::Reject { id, gate, reason, conn } => {
-            let t = Client::new(&conn)?.post(&format!("/trains/{}/reject", enc(&id)), json!({"gate": gate, "reason": reason})).await?;
+        TrainCmd::Reject {
+            id,
+            gate,
+            reason,
+            conn,
+        } => {
+            let t = Client::new(&conn)?
+                .post(
+                    &format!("/trains/{}/reject", enc(&id)),
+                    json!({"gate": gate, "reason": reason}),
+                )
+                .await?;
             println!("rejected {gate}; {}", progress_line(&t));
             Ok(exit::OK)
         }
         TrainCmd::Cancel { id, conn } => {
-            let t = Client::new(&conn)?.post(&format!("/trains/{}/cancel", enc(&id)), json!({})).await?;
+            let t = Client::new(&conn)?
+                .post(&format!("/trains/{}/cancel", enc(&id)), json!({}))
+                .await?;
             println!("cancel requested; {}", progress_line(&t));
             Ok(exit::OK)
         }
         TrainCmd::Rollback { id, wait, conn } => {
             let client = Client::new(&conn)?;
-            let t = client.post(&format!("/trains/{}/rollback", enc(&id)), json!({})).await?;
+            let t = client
+                .post(&format!("/trains/{}/rollback", enc(&id)), json!({}))
+                .await?;
             println!("rollback requested; {}", progress_line(&t));
             if wait {
                 let code = wait_for(&client, &id).await?;
@@ -619,7 +875,9 @@ async fn train_cmd(c: TrainCmd) -> CliResult {
             Ok(exit::OK)
         }
         TrainCmd::Events { id, conn } => {
-            let v = Client::new(&conn)?.get(&format!("/trains/{}/events?limit=5000", enc(&id))).await?;
+            let v = Client::new(&conn)?
+                .get(&format!("/trains/{}/events?limit=5000", enc(&id)))
+                .await?;
             for e in v["events"].as_array().into_iter().flatten() {
                 let mut ev = e["event"].clone();
                 if ev["type"] == "created" {
@@ -630,9 +888,17 @@ async fn train_cmd(c: TrainCmd) -> CliResult {
             Ok(exit::OK)
         }
         TrainCmd::Logs { id, conn } => {
-            let v = Client::new(&conn)?.get(&format!("/trains/{}/logs", enc(&id))).await?;
+            let v = Client::new(&conn)?
+                .get(&format!("/trains/{}/logs", enc(&id)))
+                .await?;
             for l in v["logs"].as_array().into_iter().flatten() {
-                println!("--- {} ({}) {}\n{}", s(&l["key"]), s(&l["cell"]), s(&l["at"]), s(&l["output"]));
+                println!(
+                    "--- {} ({}) {}\n{}",
+                    s(&l["key"]),
+                    s(&l["cell"]),
+                    s(&l["at"]),
+                    s(&l["output"])
+                );
             }
             Ok(exit::OK)
         }
@@ -641,8 +907,11 @@ async fn train_cmd(c: TrainCmd) -> CliResult {
 
 /// Set up logging for the server.
 pub fn init_logging(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().try_init().map_err(|e| anyhow::anyhow!("{e}"))
     } else {

@@ -48,10 +48,18 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn ok(detail: impl Into<String>) -> Outcome {
-        Outcome { ok: true, detail: detail.into(), previous_version: None }
+        Outcome {
+            ok: true,
+            detail: detail.into(),
+            previous_version: None,
+        }
     }
     pub fn failed(detail: impl Into<String>) -> Outcome {
-        Outcome { ok: false, detail: detail.into(), previous_version: None }
+        Outcome {
+            ok: false,
+            detail: detail.into(),
+            previous_version: None,
+        }
     }
 }
 
@@ -91,10 +99,22 @@ pub enum EngineError {
     Stopped,
 }
 
+type Reply = oneshot::Sender<Result<Train, EngineError>>;
+
 enum Msg {
-    Internal { train: String, event: Event },
-    Command { train: String, event: Event, reply: oneshot::Sender<Result<Train, EngineError>> },
-    Start { spec: TrainSpec, reply: oneshot::Sender<Result<Train, EngineError>> },
+    Internal {
+        train: String,
+        event: Event,
+    },
+    Command {
+        train: String,
+        event: Event,
+        reply: oneshot::Sender<Result<Train, EngineError>>,
+    },
+    Start {
+        spec: TrainSpec,
+        reply: oneshot::Sender<Result<Train, EngineError>>,
+    },
 }
 
 struct Shared {
@@ -104,6 +124,12 @@ struct Shared {
     leases: Arc<Leases>,
     metrics: Arc<Metrics>,
     tx: mpsc::UnboundedSender<Msg>,
+    finished: tokio::sync::broadcast::Sender<(String, TrainStatus)>,
+    /// The state of every active train after the last committed batch.
+    live: std::sync::RwLock<HashMap<String, Arc<Train>>>,
+    /// The cell inventory, read once and refreshed when it changes, so that
+    /// steps need not read the store to find their cell.
+    cells: std::sync::RwLock<HashMap<String, CellSpec>>,
 }
 
 /// A handle to the running engine.
@@ -114,6 +140,10 @@ pub struct Engine {
 
 /// Most messages folded into one transaction.
 const MAX_BATCH: usize = 2048;
+/// Longest a running train's stored snapshot may lag its live state.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// Longest the live view of a running train may lag its state.
+const LIVE_EVERY: Duration = Duration::from_millis(100);
 
 impl Engine {
     /// Replay the store, re-issue in-flight effects, and start the loop.
@@ -125,18 +155,35 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Result<Engine, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { store, clock, executor, leases, metrics, tx });
+        let (finished, _) = tokio::sync::broadcast::channel(1024);
+        let live = std::sync::RwLock::new(HashMap::new());
+        let cells = std::sync::RwLock::new(HashMap::new());
+        let shared = Arc::new(Shared {
+            store,
+            clock,
+            executor,
+            leases,
+            metrics,
+            tx,
+            finished,
+            live,
+            cells,
+        });
+        refresh_cells(&shared).await?;
         let mut trains = HashMap::new();
         for events in shared.store.active_train_events().await? {
             if let Some(t) = Train::replay(events.iter().map(|(e, at)| (e, *at))) {
-                trains.insert(t.spec.id.clone(), t);
+                trains.insert(t.spec.id.clone(), Arc::new(t));
             }
         }
         // Leases held by cells that were mid-step when we stopped.
         for t in trains.values() {
             for (cell, c) in &t.cells {
                 use conductor_core::train::CellPhase as P;
-                if matches!(c.phase, P::Running { .. } | P::Baking { .. } | P::RollingBack) {
+                if matches!(
+                    c.phase,
+                    P::Running { .. } | P::Baking { .. } | P::RollingBack
+                ) {
                     shared.leases.hold(cell, &holder(&t.spec.id));
                 }
             }
@@ -146,11 +193,25 @@ impl Engine {
             .flat_map(|t| t.resume().into_iter().map(|e| (t.spec.id.clone(), e)))
             .collect();
         if !trains.is_empty() {
-            tracing::info!(trains = trains.len(), effects = resumed.len(), "resumed active trains");
+            tracing::info!(
+                trains = trains.len(),
+                effects = resumed.len(),
+                "resumed active trains"
+            );
         }
-        let specs: HashMap<String, Arc<TrainSpec>> =
-            trains.values().map(|t| (t.spec.id.clone(), Arc::new(t.spec.clone()))).collect();
-        let engine = Engine { shared: shared.clone() };
+        {
+            let mut live = shared.live.write().unwrap_or_else(|p| p.into_inner());
+            for t in trains.values() {
+                live.insert(t.spec.id.clone(), t.clone());
+            }
+        }
+        let specs: HashMap<String, Arc<TrainSpec>> = trains
+            .values()
+            .map(|t| (t.spec.id.clone(), Arc::new(t.spec.clone())))
+            .collect();
+        let engine = Engine {
+            shared: shared.clone(),
+        };
         for (id, e) in resumed {
             if let Some(spec) = specs.get(&id) {
                 execute(&shared, spec.clone(), e);
@@ -168,6 +229,32 @@ impl Engine {
         &self.shared.leases
     }
 
+    /// The current state of a train: live from memory while it runs, else
+    /// its stored snapshot.
+    pub async fn train(&self, id: &str) -> Result<Option<Train>, StoreError> {
+        let live = self
+            .shared
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        match live {
+            Some(t) => Ok(Some((*t).clone())),
+            None => self.shared.store.get_train(id).await,
+        }
+    }
+
+    /// Re-read the cell inventory (after cells were added or changed).
+    pub async fn refresh_cells(&self) -> Result<(), EngineError> {
+        refresh_cells(&self.shared).await
+    }
+
+    /// Trains as they finish (id, final status), from now on.
+    pub fn finished(&self) -> tokio::sync::broadcast::Receiver<(String, TrainStatus)> {
+        self.shared.finished.subscribe()
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.shared.clock.now()
     }
@@ -175,7 +262,10 @@ impl Engine {
     /// Create a train (queued behind a running train of the same pipeline).
     pub async fn start_train(&self, spec: TrainSpec) -> Result<Train, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.shared.tx.send(Msg::Start { spec, reply }).map_err(|_| EngineError::Stopped)?;
+        self.shared
+            .tx
+            .send(Msg::Start { spec, reply })
+            .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
@@ -184,10 +274,26 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         self.shared
             .tx
-            .send(Msg::Command { train: train.to_string(), event, reply })
+            .send(Msg::Command {
+                train: train.to_string(),
+                event,
+                reply,
+            })
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
+}
+
+async fn refresh_cells(shared: &Shared) -> Result<(), EngineError> {
+    let all: HashMap<String, CellSpec> = shared
+        .store
+        .cell_specs()
+        .await?
+        .into_iter()
+        .map(|c| (c.id.clone(), c))
+        .collect();
+    *shared.cells.write().unwrap_or_else(|p| p.into_inner()) = all;
+    Ok(())
 }
 
 fn holder(train: &str) -> String {
@@ -195,40 +301,83 @@ fn holder(train: &str) -> String {
 }
 
 struct Batch {
+    shared: Arc<Shared>,
+    /// Trains that got a command or were created in this batch.
+    touched: std::collections::HashSet<String>,
     staged: HashMap<String, Train>,
     events: Vec<(String, Event, DateTime<Utc>)>,
     effects: Vec<(String, Effect)>,
-    replies: Vec<(oneshot::Sender<Result<Train, EngineError>>, Result<String, EngineError>)>,
+    replies: Vec<(Reply, Result<String, EngineError>)>,
 }
 
 impl Batch {
-    fn train<'a>(&'a mut self, trains: &HashMap<String, Train>, id: &str) -> Option<&'a mut Train> {
+    /// The working copy of a train: moved out of the committed map (cloned
+    /// only if the live view still shares it). If the commit fails the engine
+    /// stops, so the committed map never needs the old state back.
+    fn train<'a>(
+        &'a mut self,
+        trains: &mut HashMap<String, Arc<Train>>,
+        id: &str,
+    ) -> Option<&'a mut Train> {
         if !self.staged.contains_key(id) {
-            let t = trains.get(id)?.clone();
+            let t = Arc::unwrap_or_clone(trains.remove(id)?);
             self.staged.insert(id.to_string(), t);
         }
         self.staged.get_mut(id)
     }
 
     /// Validate and apply one event; returns the refusal if any.
-    fn apply(&mut self, trains: &HashMap<String, Train>, id: &str, ev: Event, now: DateTime<Utc>) -> Result<(), EngineError> {
-        let t = self.train(trains, id).ok_or_else(|| EngineError::NotFound(id.to_string()))?;
+    fn apply(
+        &mut self,
+        trains: &mut HashMap<String, Arc<Train>>,
+        id: &str,
+        ev: Event,
+        now: DateTime<Utc>,
+    ) -> Result<(), EngineError> {
+        let t = self
+            .train(trains, id)
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))?;
         t.validate(&ev)?;
         let fx = t.apply(&ev, now);
         let pipeline = t.spec.pipeline.clone();
         self.events.push((id.to_string(), ev, now));
+        let mut granted = Vec::new();
         for e in fx {
-            let finished = matches!(e, Effect::Finished { .. });
-            self.effects.push((id.to_string(), e));
-            if finished {
-                self.promote_next(trains, &pipeline, now);
+            match e {
+                // A free lease is granted within this batch: one commit covers
+                // the grant and the step it lets start.
+                Effect::AcquireLease { cell } => {
+                    let tx = self.shared.tx.clone();
+                    let (t, c) = (id.to_string(), cell.clone());
+                    let later = move || {
+                        let _ = tx.send(Msg::Internal {
+                            train: t,
+                            event: Event::LeaseGranted { cell: c },
+                        });
+                    };
+                    if self.shared.leases.try_acquire(&cell, &holder(id), later) {
+                        granted.push(cell);
+                    }
+                }
+                Effect::Finished { .. } => {
+                    self.effects.push((id.to_string(), e));
+                    self.promote_next(trains, &pipeline, now);
+                }
+                e => self.effects.push((id.to_string(), e)),
             }
+        }
+        for cell in granted {
+            let _ = self.apply(trains, id, Event::LeaseGranted { cell }, now);
         }
         Ok(())
     }
 
     /// All known trains of a pipeline (staged copies win over committed ones).
-    fn of_pipeline(&self, trains: &HashMap<String, Train>, pipeline: &str) -> Vec<(String, TrainStatus, DateTime<Utc>)> {
+    fn of_pipeline(
+        &self,
+        trains: &HashMap<String, Arc<Train>>,
+        pipeline: &str,
+    ) -> Vec<(String, TrainStatus, DateTime<Utc>)> {
         let mut v: HashMap<String, (TrainStatus, DateTime<Utc>)> = trains
             .values()
             .filter(|t| t.spec.pipeline == pipeline)
@@ -242,9 +391,17 @@ impl Batch {
         out
     }
 
-    fn promote_next(&mut self, trains: &HashMap<String, Train>, pipeline: &str, now: DateTime<Utc>) {
+    fn promote_next(
+        &mut self,
+        trains: &mut HashMap<String, Arc<Train>>,
+        pipeline: &str,
+        now: DateTime<Utc>,
+    ) {
         let all = self.of_pipeline(trains, pipeline);
-        if all.iter().any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack)) {
+        if all
+            .iter()
+            .any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack))
+        {
             return;
         }
         if let Some((id, _, _)) = all.into_iter().find(|(_, s, _)| *s == TrainStatus::Queued) {
@@ -252,11 +409,21 @@ impl Batch {
         }
     }
 
-    fn start(&mut self, trains: &HashMap<String, Train>, spec: TrainSpec, now: DateTime<Utc>) -> Result<String, EngineError> {
+    fn start(
+        &mut self,
+        trains: &mut HashMap<String, Arc<Train>>,
+        spec: TrainSpec,
+        now: DateTime<Utc>,
+    ) -> Result<String, EngineError> {
         let id = spec.id.clone();
         let all = self.of_pipeline(trains, &spec.pipeline);
-        let busy = all.iter().any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack));
-        let created = Event::Created { spec: spec.clone(), queued: busy };
+        let busy = all
+            .iter()
+            .any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack));
+        let created = Event::Created {
+            spec: Box::new(spec.clone()),
+            queued: busy,
+        };
         let t = Train::new(spec, busy, now);
         self.staged.insert(id.clone(), t);
         self.events.push((id.clone(), created, now));
@@ -276,43 +443,97 @@ impl Batch {
 async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
-    mut trains: HashMap<String, Train>,
+    mut trains: HashMap<String, Arc<Train>>,
     mut specs: HashMap<String, Arc<TrainSpec>>,
 ) {
+    let mut written: HashMap<String, (TrainStatus, std::time::Instant)> = HashMap::new();
+    let mut live_at: HashMap<String, (TrainStatus, std::time::Instant)> = HashMap::new();
     while let Some(first) = rx.recv().await {
+        // Group commit: let concurrent senders (steps finishing together)
+        // run for a moment, so that one transaction carries them all.
         let mut msgs = vec![first];
-        while msgs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => msgs.push(m),
-                Err(_) => break,
+        let mut quiet = 0;
+        for _ in 0..32 {
+            let before = msgs.len();
+            while msgs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
             }
+            if msgs.len() >= MAX_BATCH {
+                break;
+            }
+            quiet = if msgs.len() == before { quiet + 1 } else { 0 };
+            if quiet >= 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         let now = shared.clock.now();
-        let mut b = Batch { staged: HashMap::new(), events: Vec::new(), effects: Vec::new(), replies: Vec::new() };
+        let t_apply = std::time::Instant::now();
+        let n_msgs = msgs.len();
+        let mut b = Batch {
+            shared: shared.clone(),
+            touched: Default::default(),
+            staged: HashMap::new(),
+            events: Vec::new(),
+            effects: Vec::new(),
+            replies: Vec::new(),
+        };
         for m in msgs {
             match m {
                 Msg::Internal { train, event } => {
                     // Stale internal events (a duplicate outcome, a late timer) are dropped.
-                    let _ = b.apply(&trains, &train, event, now);
+                    let _ = b.apply(&mut trains, &train, event, now);
                 }
-                Msg::Command { train, event, reply } => {
+                Msg::Command {
+                    train,
+                    event,
+                    reply,
+                } => {
                     // Finished trains are not kept in memory; a command such as
                     // a rollback brings one back from its snapshot.
                     if !trains.contains_key(&train) && !b.staged.contains_key(&train) {
                         if let Ok(Some(t)) = shared.store.get_train(&train).await {
-                            trains.insert(train.clone(), t);
+                            trains.insert(train.clone(), Arc::new(t));
                         }
                     }
-                    let r = b.apply(&trains, &train, event, now).map(|_| train);
+                    b.touched.insert(train.clone());
+                    let r = b.apply(&mut trains, &train, event, now).map(|_| train);
                     b.replies.push((reply, r));
                 }
                 Msg::Start { spec, reply } => {
-                    let r = b.start(&trains, spec, now);
+                    b.touched.insert(spec.id.clone());
+                    let r = b.start(&mut trains, spec, now);
                     b.replies.push((reply, r));
                 }
             }
         }
-        let changed: Vec<&Train> = b.staged.values().collect();
+        // Snapshots (what the API lists) are written when a train's status
+        // changes, after a command, or at most every SNAPSHOT_EVERY; the live
+        // state is served from memory, and the events are the source of truth.
+        let changed: Vec<&Train> = b
+            .staged
+            .values()
+            .filter(|t| {
+                let id = &t.spec.id;
+                match written.get(id) {
+                    Some((status, at)) => {
+                        *status != t.status
+                            || b.touched.contains(id)
+                            || at.elapsed() >= SNAPSHOT_EVERY
+                    }
+                    None => true,
+                }
+            })
+            .collect();
+        let stamp = std::time::Instant::now();
+        let apply_ms = t_apply.elapsed().as_secs_f64() * 1e3;
+        let snap: Vec<(String, TrainStatus)> = changed
+            .iter()
+            .map(|t| (t.spec.id.clone(), t.status))
+            .collect();
         let mut attempt = 0u32;
         while !b.events.is_empty() {
             match shared.store.commit(&b.events, &changed).await {
@@ -333,9 +554,46 @@ async fn run(
             }
         }
         shared.metrics.events_persisted(b.events.len());
+        tracing::debug!(
+            messages = n_msgs,
+            events = b.events.len(),
+            apply_ms = apply_ms,
+            commit_ms = stamp.elapsed().as_secs_f64() * 1e3,
+            "batch committed"
+        );
+        for (id, status) in snap {
+            written.insert(id, (status, stamp));
+        }
         for (id, t) in b.staged {
-            specs.entry(id.clone()).or_insert_with(|| Arc::new(t.spec.clone()));
+            specs
+                .entry(id.clone())
+                .or_insert_with(|| Arc::new(t.spec.clone()));
+            let t = Arc::new(t);
+            // The live view is refreshed on a change of status, after a
+            // command, or at most every LIVE_EVERY; sharing the Arc means the
+            // next batch copies the train once.
+            let refresh = match live_at.get(&id) {
+                Some((status, at)) => {
+                    *status != t.status || b.touched.contains(&id) || at.elapsed() >= LIVE_EVERY
+                }
+                None => true,
+            };
+            if refresh {
+                shared
+                    .live
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), t.clone());
+                live_at.insert(id.clone(), (t.status, std::time::Instant::now()));
+            }
             if t.status.is_terminal() {
+                shared
+                    .live
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                live_at.remove(&id);
+                written.remove(&id);
                 shared.metrics.train_finished(t.status);
                 trains.remove(&id);
                 // Keep the spec until its effects below are dispatched.
@@ -346,7 +604,7 @@ async fn run(
         for (reply, r) in b.replies {
             let r = match r {
                 Ok(id) => match trains.get(&id) {
-                    Some(t) => Ok(t.clone()),
+                    Some(t) => Ok(Train::clone(t)),
                     None => match shared.store.get_train(&id).await {
                         Ok(Some(t)) => Ok(t),
                         Ok(None) => Err(EngineError::NotFound(id)),
@@ -367,7 +625,10 @@ async fn run(
 }
 
 fn send(shared: &Shared, train: &str, event: Event) {
-    let _ = shared.tx.send(Msg::Internal { train: train.to_string(), event });
+    let _ = shared.tx.send(Msg::Internal {
+        train: train.to_string(),
+        event,
+    });
 }
 
 /// Carry out one effect. Effects that act on cells run as their own tasks.
@@ -378,7 +639,10 @@ fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
             let tx = shared.tx.clone();
             let (t, c) = (train.clone(), cell.clone());
             shared.leases.acquire(&cell, &holder(&train), move || {
-                let _ = tx.send(Msg::Internal { train: t, event: Event::LeaseGranted { cell: c } });
+                let _ = tx.send(Msg::Internal {
+                    train: t,
+                    event: Event::LeaseGranted { cell: c },
+                });
             });
         }
         Effect::ReleaseLease { cell } => shared.leases.release(&cell, &holder(&train)),
@@ -390,13 +654,23 @@ fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
                 send(&shared, &train, Event::Wake { cell });
             });
         }
-        Effect::RunStep { cell, step, attempt, key } => {
+        Effect::RunStep {
+            cell,
+            step,
+            attempt,
+            key,
+        } => {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let kind = spec.steps.get(step).map_or("step", |s| s.kind());
                 let started = std::time::Instant::now();
                 let out = run_effect(&shared, &cell, |c| {
-                    shared.executor.run_step(StepRequest { train: spec.clone(), cell: c, step, key: key.clone() })
+                    shared.executor.run_step(StepRequest {
+                        train: spec.clone(),
+                        cell: c,
+                        step,
+                        key: key.clone(),
+                    })
                 })
                 .await;
                 shared.metrics.step_duration(kind, started.elapsed());
@@ -411,7 +685,11 @@ fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
                 send(&shared, &train, ev);
             });
         }
-        Effect::Rollback { cell, to_version, key } => {
+        Effect::Rollback {
+            cell,
+            to_version,
+            key,
+        } => {
             let shared = shared.clone();
             tokio::spawn(async move {
                 let out = run_effect(&shared, &cell, |c| {
@@ -423,11 +701,20 @@ fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
                     })
                 })
                 .await;
-                send(&shared, &train, Event::RollbackFinished { cell, ok: out.ok, detail: out.detail });
+                send(
+                    &shared,
+                    &train,
+                    Event::RollbackFinished {
+                        cell,
+                        ok: out.ok,
+                        detail: out.detail,
+                    },
+                );
             });
         }
         Effect::Finished { status } => {
             tracing::info!(train = %train, status = status.as_str(), "train finished");
+            let _ = shared.finished.send((train, status));
         }
     }
 }
@@ -439,7 +726,17 @@ async fn run_effect<'a, F>(shared: &'a Shared, cell: &str, f: F) -> Outcome
 where
     F: FnOnce(CellSpec) -> BoxFut<'a, Outcome>,
 {
-    match shared.store.cell_spec(cell).await {
+    let cached = shared
+        .cells
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(cell)
+        .cloned();
+    let spec = match cached {
+        Some(c) => Ok(Some(c)),
+        None => shared.store.cell_spec(cell).await,
+    };
+    match spec {
         Ok(Some(c)) => f(c).await,
         Ok(None) => Outcome::failed(format!("cell {cell} is not in the inventory")),
         Err(e) => Outcome::failed(format!("store unavailable: {e}")),

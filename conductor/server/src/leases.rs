@@ -39,7 +39,10 @@ pub struct Leases {
 
 impl Leases {
     pub fn new(metrics: Arc<Metrics>) -> Leases {
-        Leases { cells: Mutex::new(HashMap::new()), metrics }
+        Leases {
+            cells: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CellLease>> {
@@ -56,27 +59,49 @@ impl Leases {
     /// Ask for `cell`. `grant` runs once the lease is ours (at once if free or
     /// already ours). A second request by a waiting holder is ignored.
     pub fn acquire(&self, cell: &str, holder: &str, grant: impl FnOnce() + Send + 'static) {
-        let granted = {
-            let mut m = self.lock();
-            let l = m.entry(cell.to_string()).or_default();
-            match &l.holder {
-                None => {
-                    l.holder = Some(holder.to_string());
-                    true
-                }
-                Some(h) if h == holder => true,
-                Some(_) => {
-                    if !l.waiters.iter().any(|w| w.holder == holder) {
-                        l.waiters.push_back(Waiter { holder: holder.to_string(), since: Instant::now(), grant: Box::new(grant) });
-                    }
-                    return;
-                }
+        // The callback runs either now or later: share it between both paths.
+        let slot = Arc::new(Mutex::new(Some(grant)));
+        let later = slot.clone();
+        let take = |s: &Mutex<Option<_>>| s.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if self.try_acquire(cell, holder, move || {
+            if let Some(g) = take(&later) {
+                g()
             }
-        };
-        if granted {
-            self.metrics.lease_granted(std::time::Duration::ZERO);
-            grant();
+        }) {
+            if let Some(g) = take(&slot) {
+                g()
+            }
         }
+    }
+
+    /// Like [`Leases::acquire`], but when the lease is free (or already ours)
+    /// return `true` at once *without* running `later`; otherwise queue
+    /// `later` to run when it is granted and return `false`.
+    pub fn try_acquire(
+        &self,
+        cell: &str,
+        holder: &str,
+        later: impl FnOnce() + Send + 'static,
+    ) -> bool {
+        let mut m = self.lock();
+        let l = m.entry(cell.to_string()).or_default();
+        match &l.holder {
+            None => l.holder = Some(holder.to_string()),
+            Some(h) if h == holder => {}
+            Some(_) => {
+                if !l.waiters.iter().any(|w| w.holder == holder) {
+                    l.waiters.push_back(Waiter {
+                        holder: holder.to_string(),
+                        since: Instant::now(),
+                        grant: Box::new(later),
+                    });
+                }
+                return false;
+            }
+        }
+        drop(m);
+        self.metrics.lease_granted(std::time::Duration::ZERO);
+        true
     }
 
     /// Release `cell` if `holder` holds it (handing it to the next waiter), or

@@ -3,13 +3,13 @@
 //! The pure rules live in `conductor-core`; this crate is the shell that
 //! persists events, holds leases, runs steps against cells and serves HTTP.
 
-pub mod engine;
-pub mod leases;
-pub mod metrics;
-pub mod store;
-pub mod procs;
-pub mod targets;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod engine;
+pub mod leases;
+pub mod metrics;
+pub mod procs;
+pub mod store;
+pub mod targets;
 pub mod up;

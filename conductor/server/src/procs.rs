@@ -45,7 +45,11 @@ pub struct CommandResult {
 
 /// Run `script` with `sh -c`, the given environment, and a timeout. Output
 /// (stdout and stderr interleaved as they are read) is capped to its tail.
-pub async fn run_shell(script: &str, env: &BTreeMap<String, String>, timeout: Duration) -> CommandResult {
+pub async fn run_shell(
+    script: &str,
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> CommandResult {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(script)
@@ -58,7 +62,13 @@ pub async fn run_shell(script: &str, env: &BTreeMap<String, String>, timeout: Du
     die_with_parent(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return CommandResult { ok: false, status: format!("could not start sh: {e}"), output: String::new() },
+        Err(e) => {
+            return CommandResult {
+                ok: false,
+                status: format!("could not start sh: {e}"),
+                output: String::new(),
+            }
+        }
     };
     let pid = child.id();
     let mut out = child.stdout.take();
@@ -85,16 +95,28 @@ pub async fn run_shell(script: &str, env: &BTreeMap<String, String>, timeout: Du
         Ok((bytes, status)) => {
             let (ok, status) = match status {
                 Ok(s) if s.success() => (true, "exit status 0".to_string()),
-                Ok(s) => (false, s.code().map_or_else(|| format!("killed ({s})"), |c| format!("exit status {c}"))),
+                Ok(s) => (
+                    false,
+                    s.code()
+                        .map_or_else(|| format!("killed ({s})"), |c| format!("exit status {c}")),
+                ),
                 Err(e) => (false, format!("wait failed: {e}")),
             };
-            CommandResult { ok, status, output: tail(&bytes) }
+            CommandResult {
+                ok,
+                status,
+                output: tail(&bytes),
+            }
         }
         Err(_) => {
             if let Some(pid) = pid {
                 kill_group(pid);
             }
-            CommandResult { ok: false, status: format!("timed out after {}s", timeout.as_secs()), output: String::new() }
+            CommandResult {
+                ok: false,
+                status: format!("timed out after {}s", timeout.as_secs()),
+                output: String::new(),
+            }
         }
     }
 }
@@ -112,7 +134,12 @@ mod tests {
     #[tokio::test]
     async fn runs_and_times_out() {
         let env = BTreeMap::from([("X".to_string(), "42".to_string())]);
-        let r = run_shell("echo $X; echo err >&2; exit 3", &env, Duration::from_secs(5)).await;
+        let r = run_shell(
+            "echo $X; echo err >&2; exit 3",
+            &env,
+            Duration::from_secs(5),
+        )
+        .await;
         assert!(!r.ok);
         assert_eq!(r.status, "exit status 3");
         assert!(r.output.contains("42") && r.output.contains("err"));

@@ -4,9 +4,9 @@
 //! the snapshot of every train they change. Nothing here interprets events;
 //! the engine does.
 
+use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::{Event, Train};
-use cells_inventory::CellSpec;
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -45,6 +45,9 @@ fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The engine's own connection for appending events: no pool round
+    /// trip on the hot path of every batch.
+    writer: std::sync::Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,15 +141,30 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        sqlx::migrate!("../../migrations/sqlite/conductor").run(&pool).await?;
-        Ok(Store { pool })
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("../../migrations/sqlite/conductor")
+            .run(&pool)
+            .await?;
+        let writer = sqlx::ConnectOptions::connect(&opts).await?;
+        Ok(Store {
+            pool,
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(writer)),
+        })
     }
 
     // ---- pipelines -------------------------------------------------------
 
     /// Store a pipeline's YAML; returns its new revision.
-    pub async fn put_pipeline(&self, name: &str, yaml: &str, by: &str, now: DateTime<Utc>) -> Result<i64> {
+    pub async fn put_pipeline(
+        &self,
+        name: &str,
+        yaml: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
         let row = sqlx::query(
             "INSERT INTO pipelines (name, yaml, revision, submitted_by, submitted_at) VALUES (?, ?, 1, ?, ?)
              ON CONFLICT (name) DO UPDATE SET yaml = excluded.yaml, revision = revision + 1,
@@ -163,17 +181,21 @@ impl Store {
     }
 
     pub async fn get_pipeline(&self, name: &str) -> Result<Option<PipelineRow>> {
-        let row = sqlx::query("SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| pipeline_row(&r)).transpose()
     }
 
     pub async fn list_pipelines(&self) -> Result<Vec<PipelineRow>> {
-        let rows = sqlx::query("SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(pipeline_row).collect()
     }
 
@@ -181,8 +203,13 @@ impl Store {
 
     /// Append events and write the snapshots of the trains they change, in
     /// one transaction. Returns when the transaction is committed.
-    pub async fn commit(&self, events: &[(String, Event, DateTime<Utc>)], trains: &[&Train]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    pub async fn commit(
+        &self,
+        events: &[(String, Event, DateTime<Utc>)],
+        trains: &[&Train],
+    ) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         for t in trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
             sqlx::query(
@@ -202,14 +229,17 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for (train, ev, at) in events {
-            let body = serde_json::to_string(ev).map_err(corrupt)?;
-            sqlx::query("INSERT INTO events (train_id, at, body) VALUES (?, ?, ?)")
-                .bind(train)
-                .bind(ts(*at))
-                .bind(body)
-                .execute(&mut *tx)
-                .await?;
+        // Many rows per statement: one round trip to SQLite per chunk.
+        for chunk in events.chunks(500) {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO events (train_id, at, body) ");
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (train, ev, at) in chunk {
+                rows.push((train, ts(*at), serde_json::to_string(ev).map_err(corrupt)?));
+            }
+            q.push_values(rows, |mut b, (train, at, body)| {
+                b.push_bind(train).push_bind(at).push_bind(body);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -277,16 +307,20 @@ impl Store {
         let rows = sqlx::query("SELECT status, COUNT(*) FROM trains GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     pub async fn train_events(&self, id: &str, after: i64, limit: i64) -> Result<Vec<EventRow>> {
-        let rows = sqlx::query("SELECT seq, at, body FROM events WHERE train_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, at, body FROM events WHERE train_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(EventRow {
@@ -299,7 +333,10 @@ impl Store {
     }
 
     pub async fn count_events(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM events").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(sqlx::query("SELECT COUNT(*) FROM events")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 
     /// Has the effect `key` already changed a cell's version? Returns the
@@ -355,12 +392,16 @@ impl Store {
     }
 
     pub async fn cell_version(&self, cell: &str, artifact: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT version FROM cell_versions WHERE cell_id = ? AND artifact = ?")
-            .bind(cell)
-            .bind(artifact)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?.flatten())
+        let row =
+            sqlx::query("SELECT version FROM cell_versions WHERE cell_id = ? AND artifact = ?")
+                .bind(cell)
+                .bind(artifact)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten())
     }
 
     pub async fn deploy_log(&self, cell: Option<&str>) -> Result<Vec<DeployLogRow>> {
@@ -385,7 +426,14 @@ impl Store {
             .collect()
     }
 
-    pub async fn put_step_log(&self, key: &str, train: &str, cell: &str, output: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn put_step_log(
+        &self,
+        key: &str,
+        train: &str,
+        cell: &str,
+        output: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO step_logs (key, train_id, cell_id, output, at) VALUES (?, ?, ?, ?, ?)
              ON CONFLICT (key) DO UPDATE SET output = excluded.output, at = excluded.at",
@@ -401,10 +449,12 @@ impl Store {
     }
 
     pub async fn step_logs(&self, train: &str) -> Result<Vec<serde_json::Value>> {
-        let rows = sqlx::query("SELECT key, cell_id, output, at FROM step_logs WHERE train_id = ? ORDER BY at")
-            .bind(train)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT key, cell_id, output, at FROM step_logs WHERE train_id = ? ORDER BY at",
+        )
+        .bind(train)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(serde_json::json!({
@@ -456,14 +506,17 @@ impl Store {
     }
 
     pub async fn list_cells(&self) -> Result<Vec<CellRow>> {
-        let rows = sqlx::query("SELECT id, spec, status FROM cells ORDER BY id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT id, spec, status FROM cells ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
         let vrows = sqlx::query("SELECT cell_id, artifact, version, previous_version FROM cell_versions ORDER BY artifact")
             .fetch_all(&self.pool)
             .await?;
         let mut out = Vec::new();
         for r in rows {
             let id: String = r.try_get(0)?;
-            let spec: CellSpec = serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(corrupt)?;
+            let spec: CellSpec =
+                serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(corrupt)?;
             let mut versions = Vec::new();
             for v in &vrows {
                 if v.try_get::<String, _>(0)? == id {
@@ -474,7 +527,11 @@ impl Store {
                     });
                 }
             }
-            out.push(CellRow { spec, status: r.try_get(2)?, versions });
+            out.push(CellRow {
+                spec,
+                status: r.try_get(2)?,
+                versions,
+            });
         }
         Ok(out)
     }
@@ -495,7 +552,10 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if res.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("artifact {} {}", a.name, a.version)));
+            return Err(StoreError::Conflict(format!(
+                "artifact {} {}",
+                a.name, a.version
+            )));
         }
         Ok(())
     }
@@ -518,7 +578,14 @@ impl Store {
 
     // ---- tokens and audit ---------------------------------------------------
 
-    pub async fn create_token(&self, name: &str, role: &str, groups: &[String], hash: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        groups: &[String],
+        hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let res = sqlx::query(
             "INSERT INTO tokens (name, role, groups, hash, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
@@ -536,26 +603,41 @@ impl Store {
     }
 
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
-        let row = sqlx::query("SELECT name, role, groups FROM tokens WHERE hash = ? AND revoked = 0")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT name, role, groups FROM tokens WHERE hash = ? AND revoked = 0")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             let groups: String = r.try_get(2)?;
             Ok(TokenRow {
                 name: r.try_get(0)?,
                 role: r.try_get(1)?,
-                groups: groups.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+                groups: groups
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
             })
         })
         .transpose()
     }
 
     pub async fn count_tokens(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(sqlx::query("SELECT COUNT(*) FROM tokens")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str, now: DateTime<Utc>) -> Result<()> {
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
             .bind(ts(now))
             .bind(actor)

@@ -44,9 +44,18 @@ impl ArtifactDir {
 pub fn valid_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
         && !v.starts_with('.')
 }
+
+/// A started process: its retired flag, its kill switch, and where it
+/// reports an exit before it was healthy.
+type Spawned = (
+    Arc<AtomicBool>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<String>,
+);
 
 struct Proc {
     version: String,
@@ -86,16 +95,19 @@ impl Supervisor {
 
     /// The port a cell's artifact is served on now.
     pub fn live_port(&self, cell: &str, artifact: &str) -> Option<u16> {
-        self.lock().get(&(cell.to_string(), artifact.to_string())).map(|p| p.port)
+        self.lock()
+            .get(&(cell.to_string(), artifact.to_string()))
+            .map(|p| p.port)
     }
 
     /// What runs where: `{cell: {artifact: {version, port}}}`.
     pub fn routes(&self) -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
         let mut m: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
         for ((cell, art), p) in self.lock().iter() {
-            m.entry(cell.clone())
-                .or_default()
-                .insert(art.clone(), serde_json::json!({ "version": p.version, "port": p.port }));
+            m.entry(cell.clone()).or_default().insert(
+                art.clone(),
+                serde_json::json!({ "version": p.version, "port": p.port }),
+            );
         }
         m
     }
@@ -103,7 +115,10 @@ impl Supervisor {
     fn write_routes(&self) {
         let body = serde_json::to_string_pretty(&self.routes()).unwrap_or_default();
         let tmp = self.routes_file.with_extension("json.tmp");
-        if std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &self.routes_file)).is_err() {
+        if std::fs::write(&tmp, body)
+            .and_then(|_| std::fs::rename(&tmp, &self.routes_file))
+            .is_err()
+        {
             tracing::warn!(file = %self.routes_file.display(), "could not write the routing table");
         }
     }
@@ -119,13 +134,17 @@ impl Supervisor {
         art: &Artifact,
         version: &str,
         port: u16,
-    ) -> Result<(Arc<AtomicBool>, tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<String>), String> {
+    ) -> Result<Spawned, String> {
         let bin = self.artifacts.path(&art.name, version);
         if !bin.is_file() {
-            return Err(format!("artifact {} {} has not been pushed", art.name, version));
+            return Err(format!(
+                "artifact {} {} has not been pushed",
+                art.name, version
+            ));
         }
         let dir = self.cell_dir(&cell.id);
-        std::fs::create_dir_all(dir.join("data")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("data"))
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let retired = Arc::new(AtomicBool::new(false));
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<String>();
@@ -133,7 +152,8 @@ impl Supervisor {
         let (cell, art, version) = (cell.clone(), art.clone(), version.to_string());
         let r = retired.clone();
         tokio::spawn(async move {
-            me.keep_running(cell, art, version, port, r, kill_rx, exit_tx).await;
+            me.keep_running(cell, art, version, port, r, kill_rx, exit_tx)
+                .await;
         });
         Ok((retired, kill_tx, exit_rx))
     }
@@ -236,16 +256,27 @@ impl Supervisor {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("health check {url} did not pass within {}s", timeout.as_secs()));
+                return Err(format!(
+                    "health check {url} did not pass within {}s",
+                    timeout.as_secs()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Switch a local cell to `version` (None: stop the artifact).
-    pub async fn switch(self: &Arc<Self>, cell: &CellSpec, art: &Artifact, version: Option<&str>, health_timeout: Duration) -> Result<(), String> {
+    pub async fn switch(
+        self: &Arc<Self>,
+        cell: &CellSpec,
+        art: &Artifact,
+        version: Option<&str>,
+        health_timeout: Duration,
+    ) -> Result<(), String> {
         let key = (cell.id.clone(), art.name.clone());
-        let base = cell.port.ok_or_else(|| format!("cell {} has no port", cell.id))?;
+        let base = cell
+            .port
+            .ok_or_else(|| format!("cell {} has no port", cell.id))?;
         let Some(version) = version else {
             let old = self.lock().remove(&key);
             if let Some(mut p) = old {
@@ -262,12 +293,23 @@ impl Supervisor {
             _ => base,
         };
         let (retired, kill, mut exited) = self.spawn(cell, art, version, port)?;
-        if let Err(e) = self.wait_healthy(port, &art.health, health_timeout, &mut exited).await {
+        if let Err(e) = self
+            .wait_healthy(port, &art.health, health_timeout, &mut exited)
+            .await
+        {
             retired.store(true, Ordering::SeqCst);
             let _ = kill.send(());
             return Err(e);
         }
-        let old = self.lock().insert(key, Proc { version: version.to_string(), port, retired, kill: Some(kill) });
+        let old = self.lock().insert(
+            key,
+            Proc {
+                version: version.to_string(),
+                port,
+                retired,
+                kill: Some(kill),
+            },
+        );
         self.write_routes();
         if let Some(mut p) = old {
             p.retired.store(true, Ordering::SeqCst);
@@ -296,7 +338,12 @@ pub struct CellExecutor {
     pub http: reqwest::Client,
 }
 
-fn cell_env(cell: &CellSpec, train: &TrainSpec, key: &str, port: Option<u16>) -> BTreeMap<String, String> {
+fn cell_env(
+    cell: &CellSpec,
+    train: &TrainSpec,
+    key: &str,
+    port: Option<u16>,
+) -> BTreeMap<String, String> {
     let mut env = BTreeMap::from([
         ("CELL_ID".to_string(), cell.id.clone()),
         ("CELL_REGION".to_string(), cell.region.clone()),
@@ -306,21 +353,31 @@ fn cell_env(cell: &CellSpec, train: &TrainSpec, key: &str, port: Option<u16>) ->
         ("TRAIN_ID".to_string(), train.id.clone()),
         ("PIPELINE".to_string(), train.pipeline.clone()),
         ("IDEMPOTENCY_KEY".to_string(), key.to_string()),
-        ("PATH".to_string(), std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())),
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        ),
     ]);
     if let Some(p) = port {
         env.insert("CELL_PORT".into(), p.to_string());
         env.insert("CELL_URL".into(), format!("http://127.0.0.1:{p}"));
     }
     for (k, v) in &cell.labels {
-        env.insert(format!("CELL_LABEL_{}", k.to_ascii_uppercase().replace('-', "_")), v.clone());
+        env.insert(
+            format!("CELL_LABEL_{}", k.to_ascii_uppercase().replace('-', "_")),
+            v.clone(),
+        );
     }
     env
 }
 
 impl CellExecutor {
     async fn log(&self, key: &str, train: &str, cell: &str, text: &str) {
-        if let Err(e) = self.store.put_step_log(key, train, cell, text, Utc::now()).await {
+        if let Err(e) = self
+            .store
+            .put_step_log(key, train, cell, text, Utc::now())
+            .await
+        {
             tracing::warn!(key, error = %e, "could not keep a step's output");
         }
     }
@@ -337,7 +394,11 @@ impl CellExecutor {
     ) -> Outcome {
         match self.store.deploy_done(key).await {
             Ok(Some(prev)) => {
-                return Outcome { ok: true, detail: format!("{kind} already done (key {key})"), previous_version: prev }
+                return Outcome {
+                    ok: true,
+                    detail: format!("{kind} already done (key {key})"),
+                    previous_version: prev,
+                }
             }
             Ok(None) => {}
             Err(e) => return Outcome::failed(format!("store unavailable: {e}")),
@@ -351,11 +412,19 @@ impl CellExecutor {
                 let script = if kind == "deploy" { deploy } else { rollback };
                 let r = run_shell(script, &env, health_timeout).await;
                 self.log(key, &train.id, &cell.id, &r.output).await;
-                if r.ok { Ok(()) } else { Err(format!("{kind} command failed: {}", r.status)) }
+                if r.ok {
+                    Ok(())
+                } else {
+                    Err(format!("{kind} command failed: {}", r.status))
+                }
             }
         };
         match result {
-            Ok(()) => match self.store.set_cell_version(&cell.id, &art.name, to, key, kind, Utc::now()).await {
+            Ok(()) => match self
+                .store
+                .set_cell_version(&cell.id, &art.name, to, key, kind, Utc::now())
+                .await
+            {
                 Ok(prev) => Outcome {
                     ok: true,
                     detail: format!("{} now runs {}", cell.id, to.unwrap_or("nothing")),
@@ -364,25 +433,53 @@ impl CellExecutor {
                 Err(e) => Outcome::failed(format!("deployed but could not record it: {e}")),
             },
             Err(e) => {
-                let prev = self.store.cell_version(&cell.id, &art.name).await.ok().flatten();
-                Outcome { ok: false, detail: e, previous_version: prev }
+                let prev = self
+                    .store
+                    .cell_version(&cell.id, &art.name)
+                    .await
+                    .ok()
+                    .flatten();
+                Outcome {
+                    ok: false,
+                    detail: e,
+                    previous_version: prev,
+                }
             }
         }
     }
 
-    async fn http_test(&self, cell: &CellSpec, train: &TrainSpec, path: &str, expect: u16, n: u32, timeout: Duration) -> Outcome {
+    async fn http_test(
+        &self,
+        cell: &CellSpec,
+        train: &TrainSpec,
+        path: &str,
+        expect: u16,
+        n: u32,
+        timeout: Duration,
+    ) -> Outcome {
         let Some(port) = self.supervisor.live_port(&cell.id, &train.artifact.name) else {
-            return Outcome::failed(format!("{} has no live {} endpoint to test", cell.id, train.artifact.name));
+            return Outcome::failed(format!(
+                "{} has no live {} endpoint to test",
+                cell.id, train.artifact.name
+            ));
         };
         let url = format!("http://127.0.0.1:{port}{path}");
         let deadline = Instant::now() + timeout;
         for i in 0..n {
             if Instant::now() > deadline {
-                return Outcome::failed(format!("synthetic test timed out after {i} of {n} requests"));
+                return Outcome::failed(format!(
+                    "synthetic test timed out after {i} of {n} requests"
+                ));
             }
             match self.http.get(&url).send().await {
                 Ok(r) if r.status().as_u16() == expect => {}
-                Ok(r) => return Outcome::failed(format!("GET {url}: status {} (expected {expect}) on request {}", r.status().as_u16(), i + 1)),
+                Ok(r) => {
+                    return Outcome::failed(format!(
+                        "GET {url}: status {} (expected {expect}) on request {}",
+                        r.status().as_u16(),
+                        i + 1
+                    ))
+                }
                 Err(e) => return Outcome::failed(format!("GET {url}: {e}")),
             }
         }
@@ -399,17 +496,37 @@ impl Executor for CellExecutor {
             };
             match step {
                 Step::Deploy(d) => {
-                    self.change_version(train, &req.cell, Some(&train.version), &req.key, "deploy", d.health_timeout.0).await
+                    self.change_version(
+                        train,
+                        &req.cell,
+                        Some(&train.version),
+                        &req.key,
+                        "deploy",
+                        d.health_timeout.0,
+                    )
+                    .await
                 }
                 Step::Test(t) => {
                     if let Some(h) = &t.http {
-                        self.http_test(&req.cell, train, &h.path, h.expect_status, t.min_requests, t.timeout.0).await
+                        self.http_test(
+                            &req.cell,
+                            train,
+                            &h.path,
+                            h.expect_status,
+                            t.min_requests,
+                            t.timeout.0,
+                        )
+                        .await
                     } else {
                         let script = t.command.clone().unwrap_or_default();
-                        self.command(train, &req.cell, &req.key, &script, t.timeout.0).await
+                        self.command(train, &req.cell, &req.key, &script, t.timeout.0)
+                            .await
                     }
                 }
-                Step::Command(c) => self.command(train, &req.cell, &req.key, &c.run, c.timeout.0).await,
+                Step::Command(c) => {
+                    self.command(train, &req.cell, &req.key, &c.run, c.timeout.0)
+                        .await
+                }
                 Step::Bake(_) => Outcome::ok("bake"),
             }
         })
@@ -426,13 +543,28 @@ impl Executor for CellExecutor {
                     _ => None,
                 })
                 .unwrap_or(Duration::from_secs(60));
-            self.change_version(&req.train, &req.cell, req.to_version.as_deref(), &req.key, "rollback", timeout).await
+            self.change_version(
+                &req.train,
+                &req.cell,
+                req.to_version.as_deref(),
+                &req.key,
+                "rollback",
+                timeout,
+            )
+            .await
         })
     }
 }
 
 impl CellExecutor {
-    async fn command(&self, train: &TrainSpec, cell: &CellSpec, key: &str, script: &str, timeout: Duration) -> Outcome {
+    async fn command(
+        &self,
+        train: &TrainSpec,
+        cell: &CellSpec,
+        key: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Outcome {
         let port = self.supervisor.live_port(&cell.id, &train.artifact.name);
         let env = cell_env(cell, train, key, port);
         let r = run_shell(script, &env, timeout).await;
@@ -440,22 +572,40 @@ impl CellExecutor {
         if r.ok {
             Outcome::ok(format!("command passed ({})", r.status))
         } else {
-            let last = r.output.lines().last().unwrap_or("").chars().take(200).collect::<String>();
+            let last = r
+                .output
+                .lines()
+                .last()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
             Outcome::failed(format!("command failed ({}): {last}", r.status))
         }
     }
 }
 
 /// Bring every local cell's recorded versions back up (after a restart).
-pub async fn restore_local_cells(store: &Store, sup: &Arc<Supervisor>, pipelines: &HashMap<String, Artifact>) {
-    let Ok(cells) = store.list_cells().await else { return };
+pub async fn restore_local_cells(
+    store: &Store,
+    sup: &Arc<Supervisor>,
+    pipelines: &HashMap<String, Artifact>,
+) {
+    let Ok(cells) = store.list_cells().await else {
+        return;
+    };
     for c in cells {
         if !matches!(c.spec.target, TargetSpec::Local) {
             continue;
         }
         for v in &c.versions {
-            let (Some(version), Some(art)) = (&v.version, pipelines.get(&v.artifact)) else { continue };
-            if let Err(e) = sup.switch(&c.spec, art, Some(version), Duration::from_secs(30)).await {
+            let (Some(version), Some(art)) = (&v.version, pipelines.get(&v.artifact)) else {
+                continue;
+            };
+            if let Err(e) = sup
+                .switch(&c.spec, art, Some(version), Duration::from_secs(30))
+                .await
+            {
                 tracing::warn!(cell = %c.spec.id, artifact = %v.artifact, %version, error = %e, "could not restart a cell");
             }
         }
@@ -473,8 +623,20 @@ impl Executor for SimExecutor {
     fn run_step(&self, req: StepRequest) -> BoxFut<'_, Outcome> {
         Box::pin(async move {
             if matches!(req.train.steps.get(req.step), Some(Step::Deploy(_))) {
-                tokio::time::sleep(self.deploy_time).await;
-                *self.deploys.lock().unwrap_or_else(|p| p.into_inner()).entry(req.key.clone()).or_insert(0) += 1;
+                // tokio's timer wheel rounds a sleep up to the next
+                // millisecond; sleep to just short of the deadline, then
+                // yield until it, so that a deploy takes `deploy_time`.
+                let deadline = tokio::time::Instant::now() + self.deploy_time;
+                tokio::time::sleep_until(deadline - Duration::from_millis(1)).await;
+                while tokio::time::Instant::now() < deadline {
+                    tokio::task::yield_now().await;
+                }
+                *self
+                    .deploys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(req.key.clone())
+                    .or_insert(0) += 1;
             }
             Outcome::ok("simulated")
         })
@@ -487,5 +649,7 @@ impl Executor for SimExecutor {
 /// Does `path` look like a file the local target can run?
 pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }

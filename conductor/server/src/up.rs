@@ -27,11 +27,19 @@ fn read(path: &Path) -> Result<String> {
 }
 
 /// Read and validate the shapes and the seed cells.
-pub fn load_inventory(shapes_file: &Path, cells_file: &Path) -> Result<Vec<cells_inventory::CellSpec>> {
-    let shapes = cells_inventory::parse_shapes(&shapes_file.display().to_string(), &read(shapes_file)?)
-        .map_err(|d| anyhow::anyhow!("{d}"))?;
-    cells_inventory::parse_cells(&cells_file.display().to_string(), &read(cells_file)?, &shapes)
-        .map_err(|d| anyhow::anyhow!("{d}"))
+pub fn load_inventory(
+    shapes_file: &Path,
+    cells_file: &Path,
+) -> Result<Vec<cells_inventory::CellSpec>> {
+    let shapes =
+        cells_inventory::parse_shapes(&shapes_file.display().to_string(), &read(shapes_file)?)
+            .map_err(|d| anyhow::anyhow!("{d}"))?;
+    cells_inventory::parse_cells(
+        &cells_file.display().to_string(),
+        &read(cells_file)?,
+        &shapes,
+    )
+    .map_err(|d| anyhow::anyhow!("{d}"))
 }
 
 /// The admin token: created with the database, kept (mode 0600) in the data dir.
@@ -39,17 +47,32 @@ async fn admin_token(store: &Store, data_dir: &Path) -> Result<Option<String>> {
     let file = data_dir.join("admin.token");
     if store.count_tokens().await? == 0 {
         let token = new_token();
-        store.create_token("admin", "admin", &[], &hash_token(&token), chrono::Utc::now()).await?;
+        store
+            .create_token(
+                "admin",
+                "admin",
+                &[],
+                &hash_token(&token),
+                chrono::Utc::now(),
+            )
+            .await?;
         write_private(&file, &token).context("writing the admin token")?;
         return Ok(Some(token));
     }
-    Ok(std::fs::read_to_string(&file).ok().map(|s| s.trim().to_string()))
+    Ok(std::fs::read_to_string(&file)
+        .ok()
+        .map(|s| s.trim().to_string()))
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }
@@ -67,34 +90,73 @@ async fn artifact_specs(store: &Store) -> Result<HashMap<String, Artifact>> {
 
 pub async fn up(opts: UpOptions) -> Result<()> {
     let cells = load_inventory(&opts.shapes_file, &opts.cells_file)?;
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let data_dir = opts.data_dir.canonicalize().context("resolving the data directory")?;
-    let store = Store::open(&data_dir.join("conductor.db")).await.context("opening the database")?;
-    let added = store.seed_cells(&cells, chrono::Utc::now()).await.context("seeding cells")?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    let data_dir = opts
+        .data_dir
+        .canonicalize()
+        .context("resolving the data directory")?;
+    let store = Store::open(&data_dir.join("conductor.db"))
+        .await
+        .context("opening the database")?;
+    let added = store
+        .seed_cells(&cells, chrono::Utc::now())
+        .await
+        .context("seeding cells")?;
     let token = admin_token(&store, &data_dir).await?;
 
     let metrics = Arc::new(Metrics::default());
     let leases = Arc::new(Leases::new(metrics.clone()));
-    let artifacts = ArtifactDir { root: data_dir.join("artifacts") };
+    let artifacts = ArtifactDir {
+        root: data_dir.join("artifacts"),
+    };
     let supervisor = Supervisor::new(artifacts.clone(), data_dir.clone());
     // Cells first, so that resumed steps find them running.
     restore_local_cells(&store, &supervisor, &artifact_specs(&store).await?).await;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().context("building the HTTP client")?;
-    let executor = Arc::new(CellExecutor { store: store.clone(), supervisor: supervisor.clone(), http });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .context("building the HTTP client")?;
+    let executor = Arc::new(CellExecutor {
+        store: store.clone(),
+        supervisor: supervisor.clone(),
+        http,
+    });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let engine = Engine::start(store, clock, executor, leases, metrics.clone()).await.context("starting the engine")?;
+    let engine = Engine::start(store, clock, executor, leases, metrics.clone())
+        .await
+        .context("starting the engine")?;
 
-    let app = router(AppState { engine, metrics, artifacts, supervisor: supervisor.clone() });
-    let listener = tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
+    let app = router(AppState {
+        engine,
+        metrics,
+        artifacts,
+        supervisor: supervisor.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    println!("Conductor is up at http://{addr}/  (data in {})", data_dir.display());
+    println!(
+        "Conductor is up at http://{addr}/  (data in {})",
+        data_dir.display()
+    );
     println!("  cells: {} in the inventory ({} new)", cells.len(), added);
     match token {
-        Some(t) => println!("  admin token: {t}\n  export CONDUCTOR_URL=http://{addr} CONDUCTOR_TOKEN={t}"),
-        None => println!("  admin token: see {}", data_dir.join("admin.token").display()),
+        Some(t) => {
+            println!("  admin token: {t}\n  export CONDUCTOR_URL=http://{addr} CONDUCTOR_TOKEN={t}")
+        }
+        None => println!(
+            "  admin token: see {}",
+            data_dir.join("admin.token").display()
+        ),
     }
     tracing::info!(%addr, "serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("serving HTTP")?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving HTTP")?;
     supervisor.stop_all();
     println!("Conductor stopped; trains resume on the next `conductor up`.");
     Ok(())

@@ -83,14 +83,23 @@ impl Spans {
             }
             match parent(&p) {
                 Some(up) => p = up,
-                None => return self.nodes.get("").copied().unwrap_or(Pos { line: 1, col: 1 }),
+                None => {
+                    return self
+                        .nodes
+                        .get("")
+                        .copied()
+                        .unwrap_or(Pos { line: 1, col: 1 })
+                }
             }
         }
     }
 
     /// The position of the key that introduces `path` (falls back to the value).
     pub fn key_at(&self, path: &str) -> Pos {
-        self.keys.get(path).copied().unwrap_or_else(|| self.at(path))
+        self.keys
+            .get(path)
+            .copied()
+            .unwrap_or_else(|| self.at(path))
     }
 
     /// A diagnostic pointing at the value at `path`.
@@ -206,7 +215,10 @@ pub fn spans(file: &str, text: &str) -> Result<Spans, Diagnostics> {
                 col: m.col() + 1,
             },
             message: format!("invalid YAML: {}", e.info()),
-            hint: Some("check indentation, quoting and that every `key:` has a space after the colon".into()),
+            hint: Some(
+                "check indentation, quoting and that every `key:` has a space after the colon"
+                    .into(),
+            ),
         }]));
     }
     Ok(rec.spans)
