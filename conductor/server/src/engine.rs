@@ -115,6 +115,11 @@ enum Msg {
         spec: TrainSpec,
         reply: oneshot::Sender<Result<Train, EngineError>>,
     },
+    /// The committed state of an active train (None: not active).
+    Get {
+        train: String,
+        reply: oneshot::Sender<Option<Train>>,
+    },
 }
 
 struct Shared {
@@ -125,8 +130,6 @@ struct Shared {
     metrics: Arc<Metrics>,
     tx: mpsc::UnboundedSender<Msg>,
     finished: tokio::sync::broadcast::Sender<(String, TrainStatus)>,
-    /// The state of every active train after the last committed batch.
-    live: std::sync::RwLock<HashMap<String, Arc<Train>>>,
     /// The cell inventory, read once and refreshed when it changes, so that
     /// steps need not read the store to find their cell.
     cells: std::sync::RwLock<HashMap<String, CellSpec>>,
@@ -142,8 +145,6 @@ pub struct Engine {
 const MAX_BATCH: usize = 2048;
 /// Longest a running train's stored snapshot may lag its live state.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
-/// Longest the live view of a running train may lag its state.
-const LIVE_EVERY: Duration = Duration::from_millis(100);
 
 impl Engine {
     /// Replay the store, re-issue in-flight effects, and start the loop.
@@ -156,7 +157,6 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished, _) = tokio::sync::broadcast::channel(1024);
-        let live = std::sync::RwLock::new(HashMap::new());
         let cells = std::sync::RwLock::new(HashMap::new());
         let shared = Arc::new(Shared {
             store,
@@ -166,7 +166,6 @@ impl Engine {
             metrics,
             tx,
             finished,
-            live,
             cells,
         });
         refresh_cells(&shared).await?;
@@ -199,12 +198,6 @@ impl Engine {
                 "resumed active trains"
             );
         }
-        {
-            let mut live = shared.live.write().unwrap_or_else(|p| p.into_inner());
-            for t in trains.values() {
-                live.insert(t.spec.id.clone(), t.clone());
-            }
-        }
         let specs: HashMap<String, Arc<TrainSpec>> = trains
             .values()
             .map(|t| (t.spec.id.clone(), Arc::new(t.spec.clone())))
@@ -229,19 +222,20 @@ impl Engine {
         &self.shared.leases
     }
 
-    /// The current state of a train: live from memory while it runs, else
-    /// its stored snapshot.
-    pub async fn train(&self, id: &str) -> Result<Option<Train>, StoreError> {
-        let live = self
-            .shared
-            .live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned();
-        match live {
-            Some(t) => Ok(Some((*t).clone())),
-            None => self.shared.store.get_train(id).await,
+    /// The current state of a train: from the engine while it runs (as of
+    /// the last committed batch), else its stored snapshot.
+    pub async fn train(&self, id: &str) -> Result<Option<Train>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Get {
+                train: id.to_string(),
+                reply,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        match rx.await.map_err(|_| EngineError::Stopped)? {
+            Some(t) => Ok(Some(t)),
+            None => Ok(self.shared.store.get_train(id).await?),
         }
     }
 
@@ -447,7 +441,6 @@ async fn run(
     mut specs: HashMap<String, Arc<TrainSpec>>,
 ) {
     let mut written: HashMap<String, (TrainStatus, std::time::Instant)> = HashMap::new();
-    let mut live_at: HashMap<String, (TrainStatus, std::time::Instant)> = HashMap::new();
     while let Some(first) = rx.recv().await {
         // Group commit: let concurrent senders (steps finishing together)
         // run for a moment, so that one transaction carries them all.
@@ -502,6 +495,10 @@ async fn run(
                     b.touched.insert(train.clone());
                     let r = b.apply(&mut trains, &train, event, now).map(|_| train);
                     b.replies.push((reply, r));
+                }
+                Msg::Get { train, reply } => {
+                    // Committed state only: what this batch stages is not durable yet.
+                    let _ = reply.send(trains.get(&train).map(|t| Train::clone(t)));
                 }
                 Msg::Start { spec, reply } => {
                     b.touched.insert(spec.id.clone());
@@ -569,30 +566,7 @@ async fn run(
                 .entry(id.clone())
                 .or_insert_with(|| Arc::new(t.spec.clone()));
             let t = Arc::new(t);
-            // The live view is refreshed on a change of status, after a
-            // command, or at most every LIVE_EVERY; sharing the Arc means the
-            // next batch copies the train once.
-            let refresh = match live_at.get(&id) {
-                Some((status, at)) => {
-                    *status != t.status || b.touched.contains(&id) || at.elapsed() >= LIVE_EVERY
-                }
-                None => true,
-            };
-            if refresh {
-                shared
-                    .live
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.clone(), t.clone());
-                live_at.insert(id.clone(), (t.status, std::time::Instant::now()));
-            }
             if t.status.is_terminal() {
-                shared
-                    .live
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                live_at.remove(&id);
                 written.remove(&id);
                 shared.metrics.train_finished(t.status);
                 trains.remove(&id);

@@ -28,6 +28,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Rows per multi-row INSERT of events.
+const EVENT_CHUNK: usize = 500;
+
 fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
@@ -209,6 +212,13 @@ impl Store {
         trains: &[&Train],
     ) -> Result<()> {
         let mut conn = self.writer.lock().await;
+        let rows = event_rows(events)?;
+        // One statement is atomic on its own: most batches (events only, no
+        // snapshot) need no BEGIN/COMMIT round trips.
+        if trains.is_empty() && rows.len() <= EVENT_CHUNK {
+            insert_events(&mut conn, &rows).await?;
+            return Ok(());
+        }
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         for t in trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
@@ -229,17 +239,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        // Many rows per statement: one round trip to SQLite per chunk.
-        for chunk in events.chunks(500) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO events (train_id, at, body) ");
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (train, ev, at) in chunk {
-                rows.push((train, ts(*at), serde_json::to_string(ev).map_err(corrupt)?));
-            }
-            q.push_values(rows, |mut b, (train, at, body)| {
-                b.push_bind(train).push_bind(at).push_bind(body);
-            });
-            q.build().execute(&mut *tx).await?;
+        for chunk in rows.chunks(EVENT_CHUNK) {
+            insert_events(&mut tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -668,6 +669,26 @@ impl Store {
             })
             .collect()
     }
+}
+
+type EventRowText<'a> = (&'a String, String, String);
+
+fn event_rows(events: &[(String, Event, DateTime<Utc>)]) -> Result<Vec<EventRowText<'_>>> {
+    events
+        .iter()
+        .map(|(train, ev, at)| Ok((train, ts(*at), serde_json::to_string(ev).map_err(corrupt)?)))
+        .collect()
+}
+
+/// Append events with one multi-row INSERT (one round trip to SQLite).
+async fn insert_events(conn: &mut sqlx::SqliteConnection, rows: &[EventRowText<'_>]) -> Result<()> {
+    let mut q = sqlx::QueryBuilder::new("INSERT INTO events (train_id, at, body) ");
+    q.push_values(rows, |mut b, (train, at, body)| {
+        b.push_bind(*train).push_bind(at).push_bind(body);
+    });
+    // Each row count is a new SQL text: keep it out of the statement cache.
+    q.build().persistent(false).execute(conn).await?;
+    Ok(())
 }
 
 fn pipeline_row(r: &sqlx::sqlite::SqliteRow) -> Result<PipelineRow> {
