@@ -535,3 +535,51 @@ fn command_targets_and_steps_run_with_cell_environment() {
         "{logs}"
     );
 }
+
+#[test]
+fn the_supervisor_restarts_a_crashed_cell_process() {
+    let c = Conductor::start(&cells_yaml(21700, 1));
+    c.push_sample("1.0.0");
+    let p = c.file(
+        "p.yaml",
+        &sample_pipeline(
+            "svc",
+            "  - { name: all, percent: 100, max_parallel: 3 }\n",
+            "rollback_cell_and_halt",
+            "100ms",
+        ),
+    );
+    c.cli_ok(&c.admin, &["pipeline", "submit", &p], 0);
+    let id = c.start_train(&c.admin, "svc", "1.0.0");
+    c.cli_ok(&c.admin, &["train", "wait", &id], 0);
+    let routes = c.get(&c.admin, "/routes");
+    let r = &routes["routes"]["ue1-0"]["sample-service"];
+    let (pid, port) = (
+        r["pid"].as_u64().expect("pid"),
+        r["port"].as_u64().expect("port"),
+    );
+    assert!(pid > 0);
+    // SAFETY: plain kill(2) of the child process the Conductor started for this test.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let routes = c.get(&c.admin, "/routes");
+        let now = routes["routes"]["ue1-0"]["sample-service"]["pid"]
+            .as_u64()
+            .unwrap_or(0);
+        let up = reqwest::blocking::get(format!("http://127.0.0.1:{port}/version"))
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if now != pid && now != 0 && up {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cell process was not restarted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

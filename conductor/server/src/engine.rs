@@ -463,7 +463,9 @@ async fn run(
             }
             tokio::task::yield_now().await;
         }
-        let now = shared.clock.now();
+        // Stored timestamps keep microseconds: the state must be built from
+        // exactly the instants a replay will see.
+        let now = chrono::SubsecRound::trunc_subsecs(shared.clock.now(), 6);
         let t_apply = std::time::Instant::now();
         let n_msgs = msgs.len();
         let mut b = Batch {

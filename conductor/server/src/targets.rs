@@ -52,15 +52,24 @@ pub fn valid_version(v: &str) -> bool {
 /// A started process: its retired flag, its kill switch, and where it
 /// reports an exit before it was healthy.
 type Spawned = (
-    Arc<AtomicBool>,
+    Arc<ProcState>,
     tokio::sync::oneshot::Sender<()>,
     tokio::sync::oneshot::Receiver<String>,
 );
 
+/// Shared between a process's supervising task and the supervisor.
+#[derive(Default)]
+struct ProcState {
+    /// Set before the process is stopped on purpose (it is then not restarted).
+    retired: AtomicBool,
+    /// The current OS process id (changes when it is restarted).
+    pid: std::sync::atomic::AtomicU32,
+}
+
 struct Proc {
     version: String,
     port: u16,
-    retired: Arc<AtomicBool>,
+    retired: Arc<ProcState>,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -106,7 +115,11 @@ impl Supervisor {
         for ((cell, art), p) in self.lock().iter() {
             m.entry(cell.clone()).or_default().insert(
                 art.clone(),
-                serde_json::json!({ "version": p.version, "port": p.port }),
+                serde_json::json!({
+                    "version": p.version,
+                    "port": p.port,
+                    "pid": p.retired.pid.load(Ordering::SeqCst),
+                }),
             );
         }
         m
@@ -145,7 +158,7 @@ impl Supervisor {
         let dir = self.cell_dir(&cell.id);
         std::fs::create_dir_all(dir.join("data"))
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let retired = Arc::new(AtomicBool::new(false));
+        let retired = Arc::new(ProcState::default());
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<String>();
         let me = self.clone();
@@ -165,7 +178,7 @@ impl Supervisor {
         art: Artifact,
         version: String,
         port: u16,
-        retired: Arc<AtomicBool>,
+        retired: Arc<ProcState>,
         mut kill: tokio::sync::oneshot::Receiver<()>,
         exit_tx: tokio::sync::oneshot::Sender<String>,
     ) {
@@ -210,10 +223,11 @@ impl Supervisor {
                     return;
                 }
             };
+            retired.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
             tokio::select! {
                 st = child.wait() => {
                     let why = match st { Ok(s) => s.to_string(), Err(e) => e.to_string() };
-                    if retired.load(Ordering::SeqCst) {
+                    if retired.retired.load(Ordering::SeqCst) {
                         return;
                     }
                     // A deploy still waiting for health hears of it and gives up;
@@ -280,7 +294,7 @@ impl Supervisor {
         let Some(version) = version else {
             let old = self.lock().remove(&key);
             if let Some(mut p) = old {
-                p.retired.store(true, Ordering::SeqCst);
+                p.retired.retired.store(true, Ordering::SeqCst);
                 if let Some(k) = p.kill.take() {
                     let _ = k.send(());
                 }
@@ -297,7 +311,7 @@ impl Supervisor {
             .wait_healthy(port, &art.health, health_timeout, &mut exited)
             .await
         {
-            retired.store(true, Ordering::SeqCst);
+            retired.retired.store(true, Ordering::SeqCst);
             let _ = kill.send(());
             return Err(e);
         }
@@ -312,7 +326,7 @@ impl Supervisor {
         );
         self.write_routes();
         if let Some(mut p) = old {
-            p.retired.store(true, Ordering::SeqCst);
+            p.retired.retired.store(true, Ordering::SeqCst);
             if let Some(k) = p.kill.take() {
                 let _ = k.send(());
             }
@@ -323,7 +337,7 @@ impl Supervisor {
     /// Stop every process (on shutdown).
     pub fn stop_all(&self) {
         for (_, mut p) in self.lock().drain() {
-            p.retired.store(true, Ordering::SeqCst);
+            p.retired.retired.store(true, Ordering::SeqCst);
             if let Some(k) = p.kill.take() {
                 let _ = k.send(());
             }

@@ -1,0 +1,129 @@
+//! The engine and the store together, in process: a train over simulated
+//! cells, then its persisted events replayed.
+
+use cells_inventory::{CellSpec, TargetSpec};
+use chrono::Utc;
+use conductor::engine::{Clock, Engine, SystemClock};
+use conductor::leases::Leases;
+use conductor::metrics::Metrics;
+use conductor::store::Store;
+use conductor::targets::SimExecutor;
+use conductor_core::train::{Train, TrainSpec, TrainStatus};
+use conductor_core::{pipeline, plan};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn cells(n: usize) -> Vec<CellSpec> {
+    (0..n)
+        .map(|i| CellSpec {
+            id: format!("c{i:03}"),
+            region: ["us-east-1", "eu-west-1"][i % 2].into(),
+            shape: "small".into(),
+            labels: Default::default(),
+            target: TargetSpec::Local,
+            port: None,
+            tz: None,
+        })
+        .collect()
+}
+
+async fn engine(store: &Store, sim: Arc<SimExecutor>) -> Engine {
+    let metrics = Arc::new(Metrics::default());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Engine::start(
+        store.clone(),
+        clock,
+        sim,
+        Arc::new(Leases::new(metrics.clone())),
+        metrics,
+    )
+    .await
+    .expect("engine")
+}
+
+fn spec(id: &str, yaml: &str, cells: &[CellSpec]) -> TrainSpec {
+    let (p, spans) = pipeline::parse("p.yaml", yaml).expect("pipeline");
+    let pl = plan::plan(&p, &spans, cells).expect("plan");
+    TrainSpec {
+        id: id.into(),
+        pipeline: p.name.clone(),
+        artifact: p.artifact.clone(),
+        version: "1".into(),
+        started_by: "tester".into(),
+        steps: p.steps.clone(),
+        on_failure: p.on_failure,
+        windows: p.parsed_windows(),
+        plan: pl,
+    }
+}
+
+const YAML: &str = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - deploy: {}\n  - bake: 50ms\nwaves:\n  - { name: one, cells: 1 }\n  - { name: rest, percent: 100, max_parallel: 4 }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_stored_events_gives_the_final_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&dir.path().join("c.db")).await.expect("store");
+    let cs = cells(9);
+    store.seed_cells(&cs, Utc::now()).await.expect("seed");
+    let sim = Arc::new(SimExecutor {
+        deploy_time: Duration::from_millis(5),
+        deploys: Default::default(),
+    });
+    let e = engine(&store, sim.clone()).await;
+    let mut done = e.finished();
+    e.start_train(spec("t1", YAML, &cs)).await.expect("start");
+    let (id, status) = done.recv().await.expect("finished");
+    assert_eq!((id.as_str(), status), ("t1", TrainStatus::Succeeded));
+    let stored = store.get_train("t1").await.expect("get").expect("train");
+    let events = store.train_events("t1", 0, 100_000).await.expect("events");
+    let parsed: Vec<(conductor_core::train::Event, chrono::DateTime<Utc>)> = events
+        .iter()
+        .map(|r| {
+            let at = chrono::DateTime::parse_from_rfc3339(&r.at)
+                .expect("at")
+                .with_timezone(&Utc);
+            (serde_json::from_value(r.event.clone()).expect("event"), at)
+        })
+        .collect();
+    let replayed = Train::replay(parsed.iter().map(|(e, at)| (e, *at))).expect("replay");
+    assert_eq!(
+        replayed, stored,
+        "replay differs from the committed snapshot"
+    );
+    assert_eq!(sim.deploys.lock().expect("lock").len(), 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_engine_finishes_what_the_first_left() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&dir.path().join("c.db")).await.expect("store");
+    let cs = cells(6);
+    store.seed_cells(&cs, Utc::now()).await.expect("seed");
+    // The first engine's deploys never finish: it "dies" with steps in flight.
+    let stuck = Arc::new(SimExecutor {
+        deploy_time: Duration::from_secs(3600),
+        deploys: Default::default(),
+    });
+    let first = engine(&store, stuck).await;
+    first
+        .start_train(spec("t2", YAML, &cs))
+        .await
+        .expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(first);
+    // A second engine over the same store replays and resumes the step.
+    let sim = Arc::new(SimExecutor {
+        deploy_time: Duration::from_millis(5),
+        deploys: Default::default(),
+    });
+    let second = engine(&store, sim.clone()).await;
+    let mut done = second.finished();
+    let t = second.train("t2").await.expect("train").expect("active");
+    assert_eq!(t.status, TrainStatus::Running);
+    let (_, status) = tokio::time::timeout(Duration::from_secs(30), done.recv())
+        .await
+        .expect("in time")
+        .expect("finished");
+    assert_eq!(status, TrainStatus::Succeeded);
+    assert_eq!(sim.deploys.lock().expect("lock").len(), 6);
+}
