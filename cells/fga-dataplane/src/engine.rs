@@ -1,0 +1,542 @@
+//! Evaluation: Check, ListObjects, ListUsers over a [`TupleReader`].
+//!
+//! Check walks the relation's rewrite tree. The branches of a union,
+//! intersection and exclusion run concurrently and short-circuit (a union
+//! answers on the first `true`, an intersection on the first `false`).
+//! Cycles on the current path evaluate to `false`; deeper than
+//! [`MAX_DEPTH`] is an error, as in OpenFGA. Contextual tuples take part as
+//! if they were written.
+
+use crate::model::{AuthorizationModel, Userset};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+/// Resolution depth limit (OpenFGA's default).
+pub const MAX_DEPTH: u32 = 25;
+
+/// A relationship tuple: `user` has `relation` on `object`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct TupleKey {
+    pub object: String,
+    pub relation: String,
+    pub user: String,
+}
+
+impl TupleKey {
+    pub fn new(object: &str, relation: &str, user: &str) -> TupleKey {
+        TupleKey {
+            object: object.into(),
+            relation: relation.into(),
+            user: user.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("resolution too complex: depth limit of {MAX_DEPTH} exceeded")]
+    TooComplex,
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Reads tuples through the indexes the store keeps. Implementations must
+/// not scan a whole store for these calls.
+pub trait TupleReader: Send + Sync {
+    /// The users of `object#relation` (index: store, object, relation).
+    fn users_of(
+        &self,
+        object: &str,
+        relation: &str,
+    ) -> BoxFuture<'_, Result<Vec<String>, EvalError>>;
+    /// Does the exact tuple exist? (index: store, object, relation, user).
+    fn exists<'a>(
+        &'a self,
+        object: &'a str,
+        relation: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EvalError>>;
+    /// Objects of `object_type` that appear in any tuple (for ListObjects
+    /// candidates; index: store, object type).
+    fn objects_of_type<'a>(
+        &'a self,
+        object_type: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, EvalError>>;
+    /// Users of type `user_type` that appear in any tuple (for ListUsers).
+    fn users_of_type<'a>(
+        &'a self,
+        user_type: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, EvalError>>;
+}
+
+/// Split `type:id` (or `type:id#relation`).
+pub fn object_type(s: &str) -> &str {
+    s.split_once(':').map_or("", |(t, _)| t)
+}
+
+/// A user string's parts: type, id, and optional relation.
+pub fn parse_user(u: &str) -> Option<(&str, &str, Option<&str>)> {
+    let (t, rest) = u.split_once(':')?;
+    match rest.split_once('#') {
+        Some((id, rel)) => Some((t, id, Some(rel))),
+        None => Some((t, rest, None)),
+    }
+}
+
+/// Tuples passed along with a request, layered over the store.
+pub struct WithContext<'r> {
+    pub inner: &'r dyn TupleReader,
+    pub extra: Vec<TupleKey>,
+}
+
+impl TupleReader for WithContext<'_> {
+    fn users_of(
+        &self,
+        object: &str,
+        relation: &str,
+    ) -> BoxFuture<'_, Result<Vec<String>, EvalError>> {
+        let (o, r) = (object.to_string(), relation.to_string());
+        Box::pin(async move {
+            let mut v = self.inner.users_of(&o, &r).await?;
+            v.extend(
+                self.extra
+                    .iter()
+                    .filter(|t| t.object == o && t.relation == r)
+                    .map(|t| t.user.clone()),
+            );
+            Ok(v)
+        })
+    }
+    fn exists<'a>(
+        &'a self,
+        object: &'a str,
+        relation: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<bool, EvalError>> {
+        Box::pin(async move {
+            if self
+                .extra
+                .iter()
+                .any(|t| t.object == object && t.relation == relation && t.user == user)
+            {
+                return Ok(true);
+            }
+            self.inner.exists(object, relation, user).await
+        })
+    }
+    fn objects_of_type<'a>(&'a self, ty: &'a str) -> BoxFuture<'a, Result<Vec<String>, EvalError>> {
+        Box::pin(async move {
+            let mut v = self.inner.objects_of_type(ty).await?;
+            v.extend(
+                self.extra
+                    .iter()
+                    .filter(|t| object_type(&t.object) == ty)
+                    .map(|t| t.object.clone()),
+            );
+            Ok(v)
+        })
+    }
+    fn users_of_type<'a>(&'a self, ty: &'a str) -> BoxFuture<'a, Result<Vec<String>, EvalError>> {
+        Box::pin(async move {
+            let mut v = self.inner.users_of_type(ty).await?;
+            v.extend(
+                self.extra
+                    .iter()
+                    .filter(|t| object_type(&t.user) == ty)
+                    .map(|t| t.user.clone()),
+            );
+            Ok(v)
+        })
+    }
+}
+
+/// One evaluation against one model and reader.
+#[derive(Clone)]
+pub struct Evaluator<'a> {
+    pub model: &'a AuthorizationModel,
+    pub reader: &'a dyn TupleReader,
+    /// ListUsers mode: on the positive side a concrete user counts only
+    /// through tuples that name it, not through a wildcard tuple (the
+    /// wildcard is reported as a user of its own).
+    pub concrete_only: bool,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(model: &'a AuthorizationModel, reader: &'a dyn TupleReader) -> Evaluator<'a> {
+        Evaluator {
+            model,
+            reader,
+            concrete_only: false,
+        }
+    }
+}
+
+type Path = Arc<Vec<(String, String)>>;
+
+/// A sub-result: a cycle on the evaluation path is neither true nor false
+/// until an operator decides (a union with another true branch is true;
+/// otherwise the cycle makes the answer false, as in OpenFGA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tri {
+    False,
+    True,
+    Cycle,
+}
+
+type TriResult = Result<Tri, EvalError>;
+
+impl<'a> Evaluator<'a> {
+    /// Does `user` have `relation` on `object`?
+    pub async fn check(&self, object: &str, relation: &str, user: &str) -> Result<bool, EvalError> {
+        let r = self
+            .check_at(
+                object.to_string(),
+                relation.to_string(),
+                user.to_string(),
+                0,
+                Arc::new(Vec::new()),
+            )
+            .await?;
+        Ok(r == Tri::True)
+    }
+
+    fn check_at(
+        &self,
+        object: String,
+        relation: String,
+        user: String,
+        depth: u32,
+        path: Path,
+    ) -> BoxFuture<'_, TriResult> {
+        Box::pin(async move {
+            if depth >= MAX_DEPTH {
+                return Err(EvalError::TooComplex);
+            }
+            // The user is this very userset.
+            if let Some((t, id, Some(r))) = parse_user(&user) {
+                if r == relation && object == format!("{t}:{id}") {
+                    return Ok(Tri::True);
+                }
+            }
+            if path.iter().any(|(o, r)| *o == object && *r == relation) {
+                return Ok(Tri::Cycle);
+            }
+            let Some(rw) = self.model.rewrite(object_type(&object), &relation) else {
+                return Ok(Tri::False);
+            };
+            let mut p = (*path).clone();
+            p.push((object.clone(), relation.clone()));
+            let path = Arc::new(p);
+            self.eval(&object, &relation, rw, &user, depth, &path).await
+        })
+    }
+
+    fn eval<'s>(
+        &'s self,
+        object: &'s str,
+        relation: &'s str,
+        rw: &'s Userset,
+        user: &'s str,
+        depth: u32,
+        path: &'s Path,
+    ) -> BoxFuture<'s, TriResult> {
+        Box::pin(async move {
+            match rw {
+                Userset::This(_) => self.direct(object, relation, user, depth, path).await,
+                Userset::Computed(or) => {
+                    self.check_at(
+                        object.to_string(),
+                        or.relation.clone(),
+                        user.to_string(),
+                        depth + 1,
+                        path.clone(),
+                    )
+                    .await
+                }
+                Userset::TupleToUserset(ttu) => {
+                    let parents = self.reader.users_of(object, &ttu.tupleset.relation).await?;
+                    let cu = &ttu.computed_userset.relation;
+                    // Only tuples the current model allows take part.
+                    let allowed = self
+                        .model
+                        .type_def(object_type(object))
+                        .map(|t| t.direct_types(&ttu.tupleset.relation))
+                        .unwrap_or(&[]);
+                    let futs = parents
+                        .into_iter()
+                        .filter(|p| {
+                            parse_user(p).is_some_and(|(t, id, r)| {
+                                r.is_none()
+                                    && id != "*"
+                                    && allowed.iter().any(|a| {
+                                        a.type_name == t && a.relation.is_none() && !a.is_wildcard()
+                                    })
+                            }) && self.model.rewrite(object_type(p), cu).is_some()
+                        })
+                        .map(|p| {
+                            self.check_at(p, cu.clone(), user.to_string(), depth + 1, path.clone())
+                        })
+                        .collect();
+                    any(futs).await
+                }
+                Userset::Union(u) => {
+                    any(u
+                        .child
+                        .iter()
+                        .map(|c| self.eval(object, relation, c, user, depth, path))
+                        .collect())
+                    .await
+                }
+                Userset::Intersection(u) if self.concrete_only => {
+                    // Named concretely by one branch, and included (wildcards
+                    // count) by all of them.
+                    let lenient = Evaluator {
+                        concrete_only: false,
+                        ..self.clone()
+                    };
+                    let every = all(u
+                        .child
+                        .iter()
+                        .map(|c| lenient.eval(object, relation, c, user, depth, path))
+                        .collect())
+                    .await?;
+                    if every != Tri::True {
+                        return Ok(every);
+                    }
+                    any(u
+                        .child
+                        .iter()
+                        .map(|c| self.eval(object, relation, c, user, depth, path))
+                        .collect())
+                    .await
+                }
+                Userset::Intersection(u) => {
+                    all(u
+                        .child
+                        .iter()
+                        .map(|c| self.eval(object, relation, c, user, depth, path))
+                        .collect())
+                    .await
+                }
+                Userset::Difference(d) => {
+                    let base = self.eval(object, relation, &d.base, user, depth, path);
+                    // What is subtracted always counts wildcards.
+                    let lenient = Evaluator {
+                        concrete_only: false,
+                        ..self.clone()
+                    };
+                    let sub = async move {
+                        lenient
+                            .eval(object, relation, &d.subtract, user, depth, path)
+                            .await
+                    };
+                    // Both at once; stop early when either decides.
+                    let mut set: FuturesUnordered<BoxFuture<'_, (bool, TriResult)>> =
+                        FuturesUnordered::new();
+                    set.push(Box::pin(async move { (true, base.await) }));
+                    set.push(Box::pin(async move { (false, sub.await) }));
+                    let mut cycle = false;
+                    while let Some((is_base, r)) = set.next().await {
+                        match (is_base, r?) {
+                            (true, Tri::False) | (false, Tri::True) => return Ok(Tri::False),
+                            (_, Tri::Cycle) => cycle = true,
+                            _ => {}
+                        }
+                    }
+                    Ok(if cycle { Tri::Cycle } else { Tri::True })
+                }
+            }
+        })
+    }
+
+    /// Direct assignment: the exact tuple, a wildcard tuple, or a userset tuple
+    /// whose members include the user.
+    async fn direct(
+        &self,
+        object: &str,
+        relation: &str,
+        user: &str,
+        depth: u32,
+        path: &Path,
+    ) -> TriResult {
+        let td = self.model.type_def(object_type(object));
+        let allowed = td.map(|t| t.direct_types(relation)).unwrap_or(&[]);
+        let Some((ut, uid, urel)) = parse_user(user) else {
+            return Ok(Tri::False);
+        };
+        let exact_allowed = allowed.iter().any(|r| {
+            r.type_name == ut && r.relation.as_deref() == urel && (r.is_wildcard() == (uid == "*"))
+        });
+        if exact_allowed && self.reader.exists(object, relation, user).await? {
+            return Ok(Tri::True);
+        }
+        if !self.concrete_only
+            && urel.is_none()
+            && uid != "*"
+            && allowed.iter().any(|r| r.type_name == ut && r.is_wildcard())
+        {
+            let wild = format!("{ut}:*");
+            if self.reader.exists(object, relation, &wild).await? {
+                return Ok(Tri::True);
+            }
+        }
+        // Usersets assigned here: `group:x#member` tuples.
+        let usersets: Vec<&crate::model::RelationReference> =
+            allowed.iter().filter(|r| r.relation.is_some()).collect();
+        if usersets.is_empty() {
+            return Ok(Tri::False);
+        }
+        let users = self.reader.users_of(object, relation).await?;
+        let futs = users
+            .into_iter()
+            .filter_map(|u| {
+                let (t, id, r) = parse_user(&u)?;
+                let r = r?;
+                if !usersets
+                    .iter()
+                    .any(|a| a.type_name == t && a.relation.as_deref() == Some(r))
+                {
+                    return None;
+                }
+                Some(self.check_at(
+                    format!("{t}:{id}"),
+                    r.to_string(),
+                    user.to_string(),
+                    depth + 1,
+                    path.clone(),
+                ))
+            })
+            .collect();
+        any(futs).await
+    }
+
+    /// Objects of `object_type` on which `user` has `relation`, sorted.
+    pub async fn list_objects(
+        &self,
+        object_type: &str,
+        relation: &str,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, EvalError> {
+        let mut cands: Vec<String> = self.reader.objects_of_type(object_type).await?;
+        cands.sort();
+        cands.dedup();
+        let mut out = Vec::new();
+        let mut futs = FuturesUnordered::new();
+        let mut it = cands.into_iter();
+        loop {
+            while futs.len() < 32 {
+                let Some(o) = it.next() else { break };
+                let ev = self.clone();
+                let (rel, u) = (relation.to_string(), user.to_string());
+                futs.push(async move {
+                    let r = ev.check(&o, &rel, &u).await;
+                    (o, r)
+                });
+            }
+            let Some((o, r)) = futs.next().await else {
+                break;
+            };
+            if r? {
+                out.push(o);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Users of the filter type (and relation) with `relation` on `object`.
+    pub async fn list_users(
+        &self,
+        object: &str,
+        relation: &str,
+        filter_type: &str,
+        filter_relation: Option<&str>,
+    ) -> Result<Vec<String>, EvalError> {
+        let mut cands: BTreeSet<String> = BTreeSet::new();
+        match filter_relation {
+            None => {
+                for u in self.reader.users_of_type(filter_type).await? {
+                    if let Some((t, id, None)) = parse_user(&u) {
+                        cands.insert(format!("{t}:{id}"));
+                    }
+                }
+                // Objects of the type can be users too (e.g. `user:x` only as an object).
+                for o in self.reader.objects_of_type(filter_type).await? {
+                    cands.insert(o);
+                }
+            }
+            Some(fr) => {
+                for u in self.reader.users_of_type(filter_type).await? {
+                    if let Some((t, id, _)) = parse_user(&u) {
+                        if id != "*" {
+                            cands.insert(format!("{t}:{id}#{fr}"));
+                        }
+                    }
+                }
+                for o in self.reader.objects_of_type(filter_type).await? {
+                    cands.insert(format!("{o}#{fr}"));
+                }
+                // The object itself, when the filter names its own relation.
+                if object_type(object) == filter_type {
+                    cands.insert(format!("{object}#{fr}"));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for u in cands {
+            let ev = Evaluator {
+                concrete_only: true,
+                ..self.clone()
+            };
+            if seen.insert(u.clone()) && ev.check(object, relation, &u).await? {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Union: true on the first true branch; else a cycle if any branch had one.
+async fn any(futs: Vec<BoxFuture<'_, TriResult>>) -> TriResult {
+    let mut set: FuturesUnordered<_> = futs.into_iter().collect();
+    let (mut err, mut cycle) = (None, false);
+    while let Some(r) = set.next().await {
+        match r {
+            Ok(Tri::True) => return Ok(Tri::True),
+            Ok(Tri::Cycle) => cycle = true,
+            Ok(Tri::False) => {}
+            Err(e) => err = Some(e),
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(if cycle { Tri::Cycle } else { Tri::False }),
+    }
+}
+
+/// Intersection: false on the first false branch; else a cycle if any had one.
+async fn all(futs: Vec<BoxFuture<'_, TriResult>>) -> TriResult {
+    let mut set: FuturesUnordered<_> = futs.into_iter().collect();
+    let (mut err, mut cycle) = (None, false);
+    while let Some(r) = set.next().await {
+        match r {
+            Ok(Tri::False) => return Ok(Tri::False),
+            Ok(Tri::Cycle) => cycle = true,
+            Ok(Tri::True) => {}
+            Err(e) => err = Some(e),
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(if cycle { Tri::Cycle } else { Tri::True }),
+    }
+}
