@@ -163,6 +163,9 @@ pub struct Evaluator<'a> {
     /// through tuples that name it, not through a wildcard tuple (the
     /// wildcard is reported as a user of its own).
     pub concrete_only: bool,
+    /// ListUsers mode: OpenFGA's ListUsers expands relations without
+    /// Check's cycle flag, so a cycle simply contributes nothing.
+    pub cycle_is_false: bool,
 }
 
 impl<'a> Evaluator<'a> {
@@ -171,6 +174,7 @@ impl<'a> Evaluator<'a> {
             model,
             reader,
             concrete_only: false,
+            cycle_is_false: false,
         }
     }
 }
@@ -222,12 +226,19 @@ impl<'a> Evaluator<'a> {
                     return Ok(Tri::True);
                 }
             }
-            if path.iter().any(|(o, r)| *o == object && *r == relation) {
-                return Ok(Tri::Cycle);
-            }
             let Some(rw) = self.model.rewrite(object_type(&object), &relation) else {
                 return Ok(Tri::False);
             };
+            if path.iter().any(|(o, r)| *o == object && *r == relation) {
+                // A relation that recurses into itself through a union (`[user]
+                // or rel from parent`, `[group#member]`) is a reachability
+                // search: a node seen again adds nothing. Any other cycle
+                // leaves the answer undecided (false unless another branch
+                // decides), as in OpenFGA.
+                let plain = self.cycle_is_false
+                    || self_recursive(rw, object_type(&object), &relation, self.model);
+                return Ok(if plain { Tri::False } else { Tri::Cycle });
+            }
             let mut p = (*path).clone();
             p.push((object.clone(), relation.clone()));
             let path = Arc::new(p);
@@ -495,6 +506,7 @@ impl<'a> Evaluator<'a> {
         for u in cands {
             let ev = Evaluator {
                 concrete_only: true,
+                cycle_is_false: true,
                 ..self.clone()
             };
             if seen.insert(u.clone()) && ev.check(object, relation, &u).await? {
@@ -502,6 +514,46 @@ impl<'a> Evaluator<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Is `relation` a plain recursion that OpenFGA resolves as a reachability
+/// search (where a node seen again adds nothing, rather than flagging a
+/// cycle)? Two shapes qualify:
+/// - recursive tuple-to-userset: `[plain types] or rel from parent` (the
+///   direct types must not include usersets);
+/// - recursive userset: `[plain types, type#rel]` on the same type and relation.
+fn self_recursive(
+    rw: &Userset,
+    object_type: &str,
+    relation: &str,
+    model: &AuthorizationModel,
+) -> bool {
+    let direct = model
+        .type_def(object_type)
+        .map(|d| d.direct_types(relation))
+        .unwrap_or(&[]);
+    let plain = |r: &crate::model::RelationReference| r.relation.is_none();
+    let self_userset = |r: &crate::model::RelationReference| {
+        r.type_name == object_type && r.relation.as_deref() == Some(relation)
+    };
+    match rw {
+        Userset::This(_) => {
+            direct.iter().any(self_userset)
+                && direct
+                    .iter()
+                    .all(|r| (plain(r) && !r.is_wildcard()) || self_userset(r))
+        }
+        Userset::Union(u) => {
+            let ttu = u.child.iter().filter(|c| matches!(c, Userset::TupleToUserset(t) if t.computed_userset.relation == relation)).count();
+            let rest_ok = u.child.iter().all(|c| match c {
+                Userset::This(_) => direct.iter().all(plain),
+                Userset::TupleToUserset(t) => t.computed_userset.relation == relation,
+                _ => false,
+            });
+            ttu == 1 && rest_ok
+        }
+        _ => false,
     }
 }
 

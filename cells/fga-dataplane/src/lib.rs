@@ -11,4 +11,5 @@ pub mod dsl;
 pub mod engine;
 pub mod memstore;
 pub mod model;
+pub mod modeltest;
 pub mod validate;

@@ -116,6 +116,13 @@ pub fn tuple(model: &AuthorizationModel, t: &TupleKey) -> Result<(), FgaError> {
         ))
     };
     let ty = check_object(model, &t.object).map_err(invalid)?;
+    // `group:a#member` as a member of `group:a` is true by definition.
+    if t.user == format!("{}#{}", t.object, t.relation) {
+        return Err(FgaError::validation(format!(
+            "Invalid tuple '{}#{}@{}'. Reason: cannot write a tuple that is implicit",
+            t.object, t.relation, t.user
+        )));
+    }
     if !model
         .type_def(&ty)
         .is_some_and(|d| d.relations.contains_key(&t.relation))
