@@ -41,8 +41,8 @@ fn rewrite(rng: &mut StdRng, name: &str, earlier: &[&str]) -> String {
             ][rng.gen_range(0..4)]
             .to_string(),
         };
-        if !terms.contains(&t) && !(t.starts_with('[') && terms.iter().any(|x| x.starts_with('[')))
-        {
+        let second_direct = t.starts_with('[') && terms.iter().any(|x| x.starts_with('['));
+        if !terms.contains(&t) && !second_direct {
             terms.push(t);
         }
     }
