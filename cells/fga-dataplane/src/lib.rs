@@ -7,9 +7,11 @@
 //! - [`memstore`]: an in-memory tuple store with the database's indexes.
 //! - [`validate`]: request and tuple validation with OpenFGA's error codes.
 
+pub mod api;
 pub mod dsl;
 pub mod engine;
 pub mod memstore;
 pub mod model;
 pub mod modeltest;
+pub mod store;
 pub mod validate;

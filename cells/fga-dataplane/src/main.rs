@@ -19,6 +19,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the OpenFGA-compatible HTTP API for this cell.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+        /// Where the SQLite database lives.
+        #[arg(long, default_value = ".fga-data")]
+        data_dir: PathBuf,
+        /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
+        /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
+        #[arg(
+            long,
+            env = "FGA_AUTHN_PRESHARED_KEYS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        authn_preshared_keys: Vec<String>,
+        /// Most objects a ListObjects call returns.
+        #[arg(long, default_value_t = 1000)]
+        list_objects_max_results: usize,
+    },
     /// Run `.fga.yaml` model tests (the `fga model test` format) on an embedded store.
     Test {
         /// Test files (repeat, or pass several).
@@ -44,6 +65,27 @@ fn main() {
     };
     let code = rt.block_on(async {
         match cli.cmd {
+            Cmd::Serve {
+                addr,
+                data_dir,
+                authn_preshared_keys,
+                list_objects_max_results,
+            } => {
+                match serve(
+                    &addr,
+                    &data_dir,
+                    authn_preshared_keys,
+                    list_objects_max_results,
+                )
+                .await
+                {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        1
+                    }
+                }
+            }
             Cmd::Test { tests, verbose } => {
                 let mut ok = true;
                 for f in &tests {
@@ -73,4 +115,53 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+async fn serve(
+    addr: &str,
+    data_dir: &std::path::Path,
+    keys: Vec<String>,
+    list_max: usize,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let db = fga_dataplane::store::Db::open(&data_dir.join("fga.db"))
+        .await
+        .context("opening the database")?;
+    let app = fga_dataplane::api::router(fga_dataplane::api::AppState {
+        db,
+        keys: std::sync::Arc::new(keys.clone()),
+        list_objects_max: list_max.max(1),
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    println!(
+        "fga-dataplane listening on http://{local} (authentication: {})",
+        if keys.is_empty() {
+            "none"
+        } else {
+            "pre-shared keys"
+        }
+    );
+    tracing::info!(%local, "serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")
 }

@@ -82,13 +82,13 @@ impl RelationReference {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RelationMetadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub directly_related_user_types: Vec<RelationReference>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Metadata {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub relations: BTreeMap<String, RelationMetadata>,
 }
 
@@ -96,7 +96,7 @@ pub struct Metadata {
 pub struct TypeDefinition {
     #[serde(rename = "type")]
     pub type_name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub relations: BTreeMap<String, Userset>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,
@@ -120,8 +120,19 @@ pub struct AuthorizationModel {
     pub id: String,
     pub schema_version: String,
     pub type_definitions: Vec<TypeDefinition>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "nullable"
+    )]
     pub conditions: BTreeMap<String, serde_json::Value>,
+}
+
+/// `null` reads as the default (SDKs send it for empty maps and lists).
+fn nullable<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Why a model is invalid.
