@@ -31,6 +31,11 @@ pub struct AppState {
     /// Pre-shared keys; empty: no authentication.
     pub keys: Arc<Vec<String>>,
     pub list_objects_max: usize,
+    /// Key for `/admin` (rate limits); None: the admin API is off.
+    pub admin_key: Option<Arc<String>>,
+    pub limiter: Arc<std::sync::Mutex<crate::ratelimit::Limiter>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub started: std::time::Instant,
 }
 
 /// An API error as OpenFGA shapes it.
@@ -131,6 +136,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
 }
 
 pub fn router(state: AppState) -> Router {
+    use axum::middleware::from_fn_with_state;
     let api = Router::new()
         .route("/stores", post(create_store).get(list_stores))
         .route("/stores/{store}", get(get_store).delete(delete_store))
@@ -146,16 +152,23 @@ pub fn router(state: AppState) -> Router {
         .route("/stores/{store}/batch-check", post(batch_check))
         .route("/stores/{store}/list-objects", post(list_objects))
         .route("/stores/{store}/list-users", post(list_users))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ));
+        .route_layer(from_fn_with_state(state.clone(), limit_and_observe))
+        .layer(from_fn_with_state(state.clone(), authenticate));
+    let admin = Router::new()
+        .route("/admin/rate-limits", get(get_limits))
+        .route(
+            "/admin/rate-limits/{store}",
+            axum::routing::put(put_limit).delete(delete_limit),
+        )
+        .layer(from_fn_with_state(state.clone(), admin_only));
     Router::new()
         .merge(api)
+        .merge(admin)
         .route(
             "/healthz",
             get(|| async { Json(json!({ "status": "SERVING" })) }),
         )
+        .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "undefined_endpoint", "Not Found")
         })
@@ -196,6 +209,159 @@ async fn authenticate(State(st): State<AppState>, req: Request, next: Next) -> R
         )
         .into_response(),
     }
+}
+
+/// Rate-limit per store (with `X-RateLimit-*` headers on every response and
+/// 429 + `Retry-After` when exceeded), and record metrics per method.
+async fn limit_and_observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| method_name(req.method().as_str(), p.as_str()))
+        .unwrap_or("Unknown");
+    let store = req
+        .uri()
+        .path()
+        .strip_prefix("/stores/")
+        .map(|r| r.split('/').next().unwrap_or("").to_string())
+        .filter(|s| !s.is_empty());
+    let decision = store.as_deref().and_then(|s| {
+        let now = st.started.elapsed().as_secs_f64();
+        st.limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(s, now)
+    });
+    let mut resp = match decision {
+        Some(d) if !d.allowed => {
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "rate limit exceeded for this store",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header_value(d.retry_after.ceil().max(1.0)),
+            );
+            r
+        }
+        _ => next.run(req).await,
+    };
+    if let Some(d) = decision {
+        let h = resp.headers_mut();
+        h.insert("x-ratelimit-limit", header_value(d.limit));
+        h.insert("x-ratelimit-remaining", header_value(d.remaining));
+        h.insert("x-ratelimit-reset", header_value(d.reset.ceil()));
+        if d.burst {
+            h.insert(
+                "x-ratelimit-burst",
+                axum::http::HeaderValue::from_static("true"),
+            );
+        }
+    }
+    st.metrics.observe(
+        method,
+        resp.status().as_u16(),
+        store.as_deref(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+fn header_value(v: f64) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(&format!("{}", v.max(0.0) as u64))
+        .unwrap_or(axum::http::HeaderValue::from_static("0"))
+}
+
+/// OpenFGA's method names, for metrics.
+fn method_name(verb: &str, path: &str) -> &'static str {
+    match (verb, path) {
+        ("POST", "/stores") => "CreateStore",
+        ("GET", "/stores") => "ListStores",
+        ("GET", "/stores/{store}") => "GetStore",
+        ("DELETE", "/stores/{store}") => "DeleteStore",
+        ("POST", "/stores/{store}/authorization-models") => "WriteAuthorizationModel",
+        ("GET", "/stores/{store}/authorization-models") => "ReadAuthorizationModels",
+        ("GET", "/stores/{store}/authorization-models/{id}") => "ReadAuthorizationModel",
+        ("POST", "/stores/{store}/write") => "Write",
+        ("POST", "/stores/{store}/read") => "Read",
+        ("GET", "/stores/{store}/changes") => "ReadChanges",
+        ("POST", "/stores/{store}/check") => "Check",
+        ("POST", "/stores/{store}/batch-check") => "BatchCheck",
+        ("POST", "/stores/{store}/list-objects") => "ListObjects",
+        ("POST", "/stores/{store}/list-users") => "ListUsers",
+        _ => "Unknown",
+    }
+}
+
+async fn admin_only(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(key) = st.admin_key.clone() else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "undefined_endpoint",
+            "the admin API is off (start with --admin-key)",
+        )
+        .into_response();
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(k) if constant_time_eq(k.trim().as_bytes(), key.as_bytes()) => next.run(req).await,
+        _ => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the admin key is required",
+        )
+        .into_response(),
+    }
+}
+
+async fn get_limits(State(st): State<AppState>) -> Json<Value> {
+    let l = st.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    Json(json!({ "default": l.default, "stores": l.limits() }))
+}
+
+async fn put_limit(
+    State(st): State<AppState>,
+    Path(store): Path<String>,
+    Body(limit): Body<crate::ratelimit::Limit>,
+) -> ApiResult<Json<Value>> {
+    if !is_ulid(&store) {
+        return Err(ApiError::validation(format!("invalid store id '{store}'")));
+    }
+    if !limit.valid() {
+        return Err(ApiError::validation(
+            "rate must be in (0, 1e7] and burst in [1, 1e8]",
+        ));
+    }
+    st.limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set(&store, Some(limit));
+    tracing::info!(%store, rate = limit.rate, burst = limit.burst, "rate limit set");
+    Ok(Json(json!({ "store": store, "limit": limit })))
+}
+
+async fn delete_limit(State(st): State<AppState>, Path(store): Path<String>) -> StatusCode {
+    st.limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .set(&store, None);
+    StatusCode::NO_CONTENT
+}
+
+async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
+    let tuples = st.db.tuple_counts().await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(&tuples),
+    )
+        .into_response())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

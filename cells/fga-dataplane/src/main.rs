@@ -1,10 +1,14 @@
-//! `fga-dataplane`: the FGA data plane's command line.
+//! `fga-dataplane`: the FGA data plane of one cell.
 //!
-//! `fga-dataplane test --tests FILE.fga.yaml` runs model tests on an
-//! embedded store, like `fga model test`.
+//! - `fga-dataplane serve`: the OpenFGA-compatible HTTP API over SQLite.
+//! - `fga-dataplane test --tests FILE.fga.yaml`: model tests on an embedded
+//!   store, like `fga model test`.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use fga_dataplane::ratelimit::{Limit, Limiter};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -20,26 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the OpenFGA-compatible HTTP API for this cell.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: String,
-        /// Where the SQLite database lives.
-        #[arg(long, default_value = ".fga-data")]
-        data_dir: PathBuf,
-        /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
-        /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
-        #[arg(
-            long,
-            env = "FGA_AUTHN_PRESHARED_KEYS",
-            value_delimiter = ',',
-            hide_env_values = true
-        )]
-        authn_preshared_keys: Vec<String>,
-        /// Most objects a ListObjects call returns.
-        #[arg(long, default_value_t = 1000)]
-        list_objects_max_results: usize,
-    },
+    Serve(ServeArgs),
     /// Run `.fga.yaml` model tests (the `fga model test` format) on an embedded store.
     Test {
         /// Test files (repeat, or pass several).
@@ -49,6 +34,42 @@ enum Cmd {
         #[arg(long)]
         verbose: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Where the SQLite database lives.
+    #[arg(long, default_value = ".fga-data")]
+    data_dir: PathBuf,
+    /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
+    /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
+    #[arg(
+        long,
+        env = "FGA_AUTHN_PRESHARED_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    authn_preshared_keys: Vec<String>,
+    /// Most objects a ListObjects call returns.
+    #[arg(long, default_value_t = 1000)]
+    list_objects_max_results: usize,
+    /// Default per-store limit, requests per second (0: unlimited).
+    #[arg(long, default_value_t = 0.0)]
+    rate_limit: f64,
+    /// Default per-store burst (bucket size); default: one second of the rate.
+    #[arg(long)]
+    rate_limit_burst: Option<f64>,
+    /// The cell's capacity in requests per second: stores may burst above
+    /// their limit while at least half of it is spare (0: no bursting).
+    #[arg(long, default_value_t = 0.0)]
+    cell_capacity_rps: f64,
+    /// Key for the admin API (`PUT /admin/rate-limits/{store}`); also
+    /// FGA_ADMIN_KEY. Without it the admin API is off.
+    #[arg(long, env = "FGA_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
 }
 
 fn main() {
@@ -65,76 +86,80 @@ fn main() {
     };
     let code = rt.block_on(async {
         match cli.cmd {
-            Cmd::Serve {
-                addr,
-                data_dir,
-                authn_preshared_keys,
-                list_objects_max_results,
-            } => {
-                match serve(
-                    &addr,
-                    &data_dir,
-                    authn_preshared_keys,
-                    list_objects_max_results,
-                )
-                .await
-                {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        1
-                    }
+            Cmd::Serve(a) => match serve(a).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
                 }
-            }
-            Cmd::Test { tests, verbose } => {
-                let mut ok = true;
-                for f in &tests {
-                    match fga_dataplane::modeltest::run_file(f).await {
-                        Ok(s) => {
-                            let shown = if verbose { s.failures.len() } else { 20 };
-                            for line in s.failures.iter().take(shown) {
-                                println!("FAIL {line}");
-                            }
-                            if s.failures.len() > shown {
-                                println!(
-                                    "... and {} more failures (--verbose shows all)",
-                                    s.failures.len() - shown
-                                );
-                            }
-                            print!("{}", s.report());
-                            ok &= s.passed();
-                        }
-                        Err(e) => {
-                            eprintln!("error: {}: {e:#}", f.display());
-                            return 2;
-                        }
-                    }
-                }
-                i32::from(!ok)
-            }
+            },
+            Cmd::Test { tests, verbose } => test(&tests, verbose).await,
         }
     });
     std::process::exit(code);
 }
 
-async fn serve(
-    addr: &str,
-    data_dir: &std::path::Path,
-    keys: Vec<String>,
-    list_max: usize,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
+async fn test(files: &[PathBuf], verbose: bool) -> i32 {
+    let mut ok = true;
+    for f in files {
+        match fga_dataplane::modeltest::run_file(f).await {
+            Ok(s) => {
+                let shown = if verbose { s.failures.len() } else { 20 };
+                for line in s.failures.iter().take(shown) {
+                    println!("FAIL {line}");
+                }
+                if s.failures.len() > shown {
+                    println!(
+                        "... and {} more failures (--verbose shows all)",
+                        s.failures.len() - shown
+                    );
+                }
+                print!("{}", s.report());
+                ok &= s.passed();
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", f.display());
+                return 2;
+            }
+        }
+    }
+    i32::from(!ok)
+}
+
+fn limit(rate: f64, burst: Option<f64>) -> anyhow::Result<Option<Limit>> {
+    if rate <= 0.0 {
+        return Ok(None);
+    }
+    let l = Limit {
+        rate,
+        burst: burst.unwrap_or(rate).max(1.0),
+    };
+    anyhow::ensure!(
+        l.valid(),
+        "invalid rate limit {rate}/s with burst {}",
+        l.burst
+    );
+    Ok(Some(l))
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let keys: Vec<String> = keys
+    let keys: Vec<String> = a
+        .authn_preshared_keys
         .into_iter()
         .map(|k| k.trim().to_string())
         .filter(|k| !k.is_empty())
         .collect();
+    let limiter = Limiter::new(
+        limit(a.rate_limit, a.rate_limit_burst)?,
+        limit(a.cell_capacity_rps, None)?,
+    );
+    let data_dir: &Path = &a.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let db = fga_dataplane::store::Db::open(&data_dir.join("fga.db"))
@@ -142,12 +167,16 @@ async fn serve(
         .context("opening the database")?;
     let app = fga_dataplane::api::router(fga_dataplane::api::AppState {
         db,
-        keys: std::sync::Arc::new(keys.clone()),
-        list_objects_max: list_max.max(1),
+        keys: Arc::new(keys.clone()),
+        list_objects_max: a.list_objects_max_results.max(1),
+        admin_key: a.admin_key.filter(|k| !k.is_empty()).map(Arc::new),
+        limiter: Arc::new(Mutex::new(limiter)),
+        metrics: Arc::new(fga_dataplane::metrics::Metrics::default()),
+        started: std::time::Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = tokio::net::TcpListener::bind(&a.addr)
         .await
-        .with_context(|| format!("listening on {addr}"))?;
+        .with_context(|| format!("listening on {}", a.addr))?;
     let local = listener.local_addr()?;
     println!(
         "fga-dataplane listening on http://{local} (authentication: {})",

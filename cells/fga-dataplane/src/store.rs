@@ -366,6 +366,16 @@ impl Db {
             .try_get(0)?)
     }
 
+    /// Tuple count of every store (for metrics).
+    pub async fn tuple_counts(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT s.id, (SELECT COUNT(*) FROM tuples t WHERE t.store = s.id) FROM stores s WHERE s.deleted_at IS NULL ORDER BY s.id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// A reader for evaluation in one store.
     pub fn reader(&self, store: &str) -> SqlReader {
         SqlReader {

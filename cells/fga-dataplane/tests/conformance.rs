@@ -1,6 +1,8 @@
 //! OpenFGA's own consolidated 1.1 test suite: every assertion, evaluated in
 //! process and against the running `fga-dataplane serve` over HTTP.
 
+mod common;
+
 use fga_dataplane::engine::{EvalError, Evaluator, TupleKey, WithContext};
 use fga_dataplane::memstore::MemStore;
 use fga_dataplane::validate::{self, FgaError};
@@ -424,58 +426,10 @@ async fn consolidated_1_1_in_process() {
     report("in process", pass, &failures);
 }
 
-/// The server, started from the built binary; killed when dropped.
-struct Server {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(key: &str) -> Server {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fga-dataplane"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--authn-preshared-keys",
-            key,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start fga-dataplane");
-    let out = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("banner");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_string();
-    Server {
-        child,
-        url,
-        _dir: dir,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consolidated_1_1_over_http() {
     let key = "conformance-key";
-    let server = start_server(key);
+    let server = common::start(&["--authn-preshared-keys", key]);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

@@ -2,55 +2,11 @@
 //! `fga-dataplane serve`: stores, a model written from the DSL, tuples,
 //! queries, and pre-shared key authentication.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+mod common;
 
-struct Server {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
+use std::process::Command;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(key: &str) -> Server {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fga-dataplane"))
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--authn-preshared-keys",
-            key,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("banner");
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("url")
-        .to_string();
-    Server {
-        child,
-        url,
-        _dir: dir,
-    }
-}
-
-fn fga(s: &Server, token: &str, args: &[&str]) -> (bool, String) {
+fn fga(s: &common::Server, token: &str, args: &[&str]) -> (bool, String) {
     let bin = std::env::var("FGA_BIN").unwrap_or_else(|_| "fga".into());
     let o = Command::new(bin)
         .args(["--api-url", &s.url, "--api-token", token])
@@ -74,7 +30,7 @@ fn json(s: &str) -> serde_json::Value {
 #[test]
 fn the_fga_cli_works_against_the_server() {
     let key = "cli-test-key";
-    let s = start(key);
+    let s = common::start(&["--authn-preshared-keys", key]);
     let dir = tempfile::tempdir().expect("tmp");
     let model = dir.path().join("model.fga");
     std::fs::write(

@@ -1,0 +1,45 @@
+//! Start `fga-dataplane serve` from the built binary for a test.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+/// A running server; killed when dropped.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start with these extra `serve` arguments, on a free loopback port.
+pub fn start(args: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fga-dataplane"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fga-dataplane");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("banner");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    Server {
+        child,
+        url,
+        _dir: dir,
+    }
+}
