@@ -583,3 +583,35 @@ fn the_supervisor_restarts_a_crashed_cell_process() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_train_ships_the_fga_data_plane_to_the_cells() {
+    let c = Conductor::start(&cells_yaml(21800, 1));
+    let bin = e2e::bin("fga-dataplane").display().to_string();
+    c.cli_ok(
+        &c.admin,
+        &["artifact", "push", "fga-dataplane", "0.1.0", &bin],
+        0,
+    );
+    let yaml = "name: fga\nartifact: { kind: binary, name: fga-dataplane, args: [serve, --addr, \"127.0.0.1:{port}\", --data-dir, \"{data_dir}\"], health: /healthz }\ncells: { labels: { service: fga } }\nsteps:\n  - deploy: { health_timeout: 20s }\n  - test: { http: { path: /healthz }, min_requests: 5 }\nwaves:\n  - { name: canary, cells: 1 }\n  - { name: rest, percent: 100, max_parallel: 2 }\n";
+    let p = c.file("fga.yaml", yaml);
+    c.cli_ok(&c.admin, &["pipeline", "submit", &p], 0);
+    c.cli_ok(
+        &c.admin,
+        &["train", "start", "fga", "--version", "0.1.0", "--wait"],
+        0,
+    );
+    let routes = c.get(&c.admin, "/routes");
+    let http = reqwest::blocking::Client::new();
+    for (cell, arts) in routes["routes"].as_object().expect("routes") {
+        let port = arts["fga-dataplane"]["port"].as_u64().expect("port");
+        let store: Value = http
+            .post(format!("http://127.0.0.1:{port}/stores"))
+            .json(&serde_json::json!({ "name": cell }))
+            .send()
+            .expect("create store")
+            .json()
+            .expect("json");
+        assert_eq!(store["name"], cell.as_str(), "{store}");
+    }
+}
