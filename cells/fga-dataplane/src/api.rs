@@ -152,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stores/{store}/batch-check", post(batch_check))
         .route("/stores/{store}/list-objects", post(list_objects))
         .route("/stores/{store}/list-users", post(list_users))
+        .route("/stores/{store}/expand", post(expand))
         .route_layer(from_fn_with_state(state.clone(), limit_and_observe))
         .layer(from_fn_with_state(state.clone(), authenticate));
     let admin = Router::new()
@@ -292,6 +293,7 @@ fn method_name(verb: &str, path: &str) -> &'static str {
         ("POST", "/stores/{store}/batch-check") => "BatchCheck",
         ("POST", "/stores/{store}/list-objects") => "ListObjects",
         ("POST", "/stores/{store}/list-users") => "ListUsers",
+        ("POST", "/stores/{store}/expand") => "Expand",
         _ => "Unknown",
     }
 }
@@ -999,4 +1001,90 @@ async fn list_users(
     Ok(Json(
         json!({ "users": users.iter().map(|u| user_json(u)).collect::<Vec<_>>() }),
     ))
+}
+
+#[derive(Deserialize)]
+struct ExpandKey {
+    relation: String,
+    object: String,
+}
+
+#[derive(Deserialize)]
+struct ExpandReq {
+    tuple_key: ExpandKey,
+    #[serde(default)]
+    authorization_model_id: Option<String>,
+}
+
+/// One level of a relation's userset tree, as OpenFGA's Expand returns it.
+async fn expand(
+    State(st): State<AppState>,
+    Path(store): Path<String>,
+    Body(r): Body<ExpandReq>,
+) -> ApiResult<Json<Value>> {
+    let model = resolve_model(&st, &store, &r.authorization_model_id).await?;
+    let (object, relation) = (r.tuple_key.object, r.tuple_key.relation);
+    let (ty, id) = object
+        .split_once(':')
+        .ok_or_else(|| ApiError::validation(format!("invalid object '{object}'")))?;
+    if id.is_empty() {
+        return Err(ApiError::validation(format!("invalid object '{object}'")));
+    }
+    let td = model
+        .type_def(ty)
+        .ok_or_else(|| FgaError::type_not_found(ty))?;
+    let rw = td
+        .relations
+        .get(&relation)
+        .ok_or_else(|| FgaError::relation_not_found(ty, &relation))?;
+    let reader = st.db.reader(&store);
+    let root = expand_node(&reader, &object, &relation, rw).await?;
+    Ok(Json(json!({ "tree": { "root": root } })))
+}
+
+fn expand_node<'a>(
+    reader: &'a crate::store::SqlReader,
+    object: &'a str,
+    relation: &'a str,
+    rw: &'a crate::model::Userset,
+) -> futures::future::BoxFuture<'a, ApiResult<Value>> {
+    use crate::model::Userset;
+    Box::pin(async move {
+        let name = format!("{object}#{relation}");
+        Ok(match rw {
+            Userset::This(_) => {
+                let users = reader.users_of(object, relation).await?;
+                json!({ "name": name, "leaf": { "users": { "users": users } } })
+            }
+            Userset::Computed(or) => {
+                json!({ "name": name, "leaf": { "computed": { "userset": format!("{object}#{}", or.relation) } } })
+            }
+            Userset::TupleToUserset(t) => {
+                let parents = reader.users_of(object, &t.tupleset.relation).await?;
+                let computed: Vec<Value> = parents
+                    .iter()
+                    .filter(|p| !p.contains('#'))
+                    .map(|p| json!({ "userset": format!("{p}#{}", t.computed_userset.relation) }))
+                    .collect();
+                json!({ "name": name, "leaf": { "tupleToUserset": { "tupleset": format!("{object}#{}", t.tupleset.relation), "computed": computed } } })
+            }
+            Userset::Union(u) | Userset::Intersection(u) => {
+                let mut nodes = Vec::new();
+                for c in &u.child {
+                    nodes.push(expand_node(reader, object, relation, c).await?);
+                }
+                let op = if matches!(rw, Userset::Union(_)) {
+                    "union"
+                } else {
+                    "intersection"
+                };
+                json!({ "name": name, op: { "nodes": nodes } })
+            }
+            Userset::Difference(d) => {
+                let base = expand_node(reader, object, relation, &d.base).await?;
+                let sub = expand_node(reader, object, relation, &d.subtract).await?;
+                json!({ "name": name, "difference": { "base": base, "subtract": sub } })
+            }
+        })
+    })
 }

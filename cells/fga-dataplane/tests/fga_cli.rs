@@ -151,6 +151,25 @@ fn the_fga_cli_works_against_the_server() {
             == serde_json::json!([{ "object": { "type": "user", "id": "bob" } }]),
         "{out}"
     );
+    let (ok, out) = fga(
+        &s,
+        key,
+        &["query", "expand", "--store-id", &store, "viewer", "doc:1"],
+    );
+    let tree = json(&out);
+    let nodes = &tree["tree"]["root"]["union"]["nodes"];
+    assert!(
+        ok && nodes[0]["leaf"]["users"]["users"] == serde_json::json!([]),
+        "{out}"
+    );
+    assert_eq!(
+        nodes[1]["leaf"]["computed"]["userset"], "doc:1#owner",
+        "{out}"
+    );
+    assert_eq!(
+        nodes[2]["leaf"]["tupleToUserset"]["computed"][0]["userset"], "folder:f#viewer",
+        "{out}"
+    );
     let (ok, out) = fga(&s, key, &["tuple", "read", "--store-id", &store]);
     assert!(
         ok && json(&out)["tuples"].as_array().map(Vec::len) == Some(4),
