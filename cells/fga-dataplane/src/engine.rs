@@ -71,6 +71,12 @@ pub trait TupleReader: Send + Sync {
         &'a self,
         user_type: &'a str,
     ) -> BoxFuture<'a, Result<Vec<String>, EvalError>>;
+    /// The (object, relation) of every tuple whose user is exactly `user`
+    /// (the reverse index: store, user, object type).
+    fn by_user<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, EvalError>>;
 }
 
 /// Split `type:id` (or `type:id#relation`).
@@ -148,6 +154,21 @@ impl TupleReader for WithContext<'_> {
                     .iter()
                     .filter(|t| object_type(&t.user) == ty)
                     .map(|t| t.user.clone()),
+            );
+            Ok(v)
+        })
+    }
+    fn by_user<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, EvalError>> {
+        Box::pin(async move {
+            let mut v = self.inner.by_user(user).await?;
+            v.extend(
+                self.extra
+                    .iter()
+                    .filter(|t| t.user == user)
+                    .map(|t| (t.object.clone(), t.relation.clone())),
             );
             Ok(v)
         })
@@ -426,6 +447,11 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Objects of `object_type` on which `user` has `relation`, sorted.
+    ///
+    /// Candidates come from a reverse expansion through the by-user index
+    /// (tuples naming the user, then the usersets and parents those reach);
+    /// each candidate is then confirmed with Check, so intersections and
+    /// exclusions stay exact.
     pub async fn list_objects(
         &self,
         object_type: &str,
@@ -433,9 +459,7 @@ impl<'a> Evaluator<'a> {
         user: &str,
         limit: usize,
     ) -> Result<Vec<String>, EvalError> {
-        let mut cands: Vec<String> = self.reader.objects_of_type(object_type).await?;
-        cands.sort();
-        cands.dedup();
+        let cands = self.reverse_candidates(object_type, user).await?;
         let mut out = Vec::new();
         let mut futs = FuturesUnordered::new();
         let mut it = cands.into_iter();
@@ -461,6 +485,70 @@ impl<'a> Evaluator<'a> {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Objects of `target_type` that some path could connect to `user`.
+    async fn reverse_candidates(
+        &self,
+        target_type: &str,
+        user: &str,
+    ) -> Result<BTreeSet<String>, EvalError> {
+        let mut todo: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut cands = BTreeSet::new();
+        let mut starts = vec![user.to_string()];
+        match parse_user(user) {
+            Some((t, id, None)) if id != "*" => starts.push(format!("{t}:*")),
+            Some((_, _, Some(_))) => todo.push(user.to_string()),
+            _ => {}
+        }
+        for u in &starts {
+            for (o, r) in self.reader.by_user(u).await? {
+                todo.push(format!("{o}#{r}"));
+            }
+        }
+        while let Some(us) = todo.pop() {
+            if seen.len() > 1_000_000 || !seen.insert(us.clone()) {
+                continue;
+            }
+            let Some((obj, rel)) = us.split_once('#') else {
+                continue;
+            };
+            let ty = object_type(obj);
+            if ty == target_type {
+                cands.insert(obj.to_string());
+            }
+            // Members of `us` are members of the usersets that name it.
+            for (o, r) in self.reader.by_user(&us).await? {
+                todo.push(format!("{o}#{r}"));
+            }
+            let Some(td) = self.model.type_def(ty) else {
+                continue;
+            };
+            // Relations of the same object defined through this one.
+            for (r2, rw) in &td.relations {
+                if r2 != rel && refers_to(rw, rel) {
+                    todo.push(format!("{obj}#{r2}"));
+                }
+            }
+            // Objects whose tupleset points at `obj` and compute `rel` there.
+            let mut parents: Option<Vec<(String, String)>> = None;
+            for td2 in &self.model.type_definitions {
+                for (r3, rw) in &td2.relations {
+                    for ts in tuplesets_computing(rw, rel) {
+                        if parents.is_none() {
+                            parents = Some(self.reader.by_user(obj).await?);
+                        }
+                        for (o2, r2) in parents.iter().flatten() {
+                            if *r2 == ts && object_type(o2) == td2.type_name {
+                                todo.push(format!("{o2}#{r3}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(cands)
     }
 
     /// Users of the filter type (and relation) with `relation` on `object`.
@@ -514,6 +602,38 @@ impl<'a> Evaluator<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Does `rw` use `relation` of the same object (a computed userset)?
+fn refers_to(rw: &Userset, relation: &str) -> bool {
+    match rw {
+        Userset::Computed(or) => or.relation == relation,
+        Userset::Union(u) | Userset::Intersection(u) => {
+            u.child.iter().any(|c| refers_to(c, relation))
+        }
+        Userset::Difference(d) => refers_to(&d.base, relation) || refers_to(&d.subtract, relation),
+        _ => false,
+    }
+}
+
+/// The tupleset relations of the tuple-to-usersets in `rw` that compute `relation`.
+fn tuplesets_computing(rw: &Userset, relation: &str) -> Vec<String> {
+    match rw {
+        Userset::TupleToUserset(t) if t.computed_userset.relation == relation => {
+            vec![t.tupleset.relation.clone()]
+        }
+        Userset::Union(u) | Userset::Intersection(u) => u
+            .child
+            .iter()
+            .flat_map(|c| tuplesets_computing(c, relation))
+            .collect(),
+        Userset::Difference(d) => {
+            let mut v = tuplesets_computing(&d.base, relation);
+            v.extend(tuplesets_computing(&d.subtract, relation));
+            v
+        }
+        _ => vec![],
     }
 }
 

@@ -12,6 +12,7 @@ pub struct MemStore {
     by_object: HashMap<(String, String), BTreeSet<String>>,
     objects_by_type: BTreeMap<String, BTreeSet<String>>,
     users_by_type: BTreeMap<String, BTreeSet<String>>,
+    by_user: HashMap<String, BTreeSet<(String, String)>>,
 }
 
 impl MemStore {
@@ -31,6 +32,10 @@ impl MemStore {
             .entry(object_type(&t.user).to_string())
             .or_default()
             .insert(t.user.clone());
+        self.by_user
+            .entry(t.user.clone())
+            .or_default()
+            .insert((t.object.clone(), t.relation.clone()));
         true
     }
 
@@ -77,6 +82,17 @@ impl TupleReader for MemStore {
         let v = self
             .users_by_type
             .get(ty)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        Box::pin(async move { Ok(v) })
+    }
+    fn by_user<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, EvalError>> {
+        let v = self
+            .by_user
+            .get(user)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         Box::pin(async move { Ok(v) })

@@ -507,4 +507,26 @@ impl TupleReader for SqlReader {
                 .map_err(storage)
         })
     }
+    fn by_user<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Vec<(String, String)>, EvalError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT object_type, object_id, relation FROM tuples WHERE store = ? AND user = ?",
+            )
+            .bind(&self.store)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(storage)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let t: String = r.try_get(0).map_err(storage)?;
+                let id: String = r.try_get(1).map_err(storage)?;
+                out.push((format!("{t}:{id}"), r.try_get(2).map_err(storage)?));
+            }
+            Ok(out)
+        })
+    }
 }

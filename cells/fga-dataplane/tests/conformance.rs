@@ -117,7 +117,7 @@ fn filters(f: &[String]) -> Vec<(String, Option<String>)> {
 /// Where the assertions are evaluated.
 enum Backend {
     InProcess {
-        store: MemStore,
+        store: Box<MemStore>,
         model: Option<AuthorizationModel>,
     },
     Http {
@@ -418,7 +418,7 @@ fn report(what: &str, pass: usize, failures: &[String]) {
 async fn consolidated_1_1_in_process() {
     let (pass, failures) = run_suite(|| async {
         Backend::InProcess {
-            store: MemStore::default(),
+            store: Box::default(),
             model: None,
         }
     })
