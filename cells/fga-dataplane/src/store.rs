@@ -10,8 +10,11 @@ use rand::RngCore;
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +100,59 @@ impl From<sqlx::Error> for WriteError {
 #[derive(Clone)]
 pub struct Db {
     pool: SqlitePool,
+    cache: Arc<UsersCache>,
+}
+
+type CacheKey = (String, String, String);
+
+/// Read-through cache of `object#relation -> users`, shared by the readers
+/// of a process (the only writer of its database). A write bumps the
+/// generation and drops the keys it touched; a read fills the cache only if
+/// no write happened while it queried, so a stale list is never cached.
+pub struct UsersCache {
+    map: Mutex<HashMap<CacheKey, Arc<Vec<String>>>>,
+    generation: AtomicU64,
+    cap: usize,
+}
+
+impl UsersCache {
+    fn new(cap: usize) -> UsersCache {
+        UsersCache {
+            map: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            cap,
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Vec<String>>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn get(&self, store: &str, object: &str, relation: &str) -> Option<Arc<Vec<String>>> {
+        self.lock()
+            .get(&(store.to_string(), object.to_string(), relation.to_string()))
+            .cloned()
+    }
+    fn put(&self, generation: u64, key: CacheKey, users: Arc<Vec<String>>) {
+        let mut m = self.lock();
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        if m.len() >= self.cap {
+            m.clear();
+        }
+        m.insert(key, users);
+    }
+    fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
+        let mut m = self.lock();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for t in keys {
+            m.remove(&(store.to_string(), t.object.clone(), t.relation.clone()));
+        }
+    }
+    fn clear(&self) {
+        let mut m = self.lock();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        m.clear();
+    }
 }
 
 fn split(object: &str) -> (&str, &str) {
@@ -117,7 +173,10 @@ impl Db {
         sqlx::migrate!("../../migrations/sqlite/fga")
             .run(&pool)
             .await?;
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            cache: Arc::new(UsersCache::new(500_000)),
+        })
     }
 
     pub async fn create_store(&self, name: &str) -> Result<StoreRow> {
@@ -157,6 +216,7 @@ impl Db {
     }
 
     pub async fn delete_store(&self, id: &str) -> Result<bool> {
+        self.cache.clear();
         let r = sqlx::query("UPDATE stores SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
             .bind(ts(Utc::now()))
             .bind(id)
@@ -268,6 +328,33 @@ impl Db {
             change(&mut tx, store, t, "TUPLE_OPERATION_WRITE", &now).await?;
         }
         tx.commit().await?;
+        self.cache
+            .invalidate(store, writes.iter().chain(deletes.iter()));
+        Ok(())
+    }
+
+    /// Load many tuples at once (benchmarks, imports): one transaction, no
+    /// changelog, existing tuples skipped.
+    pub async fn bulk_insert(&self, store: &str, tuples: &[TupleKey]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = ts(Utc::now());
+        for chunk in tuples.chunks(500) {
+            let mut q = sqlx::QueryBuilder::new("INSERT OR IGNORE INTO tuples (store, object_type, object_id, relation, user, user_type, ulid, inserted_at) ");
+            q.push_values(chunk, |mut b, t| {
+                let (ot, oid) = split(&t.object);
+                b.push_bind(store)
+                    .push_bind(ot.to_string())
+                    .push_bind(oid.to_string())
+                    .push_bind(t.relation.clone())
+                    .push_bind(t.user.clone())
+                    .push_bind(object_type(&t.user).to_string())
+                    .push_bind(ulid())
+                    .push_bind(now.clone());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.cache.invalidate(store, tuples.iter());
         Ok(())
     }
 
@@ -381,6 +468,7 @@ impl Db {
         SqlReader {
             pool: self.pool.clone(),
             store: store.to_string(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -431,6 +519,37 @@ fn model_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuthorizationModel> {
 pub struct SqlReader {
     pool: SqlitePool,
     store: String,
+    cache: Arc<UsersCache>,
+}
+
+impl SqlReader {
+    /// The users of `object#relation`, through the cache.
+    async fn users(
+        &self,
+        object: &str,
+        relation: &str,
+    ) -> std::result::Result<Arc<Vec<String>>, EvalError> {
+        if let Some(v) = self.cache.get(&self.store, object, relation) {
+            return Ok(v);
+        }
+        let generation = self.cache.generation.load(Ordering::SeqCst);
+        let (ot, oid) = split(object);
+        let v: Vec<String> = sqlx::query_scalar("SELECT user FROM tuples WHERE store = ? AND object_type = ? AND object_id = ? AND relation = ?")
+            .bind(&self.store)
+            .bind(ot)
+            .bind(oid)
+            .bind(relation)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(storage)?;
+        let v = Arc::new(v);
+        self.cache.put(
+            generation,
+            (self.store.clone(), object.to_string(), relation.to_string()),
+            v.clone(),
+        );
+        Ok(v)
+    }
 }
 
 fn storage(e: sqlx::Error) -> EvalError {
@@ -443,18 +562,8 @@ impl TupleReader for SqlReader {
         object: &str,
         relation: &str,
     ) -> BoxFuture<'_, std::result::Result<Vec<String>, EvalError>> {
-        let (ot, oid) = split(object);
-        let (ot, oid, rel) = (ot.to_string(), oid.to_string(), relation.to_string());
-        Box::pin(async move {
-            sqlx::query_scalar("SELECT user FROM tuples WHERE store = ? AND object_type = ? AND object_id = ? AND relation = ?")
-                .bind(&self.store)
-                .bind(ot)
-                .bind(oid)
-                .bind(rel)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(storage)
-        })
+        let (o, r) = (object.to_string(), relation.to_string());
+        Box::pin(async move { Ok(self.users(&o, &r).await?.as_ref().clone()) })
     }
     fn exists<'a>(
         &'a self,
@@ -462,20 +571,12 @@ impl TupleReader for SqlReader {
         relation: &'a str,
         user: &'a str,
     ) -> BoxFuture<'a, std::result::Result<bool, EvalError>> {
-        let (ot, oid) = split(object);
         Box::pin(async move {
-            let r: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM tuples WHERE store = ? AND object_type = ? AND object_id = ? AND relation = ? AND user = ?",
-            )
-            .bind(&self.store)
-            .bind(ot)
-            .bind(oid)
-            .bind(relation)
-            .bind(user)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(storage)?;
-            Ok(r.is_some())
+            Ok(self
+                .users(object, relation)
+                .await?
+                .iter()
+                .any(|u| u == user))
         })
     }
     fn objects_of_type<'a>(

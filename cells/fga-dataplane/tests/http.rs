@@ -233,3 +233,57 @@ async fn bad_input_is_refused_with_openfga_errors() {
         .expect("json");
     assert_eq!(changes["changes"].as_array().map(Vec::len), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_seen_by_the_next_check_through_the_cache() {
+    let s = common::start(&[]);
+    let http = reqwest::Client::new();
+    let store: Value = http
+        .post(format!("{}/stores", s.url))
+        .json(&json!({"name": "c"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let id = store["id"].as_str().expect("id");
+    let model = json!({"schema_version": "1.1", "type_definitions": [{"type": "user"}, {"type": "doc", "relations": {"viewer": {"this": {}}}, "metadata": {"relations": {"viewer": {"directly_related_user_types": [{"type": "user"}]}}}}]});
+    http.post(format!("{}/stores/{id}/authorization-models", s.url))
+        .json(&model)
+        .send()
+        .await
+        .expect("model");
+    let key = json!({"user": "user:a", "relation": "viewer", "object": "doc:1"});
+    let check = || async {
+        let v: Value = http
+            .post(format!("{}/stores/{id}/check", s.url))
+            .json(&json!({"tuple_key": key}))
+            .send()
+            .await
+            .expect("check")
+            .json()
+            .await
+            .expect("json");
+        v["allowed"].as_bool().expect("allowed")
+    };
+    assert!(!check().await);
+    http.post(format!("{}/stores/{id}/write", s.url))
+        .json(&json!({"writes": {"tuple_keys": [key]}}))
+        .send()
+        .await
+        .expect("write");
+    assert!(
+        check().await,
+        "a write after a cached negative read is seen"
+    );
+    http.post(format!("{}/stores/{id}/write", s.url))
+        .json(&json!({"deletes": {"tuple_keys": [key]}}))
+        .send()
+        .await
+        .expect("delete");
+    assert!(
+        !check().await,
+        "a delete after a cached positive read is seen"
+    );
+}
