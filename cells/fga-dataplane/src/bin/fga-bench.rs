@@ -283,12 +283,13 @@ async fn main() -> anyhow::Result<()> {
         y.push_str("tuples:\n");
         let mut mem = fga_dataplane::memstore::MemStore::default();
         generate(&small, 1, |t| {
-            let _ = writeln!(
-                y,
-                "  - {{ user: \"{}\", relation: {}, object: \"{}\" }}",
+            let line = format!(
+                "  - {{ user: \"{}\", relation: {}, object: \"{}\" }}\n",
                 t.user, t.relation, t.object
             );
-            mem.write(t);
+            if mem.write(t) {
+                y.push_str(&line);
+            }
         });
         let sev = Evaluator::new(&model, &mem);
         y.push_str("tests:\n  - name: checks\n    check:\n");
