@@ -677,38 +677,32 @@ fn self_recursive(
     }
 }
 
-/// Union: true on the first true branch; else a cycle if any branch had one.
-async fn any(futs: Vec<BoxFuture<'_, TriResult>>) -> TriResult {
+/// Evaluate branches concurrently; the first branch equal to `decisive`
+/// decides; otherwise a cycle in any branch leaves the result undecided,
+/// else the result is `otherwise`. Errors surface only if nothing decided.
+async fn combine(futs: Vec<BoxFuture<'_, TriResult>>, decisive: Tri, otherwise: Tri) -> TriResult {
     let mut set: FuturesUnordered<_> = futs.into_iter().collect();
     let (mut err, mut cycle) = (None, false);
     while let Some(r) = set.next().await {
         match r {
-            Ok(Tri::True) => return Ok(Tri::True),
+            Ok(t) if t == decisive => return Ok(t),
             Ok(Tri::Cycle) => cycle = true,
-            Ok(Tri::False) => {}
+            Ok(_) => {}
             Err(e) => err = Some(e),
         }
     }
     match err {
         Some(e) => Err(e),
-        None => Ok(if cycle { Tri::Cycle } else { Tri::False }),
+        None => Ok(if cycle { Tri::Cycle } else { otherwise }),
     }
 }
 
-/// Intersection: false on the first false branch; else a cycle if any had one.
+/// Union: true on the first true branch.
+async fn any(futs: Vec<BoxFuture<'_, TriResult>>) -> TriResult {
+    combine(futs, Tri::True, Tri::False).await
+}
+
+/// Intersection: false on the first false branch.
 async fn all(futs: Vec<BoxFuture<'_, TriResult>>) -> TriResult {
-    let mut set: FuturesUnordered<_> = futs.into_iter().collect();
-    let (mut err, mut cycle) = (None, false);
-    while let Some(r) = set.next().await {
-        match r {
-            Ok(Tri::False) => return Ok(Tri::False),
-            Ok(Tri::Cycle) => cycle = true,
-            Ok(Tri::True) => {}
-            Err(e) => err = Some(e),
-        }
-    }
-    match err {
-        Some(e) => Err(e),
-        None => Ok(if cycle { Tri::Cycle } else { Tri::True }),
-    }
+    combine(futs, Tri::False, Tri::True).await
 }
