@@ -29,7 +29,9 @@ use std::path::Path;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestFile {
+    /// Accepted for compatibility with `fga model test`; not used.
     #[serde(default)]
+    #[allow(dead_code)]
     name: Option<String>,
     #[serde(default)]
     model: Option<String>,
@@ -50,6 +52,7 @@ struct TestFile {
 struct Test {
     name: String,
     #[serde(default)]
+    #[allow(dead_code)]
     description: Option<String>,
     #[serde(default)]
     tuples: Vec<TupleKey>,
@@ -185,7 +188,6 @@ pub async fn run_file(path: &Path) -> anyhow::Result<Summary> {
     for f in file.tuple_file.iter().chain(file.tuple_files.iter()) {
         tuples.extend(read_tuples(base, f)?);
     }
-    let _ = &file.name;
     run(&model, &tuples, &file.tests).await
 }
 
@@ -196,7 +198,6 @@ async fn run(
 ) -> anyhow::Result<Summary> {
     let mut sum = Summary::default();
     for t in tests {
-        let _ = &t.description;
         let mut store = MemStore::default();
         for tk in tuples.iter().chain(t.tuples.iter()) {
             validate::tuple(model, tk).map_err(|e| anyhow::anyhow!("test {}: {e}", t.name))?;

@@ -22,7 +22,7 @@ const FOLDERS: [&str; 3] = ["folder:x", "folder:y", "folder:z"];
 const DOCS: [&str; 4] = ["doc:1", "doc:2", "doc:3", "doc:4"];
 
 /// One random rewrite over `doc`'s relations.
-fn rewrite(rng: &mut StdRng, name: &str, earlier: &[&str]) -> String {
+fn rewrite(rng: &mut StdRng, earlier: &[&str]) -> String {
     let mut terms: Vec<String> = vec![];
     let pick = |rng: &mut StdRng| earlier[rng.gen_range(0..earlier.len())].to_string();
     let n = rng.gen_range(1..=3);
@@ -52,7 +52,6 @@ fn rewrite(rng: &mut StdRng, name: &str, earlier: &[&str]) -> String {
     if op == "but not" && terms.len() > 2 {
         terms.truncate(2);
     }
-    let _ = name;
     terms.join(&format!(" {op} "))
 }
 
@@ -63,7 +62,7 @@ fn model(rng: &mut StdRng) -> String {
     m.push_str("type doc\n  relations\n    define parent: [folder]\n    define blocked: [user, group#member]\n");
     let mut earlier = vec!["blocked"];
     for rel in ["owner", "editor", "viewer", "auditor"] {
-        let mut rw = rewrite(rng, rel, &earlier);
+        let mut rw = rewrite(rng, &earlier);
         if !rw.contains('[')
             && !rw.contains(" or ")
             && !rw.contains(" and ")

@@ -639,23 +639,29 @@ async fn reject(
     decide(&st, &id, &tid, b, false).await
 }
 
+/// Cancel or roll back a train on behalf of `id`, and audit it.
+async fn stop_train(
+    st: &AppState,
+    id: &Identity,
+    tid: &str,
+    event: Event,
+    action: &str,
+) -> ApiResult<Json<Value>> {
+    require(id, Action::CancelOrRollback)?;
+    let t = st.engine.command(tid, event).await?;
+    audit(st, id, action, tid, "").await?;
+    Ok(Json(json!(t)))
+}
+
 async fn cancel(
     State(st): State<AppState>,
     id: Identity,
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require(&id, Action::CancelOrRollback)?;
-    let t = st
-        .engine
-        .command(
-            &tid,
-            Event::CancelRequested {
-                by: id.name.clone(),
-            },
-        )
-        .await?;
-    audit(&st, &id, "train.cancel", &tid, "").await?;
-    Ok(Json(json!(t)))
+    let ev = Event::CancelRequested {
+        by: id.name.clone(),
+    };
+    stop_train(&st, &id, &tid, ev, "train.cancel").await
 }
 
 async fn rollback(
@@ -663,18 +669,10 @@ async fn rollback(
     id: Identity,
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    require(&id, Action::CancelOrRollback)?;
-    let t = st
-        .engine
-        .command(
-            &tid,
-            Event::RollbackRequested {
-                by: id.name.clone(),
-            },
-        )
-        .await?;
-    audit(&st, &id, "train.rollback", &tid, "").await?;
-    Ok(Json(json!(t)))
+    let ev = Event::RollbackRequested {
+        by: id.name.clone(),
+    };
+    stop_train(&st, &id, &tid, ev, "train.rollback").await
 }
 
 // ---- cells, leases, artifacts ------------------------------------------------

@@ -12,7 +12,7 @@
 //! `fga-dataplane serve --data-dir DIR` for the HTTP numbers; see docs/benchmarks.md).
 
 use fga_dataplane::engine::{Evaluator, TupleKey};
-use fga_dataplane::store::{Db, OnConflict};
+use fga_dataplane::store::Db;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -213,7 +213,6 @@ async fn main() -> anyhow::Result<()> {
         "store {store}: {count} tuples (users {}, groups {}, folders {}, documents {})",
         sizes.users, sizes.groups, sizes.folders, sizes.docs
     );
-    let _ = OnConflict::Ignore;
 
     // Check at saturation, in process.
     let reader = db.reader(&store);
