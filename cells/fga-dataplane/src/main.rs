@@ -41,9 +41,19 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
-    /// Where the SQLite database lives.
+    /// Where the SQLite database lives (`DIR/fga.db`), unless --database-url is given.
     #[arg(long, default_value = ".fga-data")]
     data_dir: PathBuf,
+    /// A PostgreSQL database instead of SQLite
+    /// (`postgres://USER:PASSWORD@HOST/DB`); also FGA_DATABASE_URL.
+    /// Migrations run on start.
+    #[arg(long, env = "FGA_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Cache `object#relation -> users` in memory. Correct only while this
+    /// process is the database's only writer: default on for SQLite, off for
+    /// PostgreSQL (which several workers may share).
+    #[arg(long)]
+    users_cache: Option<bool>,
     /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
     /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
     #[arg(
@@ -159,12 +169,28 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         limit(a.rate_limit, a.rate_limit_burst)?,
         limit(a.cell_capacity_rps, None)?,
     );
-    let data_dir: &Path = &a.data_dir;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let db = fga_dataplane::store::Db::open(&data_dir.join("fga.db"))
+    let url = match a.database_url.filter(|u| !u.is_empty()) {
+        Some(u) => u,
+        None => {
+            let data_dir: &Path = &a.data_dir;
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            data_dir.join("fga.db").display().to_string()
+        }
+    };
+    let postgres = fga_dataplane::store::is_postgres_url(&url);
+    let mut opts = fga_dataplane::store::DbOptions::for_url(&url);
+    opts.users_cache = a.users_cache.unwrap_or(opts.users_cache);
+    let db = fga_dataplane::store::Db::connect_with(&url, opts)
         .await
-        .context("opening the database")?;
+        .with_context(|| {
+            // Never print a password that may be in the URL.
+            format!(
+                "opening the {} database",
+                if postgres { "PostgreSQL" } else { "SQLite" }
+            )
+        })?;
+    let db_backend = db.backend();
     let app = fga_dataplane::api::router(fga_dataplane::api::AppState {
         db,
         keys: Arc::new(keys.clone()),
@@ -179,7 +205,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", a.addr))?;
     let local = listener.local_addr()?;
     println!(
-        "fga-dataplane listening on http://{local} (authentication: {})",
+        "fga-dataplane listening on http://{local} (store: {}, authentication: {})",
+        db_backend,
         if keys.is_empty() {
             "none"
         } else {

@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rand::RngCore;
 use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -54,7 +55,7 @@ pub fn is_ulid(s: &str) -> bool {
             .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b.to_ascii_uppercase()))
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StoreRow {
     pub id: String,
     pub name: String,
@@ -97,10 +98,29 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
+/// The database behind a [`Db`]: SQLite (embedded, the default) or
+/// PostgreSQL (the scale option). Every query is written once, with `$N`
+/// placeholders both understand, and run on either pool by [`on_pool!`].
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Run `$body` with `$p` bound to the concrete pool, whichever back end it is.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
 #[derive(Clone)]
 pub struct Db {
-    pool: SqlitePool,
-    cache: Arc<UsersCache>,
+    pool: Pool,
+    cache: Option<Arc<UsersCache>>,
 }
 
 type CacheKey = (String, String, String);
@@ -159,24 +179,86 @@ fn split(object: &str) -> (&str, &str) {
     object.split_once(':').unwrap_or((object, ""))
 }
 
+/// How a [`Db`] is opened.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Keep a read-through cache of `object#relation -> users`. Correct only
+    /// while this process is the database's only writer (so on by default for
+    /// SQLite, off for PostgreSQL, which several workers may share).
+    pub users_cache: bool,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl DbOptions {
+    /// The defaults for a database URL (see [`Db::connect`]).
+    pub fn for_url(url: &str) -> DbOptions {
+        let postgres = is_postgres_url(url);
+        DbOptions {
+            users_cache: !postgres,
+            max_connections: if postgres { 16 } else { 8 },
+        }
+    }
+}
+
 impl Db {
+    /// Open (creating if needed) the SQLite database at `path`.
     pub async fn open(path: &Path) -> Result<Db> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("../../migrations/sqlite/fga")
-            .run(&pool)
-            .await?;
+        Db::connect(&path.display().to_string()).await
+    }
+
+    /// Open a database by URL: `postgres://…` / `postgresql://…` for
+    /// PostgreSQL, anything else (`sqlite://PATH` or a plain path) for SQLite.
+    /// Migrations run on open.
+    pub async fn connect(url: &str) -> Result<Db> {
+        Db::connect_with(url, DbOptions::for_url(url)).await
+    }
+
+    pub async fn connect_with(url: &str, opts: DbOptions) -> Result<Db> {
+        let pool = if is_postgres_url(url) {
+            let pool = PgPoolOptions::new()
+                .max_connections(opts.max_connections)
+                .acquire_timeout(std::time::Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            sqlx::migrate!("../../migrations/postgres/fga")
+                .run(&pool)
+                .await?;
+            Pool::Postgres(pool)
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            let o = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(opts.max_connections)
+                .connect_with(o)
+                .await?;
+            sqlx::migrate!("../../migrations/sqlite/fga")
+                .run(&pool)
+                .await?;
+            Pool::Sqlite(pool)
+        };
         Ok(Db {
             pool,
-            cache: Arc::new(UsersCache::new(500_000)),
+            cache: opts.users_cache.then(|| Arc::new(UsersCache::new(500_000))),
         })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
+        if let Some(c) = &self.cache {
+            c.invalidate(store, keys);
+        }
     }
 
     pub async fn create_store(&self, name: &str) -> Result<StoreRow> {
@@ -187,42 +269,48 @@ impl Db {
             created_at: now.clone(),
             updated_at: now,
         };
-        sqlx::query("INSERT INTO stores (id, name, created_at, updated_at) VALUES (?, ?, ?, ?)")
+        on_pool!(&self.pool, p => sqlx::query("INSERT INTO stores (id, name, created_at, updated_at) VALUES ($1, $2, $3, $4)")
             .bind(&row.id)
             .bind(&row.name)
             .bind(&row.created_at)
             .bind(&row.updated_at)
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(row)
     }
 
     pub async fn get_store(&self, id: &str) -> Result<Option<StoreRow>> {
-        let r = sqlx::query("SELECT id, name, created_at, updated_at FROM stores WHERE id = ? AND deleted_at IS NULL")
+        Ok(
+            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE id = $1 AND deleted_at IS NULL")
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        r.map(|r| store_row(&r)).transpose()
+            .fetch_optional(p)
+            .await)?,
+        )
     }
 
     /// Stores after `after` (an id), oldest first.
     pub async fn list_stores(&self, after: &str, limit: i64) -> Result<Vec<StoreRow>> {
-        let rows = sqlx::query("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > ? ORDER BY id LIMIT ?")
+        Ok(
+            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2")
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(store_row).collect()
+            .fetch_all(p)
+            .await)?,
+        )
     }
 
     pub async fn delete_store(&self, id: &str) -> Result<bool> {
-        self.cache.clear();
-        let r = sqlx::query("UPDATE stores SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL")
+        if let Some(c) = &self.cache {
+            c.clear();
+        }
+        let n = on_pool!(&self.pool, p => sqlx::query("UPDATE stores SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(ts(Utc::now()))
             .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(n > 0)
     }
 
     pub async fn write_model(&self, store: &str, m: &AuthorizationModel) -> Result<String> {
@@ -230,31 +318,32 @@ impl Db {
         let mut m = m.clone();
         m.id = id.clone();
         let body = serde_json::to_string(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("INSERT INTO models (store, id, body, created_at) VALUES (?, ?, ?, ?)")
+        on_pool!(&self.pool, p => sqlx::query("INSERT INTO models (store, id, body, created_at) VALUES ($1, $2, $3, $4)")
             .bind(store)
             .bind(&id)
-            .bind(body)
+            .bind(&body)
             .bind(ts(Utc::now()))
-            .execute(&self.pool)
-            .await?;
+            .execute(p)
+            .await
+            .map(drop))?;
         Ok(id)
     }
 
     pub async fn get_model(&self, store: &str, id: &str) -> Result<Option<AuthorizationModel>> {
-        let r = sqlx::query("SELECT body FROM models WHERE store = ? AND id = ?")
+        let body: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND id = $2")
             .bind(store)
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        r.map(|r| model_row(&r)).transpose()
+            .fetch_optional(p)
+            .await)?;
+        body.as_deref().map(parse_model).transpose()
     }
 
     pub async fn latest_model(&self, store: &str) -> Result<Option<AuthorizationModel>> {
-        let r = sqlx::query("SELECT body FROM models WHERE store = ? ORDER BY id DESC LIMIT 1")
+        let body: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 ORDER BY id DESC LIMIT 1")
             .bind(store)
-            .fetch_optional(&self.pool)
-            .await?;
-        r.map(|r| model_row(&r)).transpose()
+            .fetch_optional(p)
+            .await)?;
+        body.as_deref().map(parse_model).transpose()
     }
 
     /// Models newest first, before `before` (an id; empty: from the newest).
@@ -264,14 +353,13 @@ impl Db {
         before: &str,
         limit: i64,
     ) -> Result<Vec<AuthorizationModel>> {
-        let rows = sqlx::query("SELECT body FROM models WHERE store = ? AND (? = '' OR id < ?) ORDER BY id DESC LIMIT ?")
+        let bodies: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
             .bind(store)
             .bind(before)
-            .bind(before)
             .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(model_row).collect()
+            .fetch_all(p)
+            .await)?;
+        bodies.iter().map(|b| parse_model(b)).collect()
     }
 
     /// Apply deletes and writes in one transaction; all or nothing.
@@ -283,78 +371,76 @@ impl Db {
         on_duplicate: OnConflict,
         on_missing: OnConflict,
     ) -> std::result::Result<(), WriteError> {
-        let mut tx = self.pool.begin().await?;
         let now = ts(Utc::now());
-        for t in deletes {
-            let (ot, oid) = split(&t.object);
-            let r = sqlx::query("DELETE FROM tuples WHERE store = ? AND object_type = ? AND object_id = ? AND relation = ? AND user = ?")
-                .bind(store)
-                .bind(ot)
-                .bind(oid)
-                .bind(&t.relation)
-                .bind(&t.user)
-                .execute(&mut *tx)
-                .await?;
-            if r.rows_affected() == 0 {
-                if on_missing == OnConflict::Error {
-                    return Err(WriteError::Missing(t.clone()));
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            for (t, write) in deletes.iter().map(|t| (t, false)).chain(writes.iter().map(|t| (t, true))) {
+                let (ot, oid) = split(&t.object);
+                let q = if write {
+                    "INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+                } else {
+                    "DELETE FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5"
+                };
+                let mut q = sqlx::query(q)
+                    .bind(store)
+                    .bind(ot)
+                    .bind(oid)
+                    .bind(&t.relation)
+                    .bind(&t.user);
+                if write {
+                    q = q.bind(object_type(&t.user)).bind(ulid()).bind(&now);
                 }
-                continue;
-            }
-            change(&mut tx, store, t, "TUPLE_OPERATION_DELETE", &now).await?;
-        }
-        for t in writes {
-            let (ot, oid) = split(&t.object);
-            let r = sqlx::query(
-                "INSERT INTO tuples (store, object_type, object_id, relation, user, user_type, ulid, inserted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(store)
-            .bind(ot)
-            .bind(oid)
-            .bind(&t.relation)
-            .bind(&t.user)
-            .bind(object_type(&t.user))
-            .bind(ulid())
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-            if r.rows_affected() == 0 {
-                if on_duplicate == OnConflict::Error {
-                    return Err(WriteError::Exists(t.clone()));
+                if q.execute(&mut *tx).await?.rows_affected() == 0 {
+                    match (write, on_duplicate, on_missing) {
+                        (true, OnConflict::Error, _) => return Err(WriteError::Exists(t.clone())),
+                        (false, _, OnConflict::Error) => return Err(WriteError::Missing(t.clone())),
+                        _ => continue,
+                    }
                 }
-                continue;
+                let op = if write { "TUPLE_OPERATION_WRITE" } else { "TUPLE_OPERATION_DELETE" };
+                sqlx::query("INSERT INTO changes (store, object_type, object, relation, \"user\", operation, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(store)
+                    .bind(object_type(&t.object))
+                    .bind(&t.object)
+                    .bind(&t.relation)
+                    .bind(&t.user)
+                    .bind(op)
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await?;
             }
-            change(&mut tx, store, t, "TUPLE_OPERATION_WRITE", &now).await?;
-        }
-        tx.commit().await?;
-        self.cache
-            .invalidate(store, writes.iter().chain(deletes.iter()));
+            tx.commit().await?;
+        });
+        self.invalidate(store, writes.iter().chain(deletes.iter()));
         Ok(())
     }
 
     /// Load many tuples at once (benchmarks, imports): one transaction, no
     /// changelog, existing tuples skipped.
     pub async fn bulk_insert(&self, store: &str, tuples: &[TupleKey]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
         let now = ts(Utc::now());
-        for chunk in tuples.chunks(500) {
-            let mut q = sqlx::QueryBuilder::new("INSERT OR IGNORE INTO tuples (store, object_type, object_id, relation, user, user_type, ulid, inserted_at) ");
-            q.push_values(chunk, |mut b, t| {
-                let (ot, oid) = split(&t.object);
-                b.push_bind(store)
-                    .push_bind(ot.to_string())
-                    .push_bind(oid.to_string())
-                    .push_bind(t.relation.clone())
-                    .push_bind(t.user.clone())
-                    .push_bind(object_type(&t.user).to_string())
-                    .push_bind(ulid())
-                    .push_bind(now.clone());
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        self.cache.invalidate(store, tuples.iter());
+        on_pool!(&self.pool, p => {
+            let mut tx = p.begin().await?;
+            for chunk in tuples.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at) ");
+                q.push_values(chunk, |mut b, t| {
+                    let (ot, oid) = split(&t.object);
+                    b.push_bind(store.to_string())
+                        .push_bind(ot.to_string())
+                        .push_bind(oid.to_string())
+                        .push_bind(t.relation.clone())
+                        .push_bind(t.user.clone())
+                        .push_bind(object_type(&t.user).to_string())
+                        .push_bind(ulid())
+                        .push_bind(now.clone());
+                });
+                q.push(" ON CONFLICT DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        self.invalidate(store, tuples.iter());
         Ok(())
     }
 
@@ -377,16 +463,16 @@ impl Db {
             }
             None => (None, None),
         };
-        let rows = sqlx::query(
-            "SELECT object_type, object_id, relation, user, inserted_at FROM tuples
-             WHERE store = ?1 AND (?2 IS NULL OR object_type = ?2) AND (?3 IS NULL OR object_id = ?3)
-               AND (?4 IS NULL OR relation = ?4) AND (?5 IS NULL OR user = ?5)
-               AND (object_type, object_id, relation, user) > (?6, ?7, ?8, ?9)
-             ORDER BY object_type, object_id, relation, user LIMIT ?10",
+        let rows: Vec<(String, String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+            "SELECT object_type, object_id, relation, \"user\", inserted_at FROM tuples
+             WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND ($3 IS NULL OR object_id = $3)
+               AND ($4 IS NULL OR relation = $4) AND ($5 IS NULL OR \"user\" = $5)
+               AND (object_type, object_id, relation, \"user\") > ($6, $7, $8, $9)
+             ORDER BY object_type, object_id, relation, \"user\" LIMIT $10",
         )
         .bind(store)
-        .bind(ot)
-        .bind(oid)
+        .bind(&ot)
+        .bind(&oid)
         .bind(&filter.relation)
         .bind(&filter.user)
         .bind(&after[0])
@@ -394,22 +480,19 @@ impl Db {
         .bind(&after[2])
         .bind(&after[3])
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let ot: String = r.try_get(0)?;
-                let oid: String = r.try_get(1)?;
-                Ok(TupleRow {
-                    key: TupleKey {
-                        object: format!("{ot}:{oid}"),
-                        relation: r.try_get(2)?,
-                        user: r.try_get(3)?,
-                    },
-                    timestamp: r.try_get(4)?,
-                })
+        .fetch_all(p)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(ot, oid, relation, user, timestamp)| TupleRow {
+                key: TupleKey {
+                    object: format!("{ot}:{oid}"),
+                    relation,
+                    user,
+                },
+                timestamp,
             })
-            .collect()
+            .collect())
     }
 
     pub async fn changes(
@@ -419,48 +502,49 @@ impl Db {
         after: i64,
         limit: i64,
     ) -> Result<Vec<ChangeRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, object, relation, user, operation, at FROM changes
-             WHERE store = ?1 AND (?2 IS NULL OR object_type = ?2) AND seq > ?3 ORDER BY seq LIMIT ?4",
+        let rows: Vec<(i64, String, String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+            "SELECT seq, object, relation, \"user\", operation, at FROM changes
+             WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND seq > $3 ORDER BY seq LIMIT $4",
         )
         .bind(store)
         .bind(object_type)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ChangeRow {
-                    seq: r.try_get(0)?,
+        .fetch_all(p)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(seq, object, relation, user, operation, timestamp)| ChangeRow {
+                    seq,
                     tuple_key: TupleKey {
-                        object: r.try_get(1)?,
-                        relation: r.try_get(2)?,
-                        user: r.try_get(3)?,
+                        object,
+                        relation,
+                        user,
                     },
-                    operation: r.try_get(4)?,
-                    timestamp: r.try_get(5)?,
-                })
-            })
-            .collect()
+                    operation,
+                    timestamp,
+                },
+            )
+            .collect())
     }
 
     pub async fn tuple_count(&self, store: &str) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM tuples WHERE store = ?")
+        Ok(
+            on_pool!(&self.pool, p => sqlx::query_scalar("SELECT COUNT(*) FROM tuples WHERE store = $1")
             .bind(store)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?)
+            .fetch_one(p)
+            .await)?,
+        )
     }
 
     /// Tuple count of every store (for metrics).
     pub async fn tuple_counts(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT s.id, (SELECT COUNT(*) FROM tuples t WHERE t.store = s.id) FROM stores s WHERE s.deleted_at IS NULL ORDER BY s.id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        Ok(
+            on_pool!(&self.pool, p => sqlx::query_as("SELECT s.id, (SELECT COUNT(*) FROM tuples t WHERE t.store = s.id) FROM stores s WHERE s.deleted_at IS NULL ORDER BY s.id")
+            .fetch_all(p)
+            .await)?,
+        )
     }
 
     /// A reader for evaluation in one store.
@@ -473,6 +557,11 @@ impl Db {
     }
 }
 
+/// Does `url` name a PostgreSQL database (else SQLite)?
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// A Read filter: any of object (`type:` or `type:id`), relation, user.
 #[derive(Debug, Default, Clone)]
 pub struct TupleFilter {
@@ -481,45 +570,15 @@ pub struct TupleFilter {
     pub user: Option<String>,
 }
 
-async fn change(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    store: &str,
-    t: &TupleKey,
-    op: &str,
-    now: &str,
-) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO changes (store, object_type, object, relation, user, operation, at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-        .bind(store)
-        .bind(object_type(&t.object))
-        .bind(&t.object)
-        .bind(&t.relation)
-        .bind(&t.user)
-        .bind(op)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+fn parse_model(body: &str) -> Result<AuthorizationModel> {
+    serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn store_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoreRow> {
-    Ok(StoreRow {
-        id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        created_at: r.try_get(2)?,
-        updated_at: r.try_get(3)?,
-    })
-}
-
-fn model_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuthorizationModel> {
-    serde_json::from_str(&r.try_get::<String, _>(0)?)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// [`TupleReader`] over one store in SQLite; every query uses an index.
+/// [`TupleReader`] over one store; every query uses an index.
 pub struct SqlReader {
-    pool: SqlitePool,
+    pool: Pool,
     store: String,
-    cache: Arc<UsersCache>,
+    cache: Option<Arc<UsersCache>>,
 }
 
 impl SqlReader {
@@ -529,25 +588,32 @@ impl SqlReader {
         object: &str,
         relation: &str,
     ) -> std::result::Result<Arc<Vec<String>>, EvalError> {
-        if let Some(v) = self.cache.get(&self.store, object, relation) {
+        let cached = self.cache.as_ref().map(|c| {
+            (
+                c.get(&self.store, object, relation),
+                c.generation.load(Ordering::SeqCst),
+            )
+        });
+        if let Some((Some(v), _)) = cached {
             return Ok(v);
         }
-        let generation = self.cache.generation.load(Ordering::SeqCst);
         let (ot, oid) = split(object);
-        let v: Vec<String> = sqlx::query_scalar("SELECT user FROM tuples WHERE store = ? AND object_type = ? AND object_id = ? AND relation = ?")
+        let v: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4")
             .bind(&self.store)
             .bind(ot)
             .bind(oid)
             .bind(relation)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(storage)?;
+            .fetch_all(p)
+            .await)
+        .map_err(storage)?;
         let v = Arc::new(v);
-        self.cache.put(
-            generation,
-            (self.store.clone(), object.to_string(), relation.to_string()),
-            v.clone(),
-        );
+        if let (Some(c), Some((_, generation))) = (&self.cache, cached) {
+            c.put(
+                generation,
+                (self.store.clone(), object.to_string(), relation.to_string()),
+                v.clone(),
+            );
+        }
         Ok(v)
     }
 }
@@ -584,13 +650,13 @@ impl TupleReader for SqlReader {
         ty: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Vec<String>, EvalError>> {
         Box::pin(async move {
-            let ids: Vec<String> = sqlx::query_scalar(
-                "SELECT DISTINCT object_id FROM tuples WHERE store = ? AND object_type = ?",
+            let ids: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar(
+                "SELECT DISTINCT object_id FROM tuples WHERE store = $1 AND object_type = $2",
             )
             .bind(&self.store)
             .bind(ty)
-            .fetch_all(&self.pool)
-            .await
+            .fetch_all(p)
+            .await)
             .map_err(storage)?;
             Ok(ids.into_iter().map(|id| format!("{ty}:{id}")).collect())
         })
@@ -600,12 +666,12 @@ impl TupleReader for SqlReader {
         ty: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Vec<String>, EvalError>> {
         Box::pin(async move {
-            sqlx::query_scalar("SELECT DISTINCT user FROM tuples WHERE store = ? AND user_type = ?")
+            on_pool!(&self.pool, p => sqlx::query_scalar("SELECT DISTINCT \"user\" FROM tuples WHERE store = $1 AND user_type = $2")
                 .bind(&self.store)
                 .bind(ty)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(storage)
+                .fetch_all(p)
+                .await)
+            .map_err(storage)
         })
     }
     fn by_user<'a>(
@@ -613,21 +679,18 @@ impl TupleReader for SqlReader {
         user: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Vec<(String, String)>, EvalError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT object_type, object_id, relation FROM tuples WHERE store = ? AND user = ?",
+            let rows: Vec<(String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+                "SELECT object_type, object_id, relation FROM tuples WHERE store = $1 AND \"user\" = $2",
             )
             .bind(&self.store)
             .bind(user)
-            .fetch_all(&self.pool)
-            .await
+            .fetch_all(p)
+            .await)
             .map_err(storage)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let t: String = r.try_get(0).map_err(storage)?;
-                let id: String = r.try_get(1).map_err(storage)?;
-                out.push((format!("{t}:{id}"), r.try_get(2).map_err(storage)?));
-            }
-            Ok(out)
+            Ok(rows
+                .into_iter()
+                .map(|(t, id, rel)| (format!("{t}:{id}"), rel))
+                .collect())
         })
     }
 }

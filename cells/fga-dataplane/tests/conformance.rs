@@ -428,8 +428,23 @@ async fn consolidated_1_1_in_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consolidated_1_1_over_http() {
+    over_http("HTTP, SQLite", &[]).await;
+}
+
+/// The same suite with the server on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consolidated_1_1_over_http_postgres() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    over_http("HTTP, PostgreSQL", &["--database-url", &url]).await;
+}
+
+async fn over_http(what: &str, args: &[&str]) {
     let key = "conformance-key";
-    let server = common::start(&["--authn-preshared-keys", key]);
+    let mut all = vec!["--authn-preshared-keys", key];
+    all.extend_from_slice(args);
+    let server = common::start(&all);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -464,5 +479,5 @@ async fn consolidated_1_1_over_http() {
         }
     })
     .await;
-    report("HTTP", pass, &failures);
+    report(what, pass, &failures);
 }

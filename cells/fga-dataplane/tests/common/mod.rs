@@ -1,4 +1,6 @@
 //! Start `fga-dataplane serve` from the built binary for a test.
+//! (Each test binary uses part of this module.)
+#![allow(dead_code)]
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -41,5 +43,23 @@ pub fn start(args: &[&str]) -> Server {
         child,
         url,
         _dir: dir,
+    }
+}
+
+/// The PostgreSQL server for the PostgreSQL half of the store tests
+/// (`FGA_TEST_DATABASE_URL`, which `tests/run` sets). Without one the test
+/// is skipped, except in CI, where it fails.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("FGA_TEST_DATABASE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("FGA_TEST_DATABASE_URL is not set; CI runs the PostgreSQL store tests (tests/run starts a server)")
+        }
+        _ => {
+            eprintln!(
+                "FGA_TEST_DATABASE_URL is not set: skipping the PostgreSQL half (run ./tests/run)"
+            );
+            None
+        }
     }
 }

@@ -1,0 +1,337 @@
+//! Store tests, run on both back ends: SQLite (a fresh file) and PostgreSQL
+//! (`FGA_TEST_DATABASE_URL`, started by `tests/run`). The same assertions
+//! hold on both, byte-wise key order included.
+
+mod common;
+
+use fga_dataplane::engine::{Evaluator, TupleKey, TupleReader};
+use fga_dataplane::store::{Db, OnConflict, TupleFilter, WriteError};
+
+fn t(o: &str, r: &str, u: &str) -> TupleKey {
+    TupleKey::new(o, r, u)
+}
+
+const START: [String; 4] = [String::new(), String::new(), String::new(), String::new()];
+
+fn keys(rows: &[fga_dataplane::store::TupleRow]) -> Vec<String> {
+    rows.iter()
+        .map(|r| format!("{}#{}@{}", r.key.object, r.key.relation, r.key.user))
+        .collect()
+}
+
+async fn stores_and_models(db: &Db) {
+    let a = db.create_store("a").await.expect("create");
+    let b = db.create_store("b").await.expect("create");
+    assert_eq!(
+        db.get_store(&a.id).await.expect("get").expect("a").name,
+        "a"
+    );
+    // Pagination by id: everything after `a` includes `b`, not `a`.
+    let after_a = db.list_stores(&a.id, 100).await.expect("list");
+    assert!(after_a.iter().any(|s| s.id == b.id));
+    assert!(!after_a.iter().any(|s| s.id == a.id));
+    assert!(db.delete_store(&a.id).await.expect("delete"));
+    assert!(!db.delete_store(&a.id).await.expect("delete twice"));
+    assert!(db.get_store(&a.id).await.expect("get").is_none());
+    assert!(!db
+        .list_stores("", 10_000)
+        .await
+        .expect("list")
+        .iter()
+        .any(|s| s.id == a.id));
+
+    let model = fga_dataplane::dsl::parse("model\n  schema 1.1\ntype user\n").expect("dsl");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(db.write_model(&b.id, &model).await.expect("write model"));
+        // ULIDs are ordered by millisecond; keep the three apart.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let listed: Vec<String> = db
+        .list_models(&b.id, "", 10)
+        .await
+        .expect("list models")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed, vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    let page2: Vec<String> = db
+        .list_models(&b.id, &ids[1], 10)
+        .await
+        .expect("page")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(page2, vec![ids[0].clone()]);
+    assert_eq!(
+        db.latest_model(&b.id)
+            .await
+            .expect("latest")
+            .expect("some")
+            .id,
+        ids[2]
+    );
+    assert!(db.get_model(&b.id, &ids[0]).await.expect("get").is_some());
+    assert!(db.get_model(&b.id, "nope").await.expect("get").is_none());
+    assert!(db.latest_model(&a.id).await.expect("latest").is_none());
+}
+
+async fn writes_reads_changes(db: &Db) {
+    let s = db.create_store("tuples").await.expect("store").id;
+    let first = vec![
+        t("doc:a", "viewer", "user:anne"),
+        t("doc:B", "viewer", "user:bob"),
+        t("doc:_x", "viewer", "user:anne"),
+        t("doc:a", "editor", "group:eng#member"),
+        t("folder:f", "viewer", "user:*"),
+    ];
+    db.write(&s, &first, &[], OnConflict::Error, OnConflict::Error)
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .expect("write");
+
+    // A duplicate refuses the whole batch: the new tuple beside it is not written.
+    let r = db
+        .write(
+            &s,
+            &[t("doc:c", "viewer", "user:carl"), first[0].clone()],
+            &[],
+            OnConflict::Error,
+            OnConflict::Error,
+        )
+        .await;
+    assert!(matches!(r, Err(WriteError::Exists(k)) if k == first[0]));
+    // A missing delete refuses the batch: the existing delete beside it is undone.
+    let r = db
+        .write(
+            &s,
+            &[],
+            &[first[1].clone(), t("doc:zz", "viewer", "user:nobody")],
+            OnConflict::Error,
+            OnConflict::Error,
+        )
+        .await;
+    assert!(matches!(r, Err(WriteError::Missing(_))));
+    assert_eq!(db.tuple_count(&s).await.expect("count"), 5);
+    // Ignoring both kinds goes through and applies the rest.
+    db.write(
+        &s,
+        &[first[0].clone(), t("doc:c", "viewer", "user:carl")],
+        &[t("doc:zz", "viewer", "user:nobody")],
+        OnConflict::Ignore,
+        OnConflict::Ignore,
+    )
+    .await
+    .map_err(|e| format!("{e:?}"))
+    .expect("write ignoring");
+    assert_eq!(db.tuple_count(&s).await.expect("count"), 6);
+
+    // Read: byte-wise key order (`B` < `_` < `a`), the same on both back ends.
+    let all = db
+        .read(&s, &TupleFilter::default(), &START, 100)
+        .await
+        .expect("read");
+    assert_eq!(
+        keys(&all),
+        vec![
+            "doc:B#viewer@user:bob",
+            "doc:_x#viewer@user:anne",
+            "doc:a#editor@group:eng#member",
+            "doc:a#viewer@user:anne",
+            "doc:c#viewer@user:carl",
+            "folder:f#viewer@user:*",
+        ]
+    );
+    // Continuation: page by two from the last key of each page.
+    let mut paged = Vec::new();
+    let mut after = START;
+    loop {
+        let page = db
+            .read(&s, &TupleFilter::default(), &after, 2)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        let (ot, oid) = last.key.object.split_once(':').expect("type:id");
+        after = [
+            ot.to_string(),
+            oid.to_string(),
+            last.key.relation.clone(),
+            last.key.user.clone(),
+        ];
+        paged.extend(keys(&page));
+    }
+    assert_eq!(paged, keys(&all));
+    let filter = |object: Option<&str>, relation: Option<&str>, user: Option<&str>| TupleFilter {
+        object: object.map(String::from),
+        relation: relation.map(String::from),
+        user: user.map(String::from),
+    };
+    let by_type = db
+        .read(&s, &filter(Some("folder:"), None, None), &START, 100)
+        .await
+        .expect("read");
+    assert_eq!(keys(&by_type), vec!["folder:f#viewer@user:*"]);
+    let by_object_relation = db
+        .read(
+            &s,
+            &filter(Some("doc:a"), Some("viewer"), None),
+            &START,
+            100,
+        )
+        .await
+        .expect("read");
+    assert_eq!(keys(&by_object_relation), vec!["doc:a#viewer@user:anne"]);
+    let by_user = db
+        .read(
+            &s,
+            &filter(Some("doc:"), None, Some("user:anne")),
+            &START,
+            100,
+        )
+        .await
+        .expect("read");
+    assert_eq!(
+        keys(&by_user),
+        vec!["doc:_x#viewer@user:anne", "doc:a#viewer@user:anne"]
+    );
+
+    // Changes: in order, paged by sequence, filtered by object type.
+    let changes = db.changes(&s, None, 0, 100).await.expect("changes");
+    let ops: Vec<(String, String)> = changes
+        .iter()
+        .map(|c| (c.tuple_key.object.clone(), c.operation.clone()))
+        .collect();
+    assert_eq!(ops.len(), 6, "{ops:?}");
+    assert_eq!(ops[5], ("doc:c".into(), "TUPLE_OPERATION_WRITE".into()));
+    let rest = db
+        .changes(&s, None, changes[3].seq, 100)
+        .await
+        .expect("changes");
+    assert_eq!(rest.len(), 2);
+    let folders = db
+        .changes(&s, Some("folder"), 0, 100)
+        .await
+        .expect("changes");
+    assert_eq!(folders.len(), 1);
+    db.write(
+        &s,
+        &[],
+        &[first[1].clone()],
+        OnConflict::Error,
+        OnConflict::Error,
+    )
+    .await
+    .map_err(|e| format!("{e:?}"))
+    .expect("delete");
+    let last = db.changes(&s, None, 0, 100).await.expect("changes");
+    assert_eq!(
+        last.last().map(|c| c.operation.as_str()),
+        Some("TUPLE_OPERATION_DELETE")
+    );
+
+    let counts = db.tuple_counts().await.expect("counts");
+    assert!(counts.contains(&(s.clone(), 5)), "{counts:?}");
+}
+
+async fn evaluation(db: &Db) {
+    let s = db.create_store("eval").await.expect("store").id;
+    let model = fga_dataplane::dsl::parse(
+        "model\n  schema 1.1\ntype user\ntype group\n  relations\n    define member: [user, group#member]\n\
+         type folder\n  relations\n    define viewer: [user, group#member]\n\
+         type doc\n  relations\n    define parent: [folder]\n    define viewer: [user] or viewer from parent\n",
+    )
+    .expect("dsl");
+    let tuples = vec![
+        t("group:eng", "member", "user:anne"),
+        t("group:all", "member", "group:eng#member"),
+        t("folder:f", "viewer", "group:all#member"),
+        t("doc:1", "parent", "folder:f"),
+        t("doc:2", "viewer", "user:bob"),
+    ];
+    db.bulk_insert(&s, &tuples).await.expect("bulk");
+    // Loading again skips what exists.
+    db.bulk_insert(&s, &tuples).await.expect("bulk again");
+    assert_eq!(db.tuple_count(&s).await.expect("count"), 5);
+    let reader = db.reader(&s);
+    let mut users = reader.users_of("group:all", "member").await.expect("users");
+    users.sort();
+    assert_eq!(users, vec!["group:eng#member"]);
+    assert!(reader
+        .exists("doc:2", "viewer", "user:bob")
+        .await
+        .expect("exists"));
+    assert_eq!(
+        reader.by_user("folder:f").await.expect("by user"),
+        vec![("doc:1".to_string(), "parent".to_string())]
+    );
+    let mut docs = reader.objects_of_type("doc").await.expect("objects");
+    docs.sort();
+    assert_eq!(docs, vec!["doc:1", "doc:2"]);
+    let mut people = reader.users_of_type("user").await.expect("users");
+    people.sort();
+    assert_eq!(people, vec!["user:anne", "user:bob"]);
+
+    let ev = Evaluator::new(&model, &reader);
+    assert!(ev
+        .check("doc:1", "viewer", "user:anne")
+        .await
+        .expect("check"));
+    assert!(!ev
+        .check("doc:1", "viewer", "user:bob")
+        .await
+        .expect("check"));
+    let mut objs = ev
+        .list_objects("doc", "viewer", "user:anne", 100)
+        .await
+        .expect("list objects");
+    objs.sort();
+    assert_eq!(objs, vec!["doc:1"]);
+    // A delete is seen by the next check (no stale cache).
+    db.write(
+        &s,
+        &[],
+        &[t("group:eng", "member", "user:anne")],
+        OnConflict::Error,
+        OnConflict::Error,
+    )
+    .await
+    .map_err(|e| format!("{e:?}"))
+    .expect("delete");
+    let reader = db.reader(&s);
+    let ev = Evaluator::new(&model, &reader);
+    assert!(!ev
+        .check("doc:1", "viewer", "user:anne")
+        .await
+        .expect("check"));
+}
+
+async fn all(db: Db) {
+    stores_and_models(&db).await;
+    writes_reads_changes(&db).await;
+    evaluation(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = Db::open(&dir.path().join("fga.db")).await.expect("open");
+    assert_eq!(db.backend(), "sqlite");
+    all(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_on_postgres() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let db = Db::connect(&url).await.expect("connect");
+    assert_eq!(db.backend(), "postgres");
+    all(db).await;
+}
+
+#[tokio::test]
+async fn unreachable_postgres_is_a_clear_error() {
+    let r = Db::connect("postgres://nobody@127.0.0.1:1/none").await;
+    let e = r.err().expect("no server on port 1");
+    assert!(e.to_string().contains("database error"), "{e}");
+}
