@@ -455,13 +455,29 @@ async fn store_exists(st: &AppState, id: &str) -> ApiResult<crate::store::StoreR
             "invalid store id '{id}': must be a ULID"
         )));
     }
-    st.db.get_store(id).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "store_id_not_found",
-            "store not found",
-        )
-    })
+    st.db.get_store(id).await?.ok_or_else(store_not_found)
+}
+
+/// Like [`store_exists`], for the hot path (cached; no row).
+async fn live_store(st: &AppState, id: &str) -> ApiResult<()> {
+    if !is_ulid(id) {
+        return Err(ApiError::validation(format!(
+            "invalid store id '{id}': must be a ULID"
+        )));
+    }
+    if st.db.store_exists(id).await? {
+        Ok(())
+    } else {
+        Err(store_not_found())
+    }
+}
+
+fn store_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "store_id_not_found",
+        "store not found",
+    )
 }
 
 async fn get_store(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -533,8 +549,8 @@ async fn resolve_model(
     st: &AppState,
     store: &str,
     id: &Option<String>,
-) -> ApiResult<AuthorizationModel> {
-    store_exists(st, store).await?;
+) -> ApiResult<Arc<AuthorizationModel>> {
+    live_store(st, store).await?;
     match id.as_deref() {
         Some(id) if !id.is_empty() => {
             if !is_ulid(id) {
@@ -1054,7 +1070,7 @@ fn expand_node<'a>(
         Ok(match rw {
             Userset::This(_) => {
                 let users = reader.users_of(object, relation).await?;
-                json!({ "name": name, "leaf": { "users": { "users": users } } })
+                json!({ "name": name, "leaf": { "users": { "users": users.as_slice() } } })
             }
             Userset::Computed(or) => {
                 json!({ "name": name, "leaf": { "computed": { "userset": format!("{object}#{}", or.relation) } } })

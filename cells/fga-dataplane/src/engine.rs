@@ -46,13 +46,12 @@ pub enum EvalError {
 
 /// Reads tuples through the indexes the store keeps. Implementations must
 /// not scan a whole store for these calls.
+/// The users of one `object#relation`, shared (readers may hand out a cached list).
+pub type Users = Arc<Vec<String>>;
+
 pub trait TupleReader: Send + Sync {
     /// The users of `object#relation` (index: store, object, relation).
-    fn users_of(
-        &self,
-        object: &str,
-        relation: &str,
-    ) -> BoxFuture<'_, Result<Vec<String>, EvalError>>;
+    fn users_of(&self, object: &str, relation: &str) -> BoxFuture<'_, Result<Users, EvalError>>;
     /// Does the exact tuple exist? (index: store, object, relation, user).
     fn exists<'a>(
         &'a self,
@@ -100,21 +99,22 @@ pub struct WithContext<'r> {
 }
 
 impl TupleReader for WithContext<'_> {
-    fn users_of(
-        &self,
-        object: &str,
-        relation: &str,
-    ) -> BoxFuture<'_, Result<Vec<String>, EvalError>> {
+    fn users_of(&self, object: &str, relation: &str) -> BoxFuture<'_, Result<Users, EvalError>> {
         let (o, r) = (object.to_string(), relation.to_string());
         Box::pin(async move {
-            let mut v = self.inner.users_of(&o, &r).await?;
-            v.extend(
-                self.extra
-                    .iter()
-                    .filter(|t| t.object == o && t.relation == r)
-                    .map(|t| t.user.clone()),
-            );
-            Ok(v)
+            let v = self.inner.users_of(&o, &r).await?;
+            let mut extra = self
+                .extra
+                .iter()
+                .filter(|t| t.object == o && t.relation == r)
+                .map(|t| t.user.clone())
+                .peekable();
+            if extra.peek().is_none() {
+                return Ok(v);
+            }
+            let mut v = (*v).clone();
+            v.extend(extra);
+            Ok(Arc::new(v))
         })
     }
     fn exists<'a>(
@@ -200,7 +200,37 @@ impl<'a> Evaluator<'a> {
     }
 }
 
-type Path = Arc<Vec<(String, String)>>;
+/// The (object, relation) pairs from the root of an evaluation to the
+/// current node, as a shared list: extending it is one allocation, whatever
+/// the depth, and branches share their common prefix.
+#[derive(Clone, Default)]
+struct Path(Option<Arc<PathNode>>);
+
+struct PathNode {
+    object: String,
+    relation: String,
+    parent: Path,
+}
+
+impl Path {
+    fn contains(&self, object: &str, relation: &str) -> bool {
+        let mut cur = &self.0;
+        while let Some(n) = cur {
+            if n.object == object && n.relation == relation {
+                return true;
+            }
+            cur = &n.parent.0;
+        }
+        false
+    }
+    fn push(&self, object: String, relation: String) -> Path {
+        Path(Some(Arc::new(PathNode {
+            object,
+            relation,
+            parent: self.clone(),
+        })))
+    }
+}
 
 /// A sub-result: a cycle on the evaluation path is neither true nor false
 /// until an operator decides (a union with another true branch is true;
@@ -223,7 +253,7 @@ impl<'a> Evaluator<'a> {
                 relation.to_string(),
                 user.to_string(),
                 0,
-                Arc::new(Vec::new()),
+                Path::default(),
             )
             .await?;
         Ok(r == Tri::True)
@@ -250,7 +280,7 @@ impl<'a> Evaluator<'a> {
             let Some(rw) = self.model.rewrite(object_type(&object), &relation) else {
                 return Ok(Tri::False);
             };
-            if path.iter().any(|(o, r)| *o == object && *r == relation) {
+            if path.contains(&object, &relation) {
                 // A relation that recurses into itself through a union (`[user]
                 // or rel from parent`, `[group#member]`) is a reachability
                 // search: a node seen again adds nothing. Any other cycle
@@ -260,9 +290,7 @@ impl<'a> Evaluator<'a> {
                     || self_recursive(rw, object_type(&object), &relation, self.model);
                 return Ok(if plain { Tri::False } else { Tri::Cycle });
             }
-            let mut p = (*path).clone();
-            p.push((object.clone(), relation.clone()));
-            let path = Arc::new(p);
+            let path = path.push(object.clone(), relation.clone());
             self.eval(&object, &relation, rw, &user, depth, &path).await
         })
     }
@@ -299,7 +327,7 @@ impl<'a> Evaluator<'a> {
                         .map(|t| t.direct_types(&ttu.tupleset.relation))
                         .unwrap_or(&[]);
                     let futs = parents
-                        .into_iter()
+                        .iter()
                         .filter(|p| {
                             parse_user(p).is_some_and(|(t, id, r)| {
                                 r.is_none()
@@ -310,7 +338,13 @@ impl<'a> Evaluator<'a> {
                             }) && self.model.rewrite(object_type(p), cu).is_some()
                         })
                         .map(|p| {
-                            self.check_at(p, cu.clone(), user.to_string(), depth + 1, path.clone())
+                            self.check_at(
+                                p.clone(),
+                                cu.clone(),
+                                user.to_string(),
+                                depth + 1,
+                                path.clone(),
+                            )
                         })
                         .collect();
                     any(futs).await
@@ -424,9 +458,9 @@ impl<'a> Evaluator<'a> {
         }
         let users = self.reader.users_of(object, relation).await?;
         let futs = users
-            .into_iter()
+            .iter()
             .filter_map(|u| {
-                let (t, id, r) = parse_user(&u)?;
+                let (t, id, r) = parse_user(u)?;
                 let r = r?;
                 if !usersets
                     .iter()

@@ -8,6 +8,7 @@
 //! - [`validate`]: request and tuple validation with OpenFGA's error codes.
 
 pub mod api;
+pub mod cache;
 pub mod dsl;
 pub mod engine;
 pub mod memstore;

@@ -54,6 +54,10 @@ struct ServeArgs {
     /// PostgreSQL (which several workers may share).
     #[arg(long)]
     users_cache: Option<bool>,
+    /// Most `object#relation` lists the users cache holds (about a quarter
+    /// is evicted when full).
+    #[arg(long, default_value_t = 1_000_000)]
+    users_cache_entries: usize,
     /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
     /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
     #[arg(
@@ -181,6 +185,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let postgres = fga_dataplane::store::is_postgres_url(&url);
     let mut opts = fga_dataplane::store::DbOptions::for_url(&url);
     opts.users_cache = a.users_cache.unwrap_or(opts.users_cache);
+    opts.users_cache_entries = a.users_cache_entries;
     let db = fga_dataplane::store::Db::connect_with(&url, opts)
         .await
         .with_context(|| {

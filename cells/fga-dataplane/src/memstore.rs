@@ -2,7 +2,7 @@
 //! by (object, relation, user), by (object, relation), by object type and by
 //! user type. Used by `fga-dataplane test` and as the reference in tests.
 
-use crate::engine::{object_type, EvalError, TupleKey, TupleReader};
+use crate::engine::{object_type, EvalError, TupleKey, TupleReader, Users};
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -49,17 +49,13 @@ impl MemStore {
 }
 
 impl TupleReader for MemStore {
-    fn users_of(
-        &self,
-        object: &str,
-        relation: &str,
-    ) -> BoxFuture<'_, Result<Vec<String>, EvalError>> {
-        let v = self
+    fn users_of(&self, object: &str, relation: &str) -> BoxFuture<'_, Result<Users, EvalError>> {
+        let v: Vec<String> = self
             .by_object
             .get(&(object.to_string(), relation.to_string()))
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        Box::pin(async move { Ok(v) })
+        Box::pin(async move { Ok(std::sync::Arc::new(v)) })
     }
     fn exists<'a>(
         &'a self,

@@ -2,7 +2,8 @@
 //! `migrations/sqlite/fga`). Every read the evaluator makes goes through an
 //! index; nothing scans a store.
 
-use crate::engine::{object_type, EvalError, TupleKey, TupleReader};
+use crate::cache::{ModelCache, UsersCache};
+use crate::engine::{object_type, EvalError, TupleKey, TupleReader, Users};
 use crate::model::AuthorizationModel;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -11,11 +12,9 @@ use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
-use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -120,59 +119,8 @@ macro_rules! on_pool {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
-    cache: Option<Arc<UsersCache>>,
-}
-
-type CacheKey = (String, String, String);
-
-/// Read-through cache of `object#relation -> users`, shared by the readers
-/// of a process (the only writer of its database). A write bumps the
-/// generation and drops the keys it touched; a read fills the cache only if
-/// no write happened while it queried, so a stale list is never cached.
-pub struct UsersCache {
-    map: Mutex<HashMap<CacheKey, Arc<Vec<String>>>>,
-    generation: AtomicU64,
-    cap: usize,
-}
-
-impl UsersCache {
-    fn new(cap: usize) -> UsersCache {
-        UsersCache {
-            map: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
-            cap,
-        }
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Arc<Vec<String>>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    fn get(&self, store: &str, object: &str, relation: &str) -> Option<Arc<Vec<String>>> {
-        self.lock()
-            .get(&(store.to_string(), object.to_string(), relation.to_string()))
-            .cloned()
-    }
-    fn put(&self, generation: u64, key: CacheKey, users: Arc<Vec<String>>) {
-        let mut m = self.lock();
-        if self.generation.load(Ordering::SeqCst) != generation {
-            return;
-        }
-        if m.len() >= self.cap {
-            m.clear();
-        }
-        m.insert(key, users);
-    }
-    fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
-        let mut m = self.lock();
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        for t in keys {
-            m.remove(&(store.to_string(), t.object.clone(), t.relation.clone()));
-        }
-    }
-    fn clear(&self) {
-        let mut m = self.lock();
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        m.clear();
-    }
+    users: Option<Arc<UsersCache>>,
+    models: Arc<ModelCache>,
 }
 
 fn split(object: &str) -> (&str, &str) {
@@ -186,6 +134,8 @@ pub struct DbOptions {
     /// while this process is the database's only writer (so on by default for
     /// SQLite, off for PostgreSQL, which several workers may share).
     pub users_cache: bool,
+    /// Most `object#relation` lists the users cache holds.
+    pub users_cache_entries: usize,
     /// Connections in the pool.
     pub max_connections: u32,
 }
@@ -196,6 +146,7 @@ impl DbOptions {
         let postgres = is_postgres_url(url);
         DbOptions {
             users_cache: !postgres,
+            users_cache_entries: 1_000_000,
             max_connections: if postgres { 16 } else { 8 },
         }
     }
@@ -243,7 +194,10 @@ impl Db {
         };
         Ok(Db {
             pool,
-            cache: opts.users_cache.then(|| Arc::new(UsersCache::new(500_000))),
+            users: opts
+                .users_cache
+                .then(|| Arc::new(UsersCache::new(opts.users_cache_entries))),
+            models: Arc::new(ModelCache::new(opts.users_cache)),
         })
     }
 
@@ -256,7 +210,7 @@ impl Db {
     }
 
     fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
-        if let Some(c) = &self.cache {
+        if let Some(c) = &self.users {
             c.invalidate(store, keys);
         }
     }
@@ -277,7 +231,20 @@ impl Db {
             .execute(p)
             .await
             .map(drop))?;
+        self.models.put_store_live(&row.id);
         Ok(row)
+    }
+
+    /// Does the store exist (and is not deleted)? Cached for a single writer.
+    pub async fn store_exists(&self, id: &str) -> Result<bool> {
+        if self.models.store_live(id) {
+            return Ok(true);
+        }
+        let live = self.get_store(id).await?.is_some();
+        if live {
+            self.models.put_store_live(id);
+        }
+        Ok(live)
     }
 
     pub async fn get_store(&self, id: &str) -> Result<Option<StoreRow>> {
@@ -301,8 +268,9 @@ impl Db {
     }
 
     pub async fn delete_store(&self, id: &str) -> Result<bool> {
-        if let Some(c) = &self.cache {
-            c.clear();
+        self.models.forget_store(id);
+        if let Some(c) = &self.users {
+            c.drop_store(id);
         }
         let n = on_pool!(&self.pool, p => sqlx::query("UPDATE stores SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
             .bind(ts(Utc::now()))
@@ -313,6 +281,7 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// Store a model under a new id (which it returns); it becomes the store's latest.
     pub async fn write_model(&self, store: &str, m: &AuthorizationModel) -> Result<String> {
         let id = ulid();
         let mut m = m.clone();
@@ -326,24 +295,47 @@ impl Db {
             .execute(p)
             .await
             .map(drop))?;
+        let m = Arc::new(m);
+        self.models.put_model(store, m.clone());
+        self.models.put_latest(store, m);
         Ok(id)
     }
 
-    pub async fn get_model(&self, store: &str, id: &str) -> Result<Option<AuthorizationModel>> {
+    /// A model by id (parsed models are cached: they never change).
+    pub async fn get_model(
+        &self,
+        store: &str,
+        id: &str,
+    ) -> Result<Option<Arc<AuthorizationModel>>> {
+        if let Some(m) = self.models.model(store, id) {
+            return Ok(Some(m));
+        }
         let body: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND id = $2")
             .bind(store)
             .bind(id)
             .fetch_optional(p)
             .await)?;
-        body.as_deref().map(parse_model).transpose()
+        let Some(body) = body else { return Ok(None) };
+        let m = Arc::new(parse_model(&body)?);
+        self.models.put_model(store, m.clone());
+        Ok(Some(m))
     }
 
-    pub async fn latest_model(&self, store: &str) -> Result<Option<AuthorizationModel>> {
-        let body: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 ORDER BY id DESC LIMIT 1")
+    /// The store's newest model.
+    pub async fn latest_model(&self, store: &str) -> Result<Option<Arc<AuthorizationModel>>> {
+        if let Some(m) = self.models.latest(store) {
+            return Ok(Some(m));
+        }
+        let id: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT id FROM models WHERE store = $1 ORDER BY id DESC LIMIT 1")
             .bind(store)
             .fetch_optional(p)
             .await)?;
-        body.as_deref().map(parse_model).transpose()
+        let Some(id) = id else { return Ok(None) };
+        let m = self.get_model(store, &id).await?;
+        if let Some(m) = &m {
+            self.models.put_latest(store, m.clone());
+        }
+        Ok(m)
     }
 
     /// Models newest first, before `before` (an id; empty: from the newest).
@@ -552,7 +544,7 @@ impl Db {
         SqlReader {
             pool: self.pool.clone(),
             store: store.to_string(),
-            cache: self.cache.clone(),
+            cache: self.users.clone(),
         }
     }
 }
@@ -588,12 +580,10 @@ impl SqlReader {
         object: &str,
         relation: &str,
     ) -> std::result::Result<Arc<Vec<String>>, EvalError> {
-        let cached = self.cache.as_ref().map(|c| {
-            (
-                c.get(&self.store, object, relation),
-                c.generation.load(Ordering::SeqCst),
-            )
-        });
+        let cached = self
+            .cache
+            .as_ref()
+            .map(|c| (c.get(&self.store, object, relation), c.generation()));
         if let Some((Some(v), _)) = cached {
             return Ok(v);
         }
@@ -608,11 +598,7 @@ impl SqlReader {
         .map_err(storage)?;
         let v = Arc::new(v);
         if let (Some(c), Some((_, generation))) = (&self.cache, cached) {
-            c.put(
-                generation,
-                (self.store.clone(), object.to_string(), relation.to_string()),
-                v.clone(),
-            );
+            c.put(generation, &self.store, object, relation, v.clone());
         }
         Ok(v)
     }
@@ -627,9 +613,9 @@ impl TupleReader for SqlReader {
         &self,
         object: &str,
         relation: &str,
-    ) -> BoxFuture<'_, std::result::Result<Vec<String>, EvalError>> {
+    ) -> BoxFuture<'_, std::result::Result<Users, EvalError>> {
         let (o, r) = (object.to_string(), relation.to_string());
-        Box::pin(async move { Ok(self.users(&o, &r).await?.as_ref().clone()) })
+        Box::pin(async move { self.users(&o, &r).await })
     }
     fn exists<'a>(
         &'a self,

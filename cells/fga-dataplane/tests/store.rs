@@ -253,7 +253,7 @@ async fn evaluation(db: &Db) {
     db.bulk_insert(&s, &tuples).await.expect("bulk again");
     assert_eq!(db.tuple_count(&s).await.expect("count"), 5);
     let reader = db.reader(&s);
-    let mut users = reader.users_of("group:all", "member").await.expect("users");
+    let mut users = (*reader.users_of("group:all", "member").await.expect("users")).clone();
     users.sort();
     assert_eq!(users, vec!["group:eng#member"]);
     assert!(reader
