@@ -79,7 +79,7 @@ impl UsersCache {
                 let mut i = 0u32;
                 per.retain(|_, _| {
                     i = i.wrapping_add(1);
-                    i % 4 != 0
+                    !i.is_multiple_of(4)
                 });
                 kept += per.len() as u64;
             }
