@@ -1,10 +1,12 @@
 //! In-memory caches in front of the store.
 //!
-//! - [`UsersCache`]: `object#relation -> users`, read-through, shared by the
-//!   readers of a process. Correct only while the process is the database's
-//!   only writer: a write bumps the generation and drops the keys it
-//!   touched; a read fills the cache only if no write happened while it
-//!   queried, so a stale list is never cached. Lookups do not allocate.
+//! - [`TupleCache`]: every tuple of an object (`object -> relation ->
+//!   users`), read-through, shared by the readers of a process; an object is
+//!   cached whole, so a relation it lacks is a hit too. Correct only while
+//!   the process is the database's only writer: a write bumps the generation
+//!   and drops the objects it touched; a read fills the cache only if no
+//!   write happened while it queried, so a stale object is never cached.
+//!   Its size is counted in tuples.
 //! - [`ModelCache`]: parsed authorization models by id (models never change,
 //!   so this is always safe), and, for a single-writer process, which stores
 //!   exist and each store's latest model.
@@ -16,8 +18,8 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// `(object, relation)`, borrowed: looks up an owned key without allocating.
-/// Hashes exactly like `(String, String)`.
+/// `(a, b)`, borrowed: looks up an owned `(String, String)` key without
+/// allocating (hashes exactly like it).
 #[derive(Hash)]
 struct KeyRef<'a>(&'a str, &'a str);
 
@@ -27,8 +29,6 @@ impl Equivalent<(String, String)> for KeyRef<'_> {
     }
 }
 
-type PerStore = HashMap<(String, String), Users>;
-
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
 }
@@ -37,72 +37,146 @@ fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
 
-pub struct UsersCache {
-    stores: RwLock<HashMap<String, PerStore>>,
-    entries: AtomicU64,
+/// All tuples of one object: per relation, its users, sorted byte-wise.
+#[derive(Debug, Default)]
+pub struct ObjectTuples {
+    rels: Vec<(String, Users)>,
+}
+
+impl ObjectTuples {
+    /// From `(relation, user)` rows in any order.
+    pub fn from_rows(mut rows: Vec<(String, String)>) -> ObjectTuples {
+        rows.sort_unstable();
+        let mut rels: Vec<(String, Vec<String>)> = Vec::new();
+        for (r, u) in rows {
+            match rels.last_mut() {
+                Some((last, users)) if *last == r => users.push(u),
+                _ => rels.push((r, vec![u])),
+            }
+        }
+        ObjectTuples {
+            rels: rels.into_iter().map(|(r, u)| (r, Arc::new(u))).collect(),
+        }
+    }
+
+    fn find(&self, relation: &str) -> Option<&Users> {
+        self.rels
+            .iter()
+            .find(|(r, _)| r == relation)
+            .map(|(_, u)| u)
+    }
+
+    /// The users of `relation` (empty when none).
+    pub fn users(&self, relation: &str) -> Users {
+        self.find(relation).cloned().unwrap_or_default()
+    }
+
+    /// Is there a tuple `relation@user`?
+    pub fn contains(&self, relation: &str, user: &str) -> bool {
+        self.find(relation)
+            .is_some_and(|u| u.binary_search_by(|x| x.as_str().cmp(user)).is_ok())
+    }
+
+    /// How many tuples (the cache's unit of size).
+    pub fn len(&self) -> usize {
+        self.rels.iter().map(|(_, u)| u.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rels.is_empty()
+    }
+}
+
+pub struct TupleCache {
+    stores: RwLock<HashMap<String, HashMap<String, Arc<ObjectTuples>>>>,
+    tuples: AtomicU64,
     generation: AtomicU64,
     cap: u64,
 }
 
-impl UsersCache {
-    /// A cache of at most `cap` lists (when full, about a quarter is evicted).
-    pub fn new(cap: usize) -> UsersCache {
-        UsersCache {
+/// What an object costs in the cache: its tuples, and one for the entry.
+fn cost(o: &ObjectTuples) -> u64 {
+    o.len() as u64 + 1
+}
+
+impl TupleCache {
+    /// A cache of about `cap` tuples (when full, about a quarter of the
+    /// objects are evicted).
+    pub fn new(cap: usize) -> TupleCache {
+        TupleCache {
             stores: RwLock::new(HashMap::new()),
-            entries: AtomicU64::new(0),
+            tuples: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             cap: cap.max(1) as u64,
         }
     }
 
-    /// The generation to pass to [`UsersCache::put`] after a query.
+    /// The generation to pass to [`TupleCache::put`] after a query.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
 
-    pub fn get(&self, store: &str, object: &str, relation: &str) -> Option<Users> {
-        read(&self.stores)
-            .get(store)?
-            .get(&KeyRef(object, relation))
-            .cloned()
+    pub fn get(&self, store: &str, object: &str) -> Option<Arc<ObjectTuples>> {
+        read(&self.stores).get(store)?.get(object).cloned()
     }
 
-    /// Remember a list read at `generation`, unless a write happened since.
-    pub fn put(&self, generation: u64, store: &str, object: &str, relation: &str, users: Users) {
+    /// Is there room for `tuples` more without evicting?
+    pub fn has_room(&self, tuples: usize) -> bool {
+        self.tuples.load(Ordering::Relaxed) + tuples as u64 <= self.cap
+    }
+
+    /// Remember objects read at `generation`, unless a write happened since.
+    /// Returns whether they were kept.
+    pub fn put_many(
+        &self,
+        generation: u64,
+        store: &str,
+        objects: impl IntoIterator<Item = (String, Arc<ObjectTuples>)>,
+    ) -> bool {
         let mut m = write(&self.stores);
         if self.generation.load(Ordering::SeqCst) != generation {
-            return;
+            return false;
         }
-        if self.entries.load(Ordering::Relaxed) >= self.cap {
-            let mut kept = 0u64;
-            for per in m.values_mut() {
-                let mut i = 0u32;
-                per.retain(|_, _| {
-                    i = i.wrapping_add(1);
-                    !i.is_multiple_of(4)
-                });
-                kept += per.len() as u64;
+        for (object, tuples) in objects {
+            if self.tuples.load(Ordering::Relaxed) + cost(&tuples) > self.cap {
+                let mut kept = 0u64;
+                for per in m.values_mut() {
+                    let mut i = 0u32;
+                    per.retain(|_, o| {
+                        i = i.wrapping_add(1);
+                        let keep = !i.is_multiple_of(4);
+                        if keep {
+                            kept += cost(o);
+                        }
+                        keep
+                    });
+                }
+                self.tuples.store(kept, Ordering::Relaxed);
             }
-            self.entries.store(kept, Ordering::Relaxed);
+            let add = cost(&tuples);
+            let per = m.entry_ref(store).or_default();
+            let old = per.insert(object, tuples);
+            self.tuples.fetch_add(add, Ordering::Relaxed);
+            if let Some(old) = old {
+                self.tuples.fetch_sub(cost(&old), Ordering::Relaxed);
+            }
         }
-        let per = m.entry_ref(store).or_default();
-        if per
-            .insert((object.to_string(), relation.to_string()), users)
-            .is_none()
-        {
-            self.entries.fetch_add(1, Ordering::Relaxed);
-        }
+        true
     }
 
-    /// A write to these keys committed: drop them, and refuse fills of reads
-    /// that started before.
+    pub fn put(&self, generation: u64, store: &str, object: &str, tuples: Arc<ObjectTuples>) {
+        self.put_many(generation, store, [(object.to_string(), tuples)]);
+    }
+
+    /// A write to these tuples committed: drop their objects, and refuse
+    /// fills of reads that started before.
     pub fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
         let mut m = write(&self.stores);
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(per) = m.get_mut(store) {
             for t in keys {
-                if per.remove(&KeyRef(&t.object, &t.relation)).is_some() {
-                    self.entries.fetch_sub(1, Ordering::Relaxed);
+                if let Some(old) = per.remove(t.object.as_str()) {
+                    self.tuples.fetch_sub(cost(&old), Ordering::Relaxed);
                 }
             }
         }
@@ -113,16 +187,14 @@ impl UsersCache {
         let mut m = write(&self.stores);
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Some(per) = m.remove(store) {
-            self.entries.fetch_sub(per.len() as u64, Ordering::Relaxed);
+            let n: u64 = per.values().map(|o| cost(o)).sum();
+            self.tuples.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.load(Ordering::Relaxed) as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Tuples held (plus one per object).
+    pub fn size(&self) -> u64 {
+        self.tuples.load(Ordering::Relaxed)
     }
 }
 
@@ -192,34 +264,58 @@ impl ModelCache {
 mod tests {
     use super::*;
 
+    fn obj(rows: &[(&str, &str)]) -> Arc<ObjectTuples> {
+        Arc::new(ObjectTuples::from_rows(
+            rows.iter()
+                .map(|(r, u)| (r.to_string(), u.to_string()))
+                .collect(),
+        ))
+    }
+
     #[test]
-    fn stale_fills_are_refused_and_writes_drop_keys() {
-        let c = UsersCache::new(100);
+    fn object_tuples_group_and_sort() {
+        let o = obj(&[
+            ("viewer", "user:b"),
+            ("owner", "user:z"),
+            ("viewer", "user:a"),
+        ]);
+        assert_eq!(o.users("viewer").as_slice(), ["user:a", "user:b"]);
+        assert!(o.contains("viewer", "user:b") && !o.contains("viewer", "user:z"));
+        assert!(o.users("editor").is_empty());
+        assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn stale_fills_are_refused_and_writes_drop_objects() {
+        let c = TupleCache::new(100);
         let g = c.generation();
         // A write commits while a read is in flight: its result is not kept.
         c.invalidate("s", [TupleKey::new("doc:1", "viewer", "user:a")].iter());
-        c.put(g, "s", "doc:1", "viewer", Arc::new(vec![]));
-        assert!(c.get("s", "doc:1", "viewer").is_none());
+        c.put(g, "s", "doc:1", obj(&[]));
+        assert!(c.get("s", "doc:1").is_none());
         let g = c.generation();
-        c.put(g, "s", "doc:1", "viewer", Arc::new(vec!["user:a".into()]));
-        assert_eq!(c.get("s", "doc:1", "viewer").map(|v| v.len()), Some(1));
-        assert!(c.get("other", "doc:1", "viewer").is_none());
-        c.invalidate("s", [TupleKey::new("doc:1", "viewer", "user:b")].iter());
-        assert!(c.get("s", "doc:1", "viewer").is_none());
-        assert!(c.is_empty());
+        c.put(g, "s", "doc:1", obj(&[("viewer", "user:a")]));
+        assert!(c
+            .get("s", "doc:1")
+            .is_some_and(|o| o.contains("viewer", "user:a")));
+        assert!(c.get("other", "doc:1").is_none());
+        assert_eq!(c.size(), 2);
+        c.invalidate("s", [TupleKey::new("doc:1", "editor", "user:b")].iter());
+        assert!(c.get("s", "doc:1").is_none());
+        assert_eq!(c.size(), 0);
     }
 
     #[test]
     fn a_full_cache_evicts_part_and_keeps_counting() {
-        let c = UsersCache::new(8);
-        for i in 0..20 {
+        let c = TupleCache::new(16);
+        for i in 0..40 {
             let g = c.generation();
-            c.put(g, "s", &format!("doc:{i}"), "viewer", Arc::new(vec![]));
-            assert!(c.len() <= 8, "{}", c.len());
+            c.put(g, "s", &format!("doc:{i}"), obj(&[("viewer", "user:a")]));
+            assert!(c.size() <= 16, "{}", c.size());
         }
-        assert!(c.get("s", "doc:19", "viewer").is_some());
+        assert!(c.get("s", "doc:39").is_some());
         c.drop_store("s");
-        assert!(c.is_empty());
+        assert_eq!(c.size(), 0);
     }
 
     #[test]

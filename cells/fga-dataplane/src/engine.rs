@@ -483,9 +483,12 @@ impl<'a> Evaluator<'a> {
     /// Objects of `object_type` on which `user` has `relation`, sorted.
     ///
     /// Candidates come from a reverse expansion through the by-user index
-    /// (tuples naming the user, then the usersets and parents those reach);
-    /// each candidate is then confirmed with Check, so intersections and
-    /// exclusions stay exact.
+    /// (tuples naming the user, then the usersets and parents those reach),
+    /// pruned to the (type, relation) pairs the target can depend on; each
+    /// candidate is then confirmed with Check, so intersections and
+    /// exclusions stay exact. Expansion and confirmation alternate in rounds,
+    /// so a user who reaches much of the store stops costing once `limit`
+    /// objects are confirmed.
     pub async fn list_objects(
         &self,
         object_type: &str,
@@ -493,68 +496,72 @@ impl<'a> Evaluator<'a> {
         user: &str,
         limit: usize,
     ) -> Result<Vec<String>, EvalError> {
-        let cands = self.reverse_candidates(object_type, user).await?;
-        let mut out = Vec::new();
-        let mut futs = FuturesUnordered::new();
-        let mut it = cands.into_iter();
-        loop {
-            while futs.len() < 32 {
-                let Some(o) = it.next() else { break };
-                let ev = self.clone();
-                let (rel, u) = (relation.to_string(), user.to_string());
-                futs.push(async move {
-                    let r = ev.check(&o, &rel, &u).await;
-                    (o, r)
-                });
-            }
-            let Some((o, r)) = futs.next().await else {
-                break;
-            };
-            if r? {
-                out.push(o);
-                if out.len() >= limit {
-                    break;
+        let mut rev = Reverse::start(self.model, object_type, relation, user);
+        for (o, r) in self.reader.by_user(user).await? {
+            rev.push(&o, &r);
+        }
+        if let Some((t, id, None)) = parse_user(user) {
+            if id != "*" {
+                for (o, r) in self.reader.by_user(&format!("{t}:*")).await? {
+                    rev.push(&o, &r);
                 }
+            }
+        }
+        let mut out = Vec::new();
+        loop {
+            let want = (limit - out.len()).max(64);
+            let exhausted = self.reverse_step(&mut rev, want).await?;
+            let mut fresh = std::mem::take(&mut rev.fresh).into_iter();
+            let mut futs = FuturesUnordered::new();
+            loop {
+                while futs.len() < 32 {
+                    let Some(o) = fresh.next() else { break };
+                    let ev = self.clone();
+                    let (rel, u) = (relation.to_string(), user.to_string());
+                    futs.push(async move {
+                        let r = ev.check(&o, &rel, &u).await;
+                        (o, r)
+                    });
+                }
+                let Some((o, r)) = futs.next().await else {
+                    break;
+                };
+                if r? {
+                    out.push(o);
+                    if out.len() >= limit {
+                        out.sort();
+                        return Ok(out);
+                    }
+                }
+            }
+            if exhausted {
+                break;
             }
         }
         out.sort();
         Ok(out)
     }
 
-    /// Objects of `target_type` that some path could connect to `user`.
-    async fn reverse_candidates(
-        &self,
-        target_type: &str,
-        user: &str,
-    ) -> Result<BTreeSet<String>, EvalError> {
-        let mut todo: Vec<String> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut cands = BTreeSet::new();
-        let mut starts = vec![user.to_string()];
-        match parse_user(user) {
-            Some((t, id, None)) if id != "*" => starts.push(format!("{t}:*")),
-            Some((_, _, Some(_))) => todo.push(user.to_string()),
-            _ => {}
-        }
-        for u in &starts {
-            for (o, r) in self.reader.by_user(u).await? {
-                todo.push(format!("{o}#{r}"));
-            }
-        }
-        while let Some(us) = todo.pop() {
-            if seen.len() > 1_000_000 || !seen.insert(us.clone()) {
+    /// Expand until `want` new candidates are found (in `rev.fresh`) or
+    /// nothing is left; returns whether nothing is left.
+    async fn reverse_step(&self, rev: &mut Reverse, want: usize) -> Result<bool, EvalError> {
+        while rev.fresh.len() < want {
+            let Some(us) = rev.todo.pop() else {
+                return Ok(true);
+            };
+            if rev.seen.len() > 1_000_000 || !rev.seen.insert(us.clone()) {
                 continue;
             }
             let Some((obj, rel)) = us.split_once('#') else {
                 continue;
             };
             let ty = object_type(obj);
-            if ty == target_type {
-                cands.insert(obj.to_string());
+            if ty == rev.target && rev.found.insert(obj.to_string()) {
+                rev.fresh.push(obj.to_string());
             }
             // Members of `us` are members of the usersets that name it.
             for (o, r) in self.reader.by_user(&us).await? {
-                todo.push(format!("{o}#{r}"));
+                rev.push(&o, &r);
             }
             let Some(td) = self.model.type_def(ty) else {
                 continue;
@@ -562,27 +569,30 @@ impl<'a> Evaluator<'a> {
             // Relations of the same object defined through this one.
             for (r2, rw) in &td.relations {
                 if r2 != rel && refers_to(rw, rel) {
-                    todo.push(format!("{obj}#{r2}"));
+                    rev.push(obj, r2);
                 }
             }
             // Objects whose tupleset points at `obj` and compute `rel` there.
             let mut parents: Option<Vec<(String, String)>> = None;
             for td2 in &self.model.type_definitions {
                 for (r3, rw) in &td2.relations {
+                    if !rev.relevant.contains(&(td2.type_name.clone(), r3.clone())) {
+                        continue;
+                    }
                     for ts in tuplesets_computing(rw, rel) {
                         if parents.is_none() {
                             parents = Some(self.reader.by_user(obj).await?);
                         }
                         for (o2, r2) in parents.iter().flatten() {
                             if *r2 == ts && object_type(o2) == td2.type_name {
-                                todo.push(format!("{o2}#{r3}"));
+                                rev.push(o2, r3);
                             }
                         }
                     }
                 }
             }
         }
-        Ok(cands)
+        Ok(false)
     }
 
     /// Users of the filter type (and relation) with `relation` on `object`.
@@ -637,6 +647,107 @@ impl<'a> Evaluator<'a> {
         }
         Ok(out)
     }
+}
+
+/// The state of a ListObjects reverse expansion.
+struct Reverse {
+    target: String,
+    /// (type, relation) pairs the target relation can depend on; nothing
+    /// else can lead to it, so nothing else is expanded.
+    relevant: HashSet<(String, String)>,
+    todo: Vec<String>,
+    seen: HashSet<String>,
+    found: HashSet<String>,
+    /// Candidates found since the last round of checks.
+    fresh: Vec<String>,
+}
+
+impl Reverse {
+    fn start(model: &AuthorizationModel, target: &str, relation: &str, user: &str) -> Reverse {
+        let mut r = Reverse {
+            target: target.to_string(),
+            relevant: dependencies(model, target, relation),
+            todo: Vec::new(),
+            seen: HashSet::new(),
+            found: HashSet::new(),
+            fresh: Vec::new(),
+        };
+        // A userset as the user (`group:x#member`) is a node itself.
+        if let Some((t, id, Some(rel))) = parse_user(user) {
+            r.push(&format!("{t}:{id}"), rel);
+        }
+        r
+    }
+
+    fn push(&mut self, object: &str, relation: &str) {
+        if self
+            .relevant
+            .contains(&(object_type(object).to_string(), relation.to_string()))
+        {
+            self.todo.push(format!("{object}#{relation}"));
+        }
+    }
+}
+
+/// Every (type, relation) that `type#relation` can depend on, itself
+/// included: the relations its rewrite computes, the usersets its direct
+/// types allow, and what tuple-to-usersets compute on their parents.
+fn dependencies(
+    model: &AuthorizationModel,
+    object_type: &str,
+    relation: &str,
+) -> HashSet<(String, String)> {
+    fn walk(
+        model: &AuthorizationModel,
+        ty: &str,
+        rel: &str,
+        rw: &Userset,
+        out: &mut Vec<(String, String)>,
+    ) {
+        let direct = |r: &str| {
+            model
+                .type_def(ty)
+                .map(|d| d.direct_types(r).to_vec())
+                .unwrap_or_default()
+        };
+        match rw {
+            Userset::This(_) => {
+                for d in direct(rel) {
+                    if let Some(r) = d.relation {
+                        out.push((d.type_name, r));
+                    }
+                }
+            }
+            Userset::Computed(or) => out.push((ty.to_string(), or.relation.clone())),
+            Userset::TupleToUserset(t) => {
+                for d in direct(&t.tupleset.relation) {
+                    if d.relation.is_none() {
+                        out.push((d.type_name, t.computed_userset.relation.clone()));
+                    }
+                }
+            }
+            Userset::Union(u) | Userset::Intersection(u) => {
+                for c in &u.child {
+                    walk(model, ty, rel, c, out);
+                }
+            }
+            Userset::Difference(d) => {
+                walk(model, ty, rel, &d.base, out);
+                walk(model, ty, rel, &d.subtract, out);
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut stack = vec![(object_type.to_string(), relation.to_string())];
+    while let Some((t, r)) = stack.pop() {
+        if !seen.insert((t.clone(), r.clone())) {
+            continue;
+        }
+        if let Some(rw) = model.rewrite(&t, &r) {
+            walk(model, &t, &r, rw, &mut stack);
+        }
+    }
+    seen
 }
 
 /// Does `rw` use `relation` of the same object (a computed userset)?

@@ -49,15 +49,19 @@ struct ServeArgs {
     /// Migrations run on start.
     #[arg(long, env = "FGA_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Cache `object#relation -> users` in memory. Correct only while this
-    /// process is the database's only writer: default on for SQLite, off for
-    /// PostgreSQL (which several workers may share).
+    /// Cache tuples (by object) and store metadata in memory. Correct only
+    /// while this process is the database's only writer: default on for
+    /// SQLite, off for PostgreSQL (which several workers may share).
     #[arg(long)]
-    users_cache: Option<bool>,
-    /// Most `object#relation` lists the users cache holds (about a quarter
-    /// is evicted when full).
-    #[arg(long, default_value_t = 1_000_000)]
-    users_cache_entries: usize,
+    cache: Option<bool>,
+    /// About how many tuples the cache holds (a quarter of the objects is
+    /// evicted when full; about 100 bytes per tuple).
+    #[arg(long, default_value_t = 2_000_000)]
+    cache_tuples: usize,
+    /// Fill the cache from the database in the background at start (while
+    /// it has room), so the first requests do not pay for cold reads.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    warm_cache: bool,
     /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
     /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
     #[arg(
@@ -184,8 +188,9 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let postgres = fga_dataplane::store::is_postgres_url(&url);
     let mut opts = fga_dataplane::store::DbOptions::for_url(&url);
-    opts.users_cache = a.users_cache.unwrap_or(opts.users_cache);
-    opts.users_cache_entries = a.users_cache_entries;
+    opts.cache = a.cache.unwrap_or(opts.cache);
+    opts.cache_tuples = a.cache_tuples;
+    let opts_cache = opts.cache;
     let db = fga_dataplane::store::Db::connect_with(&url, opts)
         .await
         .with_context(|| {
@@ -196,6 +201,22 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let db_backend = db.backend();
+    if opts_cache && a.warm_cache {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            match db.warm_cache_all().await {
+                Ok(n) => tracing::info!(
+                    tuples = n,
+                    secs = t0.elapsed().as_secs_f64(),
+                    "cache warmed"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "warming the cache failed (reads go to the database)")
+                }
+            }
+        });
+    }
     let app = fga_dataplane::api::router(fga_dataplane::api::AppState {
         db,
         keys: Arc::new(keys.clone()),

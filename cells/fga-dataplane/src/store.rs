@@ -2,7 +2,7 @@
 //! `migrations/sqlite/fga`). Every read the evaluator makes goes through an
 //! index; nothing scans a store.
 
-use crate::cache::{ModelCache, UsersCache};
+use crate::cache::{ModelCache, ObjectTuples, TupleCache};
 use crate::engine::{object_type, EvalError, TupleKey, TupleReader, Users};
 use crate::model::AuthorizationModel;
 use chrono::{DateTime, Utc};
@@ -119,7 +119,7 @@ macro_rules! on_pool {
 #[derive(Clone)]
 pub struct Db {
     pool: Pool,
-    users: Option<Arc<UsersCache>>,
+    tuples: Option<Arc<TupleCache>>,
     models: Arc<ModelCache>,
 }
 
@@ -130,12 +130,13 @@ fn split(object: &str) -> (&str, &str) {
 /// How a [`Db`] is opened.
 #[derive(Debug, Clone)]
 pub struct DbOptions {
-    /// Keep a read-through cache of `object#relation -> users`. Correct only
-    /// while this process is the database's only writer (so on by default for
-    /// SQLite, off for PostgreSQL, which several workers may share).
-    pub users_cache: bool,
-    /// Most `object#relation` lists the users cache holds.
-    pub users_cache_entries: usize,
+    /// Keep a read-through cache of tuples by object (and of store
+    /// metadata). Correct only while this process is the database's only
+    /// writer (so on by default for SQLite, off for PostgreSQL, which several
+    /// workers may share).
+    pub cache: bool,
+    /// About how many tuples the cache holds.
+    pub cache_tuples: usize,
     /// Connections in the pool.
     pub max_connections: u32,
 }
@@ -145,8 +146,8 @@ impl DbOptions {
     pub fn for_url(url: &str) -> DbOptions {
         let postgres = is_postgres_url(url);
         DbOptions {
-            users_cache: !postgres,
-            users_cache_entries: 1_000_000,
+            cache: !postgres,
+            cache_tuples: 2_000_000,
             max_connections: if postgres { 16 } else { 8 },
         }
     }
@@ -194,10 +195,10 @@ impl Db {
         };
         Ok(Db {
             pool,
-            users: opts
-                .users_cache
-                .then(|| Arc::new(UsersCache::new(opts.users_cache_entries))),
-            models: Arc::new(ModelCache::new(opts.users_cache)),
+            tuples: opts
+                .cache
+                .then(|| Arc::new(TupleCache::new(opts.cache_tuples))),
+            models: Arc::new(ModelCache::new(opts.cache)),
         })
     }
 
@@ -210,7 +211,7 @@ impl Db {
     }
 
     fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
-        if let Some(c) = &self.users {
+        if let Some(c) = &self.tuples {
             c.invalidate(store, keys);
         }
     }
@@ -269,7 +270,7 @@ impl Db {
 
     pub async fn delete_store(&self, id: &str) -> Result<bool> {
         self.models.forget_store(id);
-        if let Some(c) = &self.users {
+        if let Some(c) = &self.tuples {
             c.drop_store(id);
         }
         let n = on_pool!(&self.pool, p => sqlx::query("UPDATE stores SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
@@ -539,12 +540,105 @@ impl Db {
         )
     }
 
+    /// Fill the tuple cache with a store's objects, in key order, while it
+    /// has room (objects too large to cache are skipped). Safe beside
+    /// traffic: a page read while a write commits is simply not kept.
+    /// Returns how many tuples were cached.
+    pub async fn warm_cache(&self, store: &str) -> Result<usize> {
+        const PAGE: i64 = 20_000;
+        let Some(cache) = &self.tuples else {
+            return Ok(0);
+        };
+        let mut after = [String::new(), String::new(), String::new(), String::new()];
+        let mut cached = 0usize;
+        loop {
+            if !cache.has_room(PAGE as usize) {
+                break;
+            }
+            let generation = cache.generation();
+            let rows: Vec<(String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+                "SELECT object_type, object_id, relation, \"user\" FROM tuples
+                 WHERE store = $1 AND (object_type, object_id, relation, \"user\") > ($2, $3, $4, $5)
+                 ORDER BY object_type, object_id, relation, \"user\" LIMIT $6",
+            )
+            .bind(store)
+            .bind(&after[0])
+            .bind(&after[1])
+            .bind(&after[2])
+            .bind(&after[3])
+            .bind(PAGE)
+            .fetch_all(p)
+            .await)?;
+            let full = rows.len() as i64 == PAGE;
+            let Some(last) = rows.last().cloned() else {
+                break;
+            };
+            // Group by object; the page's last object may go on in the next
+            // page, so it is left for that page (or skipped, when it alone
+            // fills a page: too large to cache).
+            // ((object type, object id), [(relation, user)])
+            type Rows = Vec<(String, String)>;
+            let mut objects: Vec<((String, String), Rows)> = Vec::new();
+            for (ot, oid, rel, user) in rows {
+                match objects.last_mut() {
+                    Some((key, v)) if key.0 == ot && key.1 == oid => v.push((rel, user)),
+                    _ => objects.push(((ot, oid), vec![(rel, user)])),
+                }
+            }
+            if full {
+                if objects.len() > 1 {
+                    objects.pop();
+                    after = [last.0, last.1, String::new(), String::new()];
+                } else {
+                    // One object alone fills a page: skip past all of it.
+                    after = [
+                        last.0,
+                        format!("{}\u{0}", last.1),
+                        String::new(),
+                        String::new(),
+                    ];
+                    continue;
+                }
+            }
+            let n: usize = objects.iter().map(|(_, v)| v.len()).sum();
+            let kept = cache.put_many(
+                generation,
+                store,
+                objects.into_iter().map(|((ot, oid), v)| {
+                    (format!("{ot}:{oid}"), Arc::new(ObjectTuples::from_rows(v)))
+                }),
+            );
+            if kept {
+                cached += n;
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(cached)
+    }
+
+    /// Warm the cache with every store, oldest first, while it has room.
+    pub async fn warm_cache_all(&self) -> Result<usize> {
+        let mut total = 0;
+        let mut after = String::new();
+        loop {
+            let stores = self.list_stores(&after, 100).await?;
+            let Some(last) = stores.last() else { break };
+            after = last.id.clone();
+            for s in &stores {
+                total += self.warm_cache(&s.id).await?;
+            }
+        }
+        Ok(total)
+    }
+
     /// A reader for evaluation in one store.
     pub fn reader(&self, store: &str) -> SqlReader {
         SqlReader {
             pool: self.pool.clone(),
             store: store.to_string(),
-            cache: self.users.clone(),
+            cache: self.tuples.clone(),
         }
     }
 }
@@ -570,22 +664,48 @@ fn parse_model(body: &str) -> Result<AuthorizationModel> {
 pub struct SqlReader {
     pool: Pool,
     store: String,
-    cache: Option<Arc<UsersCache>>,
+    cache: Option<Arc<TupleCache>>,
 }
 
+/// Objects with more tuples than this are not cached (each read of them
+/// goes to the database, by relation).
+const MAX_CACHED_OBJECT: usize = 10_000;
+
 impl SqlReader {
-    /// The users of `object#relation`, through the cache.
-    async fn users(
+    /// All tuples of `object`, through the cache; `None` without a cache or
+    /// for an object too large to cache.
+    async fn object(
         &self,
         object: &str,
-        relation: &str,
-    ) -> std::result::Result<Arc<Vec<String>>, EvalError> {
-        let cached = self
-            .cache
-            .as_ref()
-            .map(|c| (c.get(&self.store, object, relation), c.generation()));
-        if let Some((Some(v), _)) = cached {
-            return Ok(v);
+    ) -> std::result::Result<Option<Arc<ObjectTuples>>, EvalError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        if let Some(o) = cache.get(&self.store, object) {
+            return Ok(Some(o));
+        }
+        let generation = cache.generation();
+        let (ot, oid) = split(object);
+        let rows: Vec<(String, String)> = on_pool!(&self.pool, p => sqlx::query_as("SELECT relation, \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 LIMIT $4")
+            .bind(&self.store)
+            .bind(ot)
+            .bind(oid)
+            .bind(MAX_CACHED_OBJECT as i64 + 1)
+            .fetch_all(p)
+            .await)
+        .map_err(storage)?;
+        if rows.len() > MAX_CACHED_OBJECT {
+            return Ok(None);
+        }
+        let o = Arc::new(ObjectTuples::from_rows(rows));
+        cache.put(generation, &self.store, object, o.clone());
+        Ok(Some(o))
+    }
+
+    /// The users of `object#relation`.
+    async fn users(&self, object: &str, relation: &str) -> std::result::Result<Users, EvalError> {
+        if let Some(o) = self.object(object).await? {
+            return Ok(o.users(relation));
         }
         let (ot, oid) = split(object);
         let v: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4")
@@ -596,11 +716,30 @@ impl SqlReader {
             .fetch_all(p)
             .await)
         .map_err(storage)?;
-        let v = Arc::new(v);
-        if let (Some(c), Some((_, generation))) = (&self.cache, cached) {
-            c.put(generation, &self.store, object, relation, v.clone());
+        Ok(Arc::new(v))
+    }
+
+    /// Does the tuple exist? (A point read by primary key when not cached.)
+    async fn has(
+        &self,
+        object: &str,
+        relation: &str,
+        user: &str,
+    ) -> std::result::Result<bool, EvalError> {
+        if let Some(o) = self.object(object).await? {
+            return Ok(o.contains(relation, user));
         }
-        Ok(v)
+        let (ot, oid) = split(object);
+        let hit: Option<i32> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT 1 FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5")
+            .bind(&self.store)
+            .bind(ot)
+            .bind(oid)
+            .bind(relation)
+            .bind(user)
+            .fetch_optional(p)
+            .await)
+        .map_err(storage)?;
+        Ok(hit.is_some())
     }
 }
 
@@ -623,13 +762,7 @@ impl TupleReader for SqlReader {
         relation: &'a str,
         user: &'a str,
     ) -> BoxFuture<'a, std::result::Result<bool, EvalError>> {
-        Box::pin(async move {
-            Ok(self
-                .users(object, relation)
-                .await?
-                .iter()
-                .any(|u| u == user))
-        })
+        Box::pin(self.has(object, relation, user))
     }
     fn objects_of_type<'a>(
         &'a self,

@@ -271,6 +271,13 @@ async fn evaluation(db: &Db) {
     people.sort();
     assert_eq!(people, vec!["user:anne", "user:bob"]);
 
+    // Warming loads every tuple into the cache (SQLite; PostgreSQL has none).
+    let warmed = db.warm_cache(&s).await.expect("warm");
+    assert_eq!(warmed, if db.backend() == "sqlite" { 5 } else { 0 });
+    assert!(reader
+        .exists("group:eng", "member", "user:anne")
+        .await
+        .expect("exists"));
     let ev = Evaluator::new(&model, &reader);
     assert!(ev
         .check("doc:1", "viewer", "user:anne")

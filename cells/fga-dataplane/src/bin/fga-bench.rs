@@ -158,7 +158,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: fga-bench [--tuples N (1000000)] [--checks N (20000)] [--concurrency N (32)] [--data-dir DIR] [--model-test FILE]");
+        println!("usage: fga-bench [--tuples N (1000000)] [--checks N (20000)] [--concurrency N (32)] [--data-dir DIR] [--model-test FILE] [--http-bodies FILE]");
         return Ok(());
     }
     let n = num(&args, "--tuples", 1_000_000)?;
@@ -214,18 +214,65 @@ async fn main() -> anyhow::Result<()> {
         sizes.users, sizes.groups, sizes.folders, sizes.docs
     );
 
-    // Check at saturation, in process.
+    // Random check bodies for an HTTP load generator (`oha -Z FILE`).
+    let mut rng = StdRng::seed_from_u64(7);
+    let random_check = |rng: &mut StdRng| {
+        (
+            format!("document:d{}", rng.gen_range(0..sizes.docs)),
+            format!("user:u{}", rng.gen_range(0..sizes.users)),
+        )
+    };
+    if let Some(path) = arg(&args, "--http-bodies") {
+        let mut body = String::new();
+        let mut brng = StdRng::seed_from_u64(11);
+        for _ in 0..100_000 {
+            let (d, u) = random_check(&mut brng);
+            let _ = writeln!(
+                body,
+                r#"{{"tuple_key":{{"user":"{u}","relation":"viewer","object":"{d}"}}}}"#
+            );
+        }
+        std::fs::write(&path, body)?;
+        println!("wrote {path}: 100,000 random check bodies (oha -Z {path} -m POST ...)");
+    }
+
     let reader = db.reader(&store);
     let ev = Evaluator::new(&model, &reader);
-    let mut rng = StdRng::seed_from_u64(7);
-    let queries: Vec<(String, String)> = (0..checks)
-        .map(|_| {
-            (
-                format!("document:d{}", rng.gen_range(0..sizes.docs)),
-                format!("user:u{}", rng.gen_range(0..sizes.users)),
-            )
-        })
-        .collect();
+    // Check at saturation, in process: first on a cold cache (most reads go
+    // to SQLite), then after warming the cache (what `serve` does at start).
+    let queries: Vec<_> = (0..checks).map(|_| random_check(&mut rng)).collect();
+    check_pass(&ev, &queries, conc, "cold cache").await;
+    let t0 = Instant::now();
+    let n = db.warm_cache(&store).await?;
+    println!(
+        "cache warm-up: {n} tuples in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let queries: Vec<_> = (0..checks).map(|_| random_check(&mut rng)).collect();
+    check_pass(&ev, &queries, conc, "warm cache").await;
+
+    // ListObjects latency.
+    let mut lo = Vec::new();
+    for _ in 0..50 {
+        let u = format!("user:u{}", rng.gen_range(0..sizes.users));
+        let s = Instant::now();
+        let objs = ev.list_objects("document", "viewer", &u, 1000).await?;
+        lo.push((s.elapsed().as_secs_f64() * 1e3, objs.len()));
+    }
+    let mut ms: Vec<f64> = lo.iter().map(|x| x.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let avg_n = lo.iter().map(|x| x.1).sum::<usize>() as f64 / lo.len() as f64;
+    println!("in-process ListObjects (document#viewer, 50 users): p50 {:.2} ms, p99 {:.2} ms, {avg_n:.1} objects on average", percentile(&ms, 0.5), percentile(&ms, 0.99));
+    if let Some(path) = arg(&args, "--model-test") {
+        model_test_file(&path, &model, &mut rng).await?;
+    }
+    Ok(())
+}
+
+/// Run `queries` (document, user) as `viewer` checks, `conc` at a time; print
+/// throughput and latency.
+async fn check_pass(ev: &Evaluator<'_>, queries: &[(String, String)], conc: usize, what: &str) {
+    let checks = queries.len();
     let t0 = Instant::now();
     let mut lat = Vec::with_capacity(checks);
     let (mut allowed, mut errors) = (0usize, 0usize);
@@ -253,27 +300,20 @@ async fn main() -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
     println!(
-        "in-process Check: {checks} checks, concurrency {conc}: {:.0} checks/s, p50 {:.3} ms, p99 {:.3} ms ({allowed} allowed, {errors} errors)",
+        "in-process Check ({what}): {checks} checks, concurrency {conc}: {:.0} checks/s, p50 {:.3} ms, p99 {:.3} ms ({allowed} allowed, {errors} errors)",
         checks as f64 / secs,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
     );
+}
 
-    // ListObjects latency.
-    let mut lo = Vec::new();
-    for _ in 0..50 {
-        let u = format!("user:u{}", rng.gen_range(0..sizes.users));
-        let s = Instant::now();
-        let objs = ev.list_objects("document", "viewer", &u, 1000).await?;
-        lo.push((s.elapsed().as_secs_f64() * 1e3, objs.len()));
-    }
-    let mut ms: Vec<f64> = lo.iter().map(|x| x.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let avg_n = lo.iter().map(|x| x.1).sum::<usize>() as f64 / lo.len() as f64;
-    println!("in-process ListObjects (document#viewer, 50 users): p50 {:.2} ms, p99 {:.2} ms, {avg_n:.1} objects on average", percentile(&ms, 0.5), percentile(&ms, 0.99));
-
-    // A .fga.yaml with a smaller store and the same kind of checks.
-    if let Some(path) = arg(&args, "--model-test") {
+/// A `.fga.yaml` with a smaller store and the same kind of checks.
+async fn model_test_file(
+    path: &str,
+    model: &fga_dataplane::model::AuthorizationModel,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
+    {
         let small = Sizes::for_tuples(20_000);
         let mut y = String::from("model: |\n");
         for l in MODEL.lines() {
@@ -290,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
                 y.push_str(&line);
             }
         });
-        let sev = Evaluator::new(&model, &mem);
+        let sev = Evaluator::new(model, &mem);
         y.push_str("tests:\n  - name: checks\n    check:\n");
         for _ in 0..2000 {
             let d = format!("document:d{}", rng.gen_range(0..small.docs));
