@@ -341,7 +341,7 @@ async fn model_test_file(
                 "      - {{ user: \"{u}\", object: \"{d}\", assertions: {{ viewer: {v} }} }}"
             );
         }
-        std::fs::write(&path, y)?;
+        std::fs::write(path, y)?;
         println!("wrote {path}: 20,000 tuples, 2,000 checks (time it with `fga model test --tests` and `fga-dataplane test --tests`)");
     }
     Ok(())
