@@ -58,23 +58,47 @@ fn total_cost(shapes: &[Shape], bins: &[Bin]) -> f64 {
     bins.iter().map(|b| shapes[b.shape].cost).sum()
 }
 
-/// The planner's packing: best fit decreasing on workhorse cells, choosing
-/// for each tenant the cell it leaves most evenly and tightly filled (the
-/// smallest remaining capacity, as a norm over dimensions, so that no one
-/// dimension strands the others), then every cell right-sized to the
-/// cheapest shape that holds its load within the headroom.
-pub fn plan(shapes: &[Shape], demands: &[Vector], policy: &Policy) -> Packing {
+/// Decreasing-order packing on workhorse cells: `choose` picks, among the
+/// open cells (and the tenant's demand and the usable capacity), the one to
+/// add the tenant to, or `None` to open a new cell.
+fn decreasing_fit(
+    shapes: &[Shape],
+    demands: &[Vector],
+    policy: &Policy,
+    choose: impl Fn(&[Bin], Vector, Vector) -> Option<usize>,
+) -> (Vec<Bin>, Vec<usize>) {
     let w = workhorse(shapes);
     let cap = usable(shapes, w, policy);
     let mut bins: Vec<Bin> = Vec::new();
     let mut unplaceable = Vec::new();
-    // Open cells with room, and their remaining capacity normalized.
     for i in decreasing(demands, cap) {
         let d = demands[i];
         if !fits([0.0; 3], d, cap) {
             unplaceable.push(i);
             continue;
         }
+        match choose(&bins, d, cap) {
+            Some(j) => {
+                bins[j].load = add(bins[j].load, d);
+                bins[j].tenants.push(i);
+            }
+            None => bins.push(Bin {
+                shape: w,
+                load: d,
+                tenants: vec![i],
+            }),
+        }
+    }
+    (bins, unplaceable)
+}
+
+/// The planner's packing: best fit decreasing on workhorse cells, choosing
+/// for each tenant the cell it leaves most evenly and tightly filled (the
+/// smallest remaining capacity, as a norm over dimensions, so that no one
+/// dimension strands the others), then every cell right-sized to the
+/// cheapest shape that holds its load within the headroom.
+pub fn plan(shapes: &[Shape], demands: &[Vector], policy: &Policy) -> Packing {
+    let (mut bins, unplaceable) = decreasing_fit(shapes, demands, policy, |bins, d, cap| {
         let mut best: Option<(f64, usize)> = None;
         for (j, b) in bins.iter().enumerate() {
             if !fits(b.load, d, cap) {
@@ -90,21 +114,14 @@ pub fn plan(shapes: &[Shape], demands: &[Vector], policy: &Policy) -> Packing {
                 best = Some((r, j));
             }
         }
-        match best {
-            Some((_, j)) => {
-                bins[j].load = add(bins[j].load, d);
-                bins[j].tenants.push(i);
-            }
-            None => bins.push(Bin {
-                shape: w,
-                load: d,
-                tenants: vec![i],
-            }),
-        }
-    }
+        best.map(|b| b.1)
+    });
     for b in &mut bins {
         if let Some(s) = crate::recommend_shape(shapes, b.load, policy) {
-            b.shape = shapes.iter().position(|x| x.name == s.name).unwrap_or(w);
+            b.shape = shapes
+                .iter()
+                .position(|x| x.name == s.name)
+                .unwrap_or(b.shape);
         }
     }
     let cost = total_cost(shapes, &bins);
@@ -117,28 +134,9 @@ pub fn plan(shapes: &[Shape], demands: &[Vector], policy: &Policy) -> Packing {
 
 /// The baseline: first fit decreasing on workhorse cells, as they are.
 pub fn first_fit_decreasing(shapes: &[Shape], demands: &[Vector], policy: &Policy) -> Packing {
-    let w = workhorse(shapes);
-    let cap = usable(shapes, w, policy);
-    let mut bins: Vec<Bin> = Vec::new();
-    let mut unplaceable = Vec::new();
-    for i in decreasing(demands, cap) {
-        let d = demands[i];
-        if !fits([0.0; 3], d, cap) {
-            unplaceable.push(i);
-            continue;
-        }
-        match bins.iter_mut().find(|b| fits(b.load, d, cap)) {
-            Some(b) => {
-                b.load = add(b.load, d);
-                b.tenants.push(i);
-            }
-            None => bins.push(Bin {
-                shape: w,
-                load: d,
-                tenants: vec![i],
-            }),
-        }
-    }
+    let (bins, unplaceable) = decreasing_fit(shapes, demands, policy, |bins, d, cap| {
+        bins.iter().position(|b| fits(b.load, d, cap))
+    });
     let cost = total_cost(shapes, &bins);
     Packing {
         bins,
