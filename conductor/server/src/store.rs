@@ -53,7 +53,7 @@ pub struct Store {
     writer: std::sync::Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct PipelineRow {
     pub name: String,
     pub yaml: String,
@@ -84,7 +84,7 @@ pub struct CellRow {
     pub versions: Vec<CellVersion>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeployLogRow {
     pub seq: i64,
     pub cell_id: String,
@@ -95,7 +95,7 @@ pub struct DeployLogRow {
     pub at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ArtifactRow {
     pub name: String,
     pub version: String,
@@ -112,7 +112,7 @@ pub struct TokenRow {
     pub groups: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AuditRow {
     pub seq: i64,
     pub at: String,
@@ -122,7 +122,7 @@ pub struct AuditRow {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct TrainRow {
     pub id: String,
     pub pipeline: String,
@@ -184,22 +184,20 @@ impl Store {
     }
 
     pub async fn get_pipeline(&self, name: &str) -> Result<Option<PipelineRow>> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| pipeline_row(&r)).transpose()
+        .await?)
     }
 
     pub async fn list_pipelines(&self) -> Result<Vec<PipelineRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines ORDER BY name",
         )
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(pipeline_row).collect()
+        .await?)
     }
 
     // ---- trains and events -----------------------------------------------
@@ -281,27 +279,14 @@ impl Store {
     }
 
     pub async fn list_trains(&self, pipeline: Option<&str>, limit: i64) -> Result<Vec<TrainRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, pipeline, version, status, started_by, created_at, updated_at FROM trains
              WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
         )
         .bind(pipeline)
         .bind(limit)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrainRow {
-                    id: r.try_get(0)?,
-                    pipeline: r.try_get(1)?,
-                    version: r.try_get(2)?,
-                    status: r.try_get(3)?,
-                    started_by: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                    updated_at: r.try_get(6)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     pub async fn count_trains_by_status(&self) -> Result<Vec<(String, i64)>> {
@@ -406,25 +391,12 @@ impl Store {
     }
 
     pub async fn deploy_log(&self, cell: Option<&str>) -> Result<Vec<DeployLogRow>> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT seq, cell_id, artifact, version, key, kind, at FROM deploy_log WHERE (?1 IS NULL OR cell_id = ?1) ORDER BY seq",
         )
         .bind(cell)
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DeployLogRow {
-                    seq: r.try_get(0)?,
-                    cell_id: r.try_get(1)?,
-                    artifact: r.try_get(2)?,
-                    version: r.try_get(3)?,
-                    key: r.try_get(4)?,
-                    kind: r.try_get(5)?,
-                    at: r.try_get(6)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     pub async fn put_step_log(
@@ -562,19 +534,17 @@ impl Store {
     }
 
     pub async fn get_artifact(&self, name: &str, version: &str) -> Result<Option<ArtifactRow>> {
-        let row = sqlx::query("SELECT name, version, sha256, size, pushed_by, pushed_at FROM artifacts WHERE name = ? AND version = ?")
+        Ok(sqlx::query_as("SELECT name, version, sha256, size, pushed_by, pushed_at FROM artifacts WHERE name = ? AND version = ?")
             .bind(name)
             .bind(version)
             .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| artifact_row(&r)).transpose()
+            .await?)
     }
 
     pub async fn list_artifacts(&self) -> Result<Vec<ArtifactRow>> {
-        let rows = sqlx::query("SELECT name, version, sha256, size, pushed_by, pushed_at FROM artifacts ORDER BY name, pushed_at")
+        Ok(sqlx::query_as("SELECT name, version, sha256, size, pushed_by, pushed_at FROM artifacts ORDER BY name, pushed_at")
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(artifact_row).collect()
+            .await?)
     }
 
     // ---- tokens and audit ---------------------------------------------------
@@ -651,23 +621,11 @@ impl Store {
     }
 
     pub async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
-        let rows = sqlx::query("SELECT seq, at, actor, action, target, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?")
+        Ok(sqlx::query_as("SELECT seq, at, actor, action, target, detail FROM audit WHERE seq > ? ORDER BY seq LIMIT ?")
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    seq: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    target: r.try_get(4)?,
-                    detail: r.try_get(5)?,
-                })
-            })
-            .collect()
+            .await?)
     }
 }
 
@@ -689,25 +647,4 @@ async fn insert_events(conn: &mut sqlx::SqliteConnection, rows: &[EventRowText<'
     // Each row count is a new SQL text: keep it out of the statement cache.
     q.build().persistent(false).execute(conn).await?;
     Ok(())
-}
-
-fn pipeline_row(r: &sqlx::sqlite::SqliteRow) -> Result<PipelineRow> {
-    Ok(PipelineRow {
-        name: r.try_get(0)?,
-        yaml: r.try_get(1)?,
-        revision: r.try_get(2)?,
-        submitted_by: r.try_get(3)?,
-        submitted_at: r.try_get(4)?,
-    })
-}
-
-fn artifact_row(r: &sqlx::sqlite::SqliteRow) -> Result<ArtifactRow> {
-    Ok(ArtifactRow {
-        name: r.try_get(0)?,
-        version: r.try_get(1)?,
-        sha256: r.try_get(2)?,
-        size: r.try_get(3)?,
-        pushed_by: r.try_get(4)?,
-        pushed_at: r.try_get(5)?,
-    })
 }
