@@ -450,25 +450,27 @@ async fn list_stores(State(st): State<AppState>, Query(p): Query<Page>) -> ApiRe
 }
 
 async fn store_exists(st: &AppState, id: &str) -> ApiResult<crate::store::StoreRow> {
-    if !is_ulid(id) {
-        return Err(ApiError::validation(format!(
-            "invalid store id '{id}': must be a ULID"
-        )));
-    }
+    store_id(id)?;
     st.db.get_store(id).await?.ok_or_else(store_not_found)
 }
 
 /// Like [`store_exists`], for the hot path (cached; no row).
 async fn live_store(st: &AppState, id: &str) -> ApiResult<()> {
-    if !is_ulid(id) {
-        return Err(ApiError::validation(format!(
-            "invalid store id '{id}': must be a ULID"
-        )));
-    }
+    store_id(id)?;
     if st.db.store_exists(id).await? {
         Ok(())
     } else {
         Err(store_not_found())
+    }
+}
+
+fn store_id(id: &str) -> ApiResult<()> {
+    if is_ulid(id) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(format!(
+            "invalid store id '{id}': must be a ULID"
+        )))
     }
 }
 
