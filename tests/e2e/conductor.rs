@@ -1,7 +1,7 @@
 //! End-to-end: the real `conductor` binary, local cells as child processes
 //! on loopback, driven through the CLI and the HTTP API.
 
-use e2e::{cells_yaml, sample_pipeline, Conductor};
+use e2e::{cells_yaml, sample_pipeline, spans, Conductor};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -283,26 +283,6 @@ fn kill_9_mid_train_then_restart_completes_without_double_deploys() {
     // The cells came back after the restart and serve the version.
     let routes = c.get(&c.admin, "/routes");
     assert_eq!(routes["routes"].as_object().map(|m| m.len()), Some(6));
-}
-
-/// Per cell, the time spans during which each train held it.
-fn spans(c: &Conductor, id: &str) -> BTreeMap<String, (String, String)> {
-    let ev = c.get(&c.admin, &format!("/trains/{id}/events?limit=5000"));
-    let mut m: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for e in ev["events"].as_array().expect("events") {
-        let at = e["at"].as_str().unwrap_or("").to_string();
-        let cell = match e["event"]["type"].as_str() {
-            Some("lease_granted") | Some("step_finished") | Some("wake") => {
-                e["event"]["cell"].as_str().map(String::from)
-            }
-            _ => None,
-        };
-        if let Some(cell) = cell {
-            let s = m.entry(cell).or_insert_with(|| (at.clone(), at.clone()));
-            s.1 = at;
-        }
-    }
-    m
 }
 
 #[test]

@@ -261,3 +261,49 @@ pub fn sample_pipeline(name: &str, waves: &str, on_failure: &str, bake: &str) ->
         "name: {name}\nartifact: {{ kind: binary, name: sample-service, args: [\"--port\", \"{{port}}\"] }}\ncells: {{ labels: {{ service: fga }} }}\nsteps:\n  - deploy: {{ health_timeout: 5s }}\n  - test: {{ http: {{ path: /version }}, min_requests: 5 }}\n  - bake: {bake}\nwaves:\n{waves}on_failure: {on_failure}\n"
     )
 }
+
+/// Per cell, the time spans during which each train held it.
+pub fn spans(c: &Conductor, id: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let ev = c.get(&c.admin, &format!("/trains/{id}/events?limit=5000"));
+    let mut m: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for e in ev["events"].as_array().expect("events") {
+        let at = e["at"].as_str().unwrap_or("").to_string();
+        let cell = match e["event"]["type"].as_str() {
+            Some("lease_granted") | Some("step_finished") | Some("wake") => {
+                e["event"]["cell"].as_str().map(String::from)
+            }
+            _ => None,
+        };
+        if let Some(cell) = cell {
+            let s = m.entry(cell).or_insert_with(|| (at.clone(), at.clone()));
+            s.1 = at;
+        }
+    }
+    m
+}
+
+/// An RFC 3339 UTC timestamp in a form that compares as a string whatever
+/// its number of fractional digits (`...:SS.nnnnnnnnnZ`).
+pub fn norm_ts(s: &str) -> String {
+    let s = s.trim_end_matches('Z');
+    let (main, frac) = s.split_once('.').unwrap_or((s, ""));
+    format!("{main}.{frac:0<9}Z")
+}
+
+impl Conductor {
+    /// Wait for a resize to end; returns it.
+    pub fn wait_resize(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = self.get(&self.admin, &format!("/resizes/{id}"))["resize"].clone();
+            if matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "rejected")
+            ) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "resize {id} did not end: {r:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -41,6 +41,16 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// This worker's own port on 127.0.0.1 (also CELL_WORKER_PORT, which the
+    /// Conductor's local target sets): the same API, answered by this
+    /// process only, for per-worker health checks, metrics and rate limits.
+    #[arg(long, env = "CELL_WORKER_PORT")]
+    worker_port: Option<u16>,
+    /// How many worker processes share the database and `--addr` (also
+    /// CELL_WORKERS). With more than one, the cache defaults to off, since
+    /// it is correct only for a single writer.
+    #[arg(long, env = "CELL_WORKERS", default_value_t = 1)]
+    workers: u32,
     /// Where the SQLite database lives (`DIR/fga.db`), unless --database-url is given.
     #[arg(long, default_value = ".fga-data")]
     data_dir: PathBuf,
@@ -188,7 +198,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let postgres = fga_dataplane::store::is_postgres_url(&url);
     let mut opts = fga_dataplane::store::DbOptions::for_url(&url);
-    opts.cache = a.cache.unwrap_or(opts.cache);
+    opts.cache = a.cache.unwrap_or(opts.cache && a.workers <= 1);
     opts.cache_tuples = a.cache_tuples;
     let opts_cache = opts.cache;
     let db = fga_dataplane::store::Db::connect_with(&url, opts)
@@ -226,10 +236,21 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         metrics: Arc::new(fga_dataplane::metrics::Metrics::default()),
         started: std::time::Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind(&a.addr)
+    let listener = shared_listener(&a.addr)
         .await
         .with_context(|| format!("listening on {}", a.addr))?;
     let local = listener.local_addr()?;
+    if let Some(wp) = a.worker_port {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", wp))
+            .await
+            .with_context(|| format!("listening on worker port 127.0.0.1:{wp}"))?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "the worker port stopped serving");
+            }
+        });
+    }
     println!(
         "fga-dataplane listening on http://{local} (store: {}, authentication: {})",
         db_backend,
@@ -246,4 +267,22 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")
+}
+
+/// Listen on `addr` with `SO_REUSEPORT`, so that a cell's worker processes
+/// share one port (the kernel spreads connections over them).
+async fn shared_listener(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let sa = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{addr} resolves to no address"))?;
+    let sock = if sa.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
+    sock.bind(sa)?;
+    Ok(sock.listen(1024)?)
 }

@@ -4,6 +4,7 @@
 //! - [`plan`]: a pipeline resolved against the cell inventory (waves of cells,
 //!   the wave graph, projected durations).
 //! - [`train`]: the release-train state machine, `apply(state, event, now)`.
+//! - [`resize`]: resize operations (approval, the cell lease, one actuation).
 //! - [`window`] and [`duration`]: deploy windows and human durations.
 //!
 //! Nothing here does I/O, reads a clock, or knows about tokio, sqlx or HTTP.
@@ -11,5 +12,6 @@
 pub mod duration;
 pub mod pipeline;
 pub mod plan;
+pub mod resize;
 pub mod train;
 pub mod window;

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod leases;
 pub mod metrics;
 pub mod procs;
+pub mod resizer;
 pub mod store;
 pub mod targets;
 pub mod up;

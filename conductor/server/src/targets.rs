@@ -49,14 +49,6 @@ pub fn valid_version(v: &str) -> bool {
         && !v.starts_with('.')
 }
 
-/// A started process: its retired flag, its kill switch, and where it
-/// reports an exit before it was healthy.
-type Spawned = (
-    Arc<ProcState>,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::sync::oneshot::Receiver<String>,
-);
-
 /// Shared between a process's supervising task and the supervisor.
 #[derive(Default)]
 struct ProcState {
@@ -66,11 +58,31 @@ struct ProcState {
     pid: std::sync::atomic::AtomicU32,
 }
 
+/// One worker process of a cell's artifact. Every worker of a version serves
+/// the cell's port (the artifact binds it with `SO_REUSEPORT`, so the kernel
+/// spreads connections over them) and its own worker port, where it is
+/// health-checked, scraped and configured one by one.
+struct Worker {
+    port: u16,
+    state: Arc<ProcState>,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Worker {
+    fn retire(mut self) {
+        self.state.retired.store(true, Ordering::SeqCst);
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+    }
+}
+
+/// What a cell runs of one artifact: a version on a port, with its workers.
 struct Proc {
+    art: Artifact,
     version: String,
     port: u16,
-    retired: Arc<ProcState>,
-    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    workers: Vec<Worker>,
 }
 
 /// Supervises the local cells' processes.
@@ -80,10 +92,28 @@ pub struct Supervisor {
     http: reqwest::Client,
     procs: Mutex<HashMap<(String, String), Proc>>,
     routes_file: PathBuf,
+    /// Worker processes per shape name (a cell of an unknown shape runs one).
+    workers_by_shape: HashMap<String, u32>,
+}
+
+/// Most workers one cell may run locally.
+pub const MAX_LOCAL_WORKERS: u32 = 64;
+
+/// A free loopback port for a worker (the kernel picks it; it is free again
+/// the moment we close the probe socket, and the worker binds it next).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free loopback port: {e}"))
 }
 
 impl Supervisor {
-    pub fn new(artifacts: ArtifactDir, data_dir: PathBuf) -> Arc<Supervisor> {
+    pub fn new(
+        artifacts: ArtifactDir,
+        data_dir: PathBuf,
+        workers_by_shape: HashMap<String, u32>,
+    ) -> Arc<Supervisor> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .no_proxy()
@@ -95,11 +125,21 @@ impl Supervisor {
             data_dir,
             http,
             procs: Mutex::new(HashMap::new()),
+            workers_by_shape,
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Proc>> {
         self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many workers a cell of `shape` runs.
+    pub fn workers_for(&self, shape: &str) -> u32 {
+        self.workers_by_shape
+            .get(shape)
+            .copied()
+            .unwrap_or(1)
+            .clamp(1, MAX_LOCAL_WORKERS)
     }
 
     /// The port a cell's artifact is served on now.
@@ -109,16 +149,32 @@ impl Supervisor {
             .map(|p| p.port)
     }
 
-    /// What runs where: `{cell: {artifact: {version, port}}}`.
+    /// How many workers run each artifact on `cell`.
+    pub fn worker_counts(&self, cell: &str) -> BTreeMap<String, usize> {
+        self.lock()
+            .iter()
+            .filter(|((c, _), _)| c == cell)
+            .map(|((_, a), p)| (a.clone(), p.workers.len()))
+            .collect()
+    }
+
+    /// What runs where: `{cell: {artifact: {version, port, pid, workers}}}`
+    /// (`workers`: each worker's pid and private port).
     pub fn routes(&self) -> BTreeMap<String, BTreeMap<String, serde_json::Value>> {
         let mut m: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
         for ((cell, art), p) in self.lock().iter() {
+            let workers: Vec<serde_json::Value> = p
+                .workers
+                .iter()
+                .map(|w| serde_json::json!({"pid": w.state.pid.load(Ordering::SeqCst), "port": w.port}))
+                .collect();
             m.entry(cell.clone()).or_default().insert(
                 art.clone(),
                 serde_json::json!({
                     "version": p.version,
                     "port": p.port,
-                    "pid": p.retired.pid.load(Ordering::SeqCst),
+                    "pid": p.workers.first().map_or(0, |w| w.state.pid.load(Ordering::SeqCst)),
+                    "workers": workers,
                 }),
             );
         }
@@ -140,14 +196,19 @@ impl Supervisor {
         self.data_dir.join("cells").join(cell)
     }
 
-    /// Start `version` of `artifact` on `port` and keep it running until retired.
-    fn spawn(
+    /// Start worker `index` of `n` of `version` of `artifact` on `port`, and
+    /// keep it running until retired; returns once its worker port is healthy.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_worker(
         self: &Arc<Self>,
         cell: &CellSpec,
         art: &Artifact,
         version: &str,
         port: u16,
-    ) -> Result<Spawned, String> {
+        index: u32,
+        n: u32,
+        health_timeout: Duration,
+    ) -> Result<Worker, String> {
         let bin = self.artifacts.path(&art.name, version);
         if !bin.is_file() {
             return Err(format!(
@@ -158,41 +219,89 @@ impl Supervisor {
         let dir = self.cell_dir(&cell.id);
         std::fs::create_dir_all(dir.join("data"))
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let retired = Arc::new(ProcState::default());
+        let worker_port = free_port()?;
+        let state = Arc::new(ProcState::default());
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
-        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<String>();
+        let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel::<String>();
         let me = self.clone();
-        let (cell, art, version) = (cell.clone(), art.clone(), version.to_string());
-        let r = retired.clone();
+        let run = WorkerRun {
+            cell: cell.clone(),
+            art: art.clone(),
+            version: version.to_string(),
+            port,
+            worker_port,
+            index,
+            workers: n,
+        };
+        let st = state.clone();
         tokio::spawn(async move {
-            me.keep_running(cell, art, version, port, r, kill_rx, exit_tx)
-                .await;
+            me.keep_running(run, st, kill_rx, exit_tx).await;
         });
-        Ok((retired, kill_tx, exit_rx))
+        let worker = Worker {
+            port: worker_port,
+            state,
+            kill: Some(kill_tx),
+        };
+        match self
+            .wait_healthy(worker_port, &art.health, health_timeout, &mut exit_rx)
+            .await
+        {
+            Ok(()) => Ok(worker),
+            Err(e) => {
+                worker.retire();
+                Err(format!("worker {index}: {e}"))
+            }
+        }
     }
 
+    /// Start workers `from..to` (of `to`), retiring them all if one fails.
     #[allow(clippy::too_many_arguments)]
+    async fn start_workers(
+        self: &Arc<Self>,
+        cell: &CellSpec,
+        art: &Artifact,
+        version: &str,
+        port: u16,
+        from: u32,
+        to: u32,
+        health_timeout: Duration,
+    ) -> Result<Vec<Worker>, String> {
+        let mut started: Vec<Worker> = Vec::new();
+        for i in from..to {
+            match self
+                .start_worker(cell, art, version, port, i, to, health_timeout)
+                .await
+            {
+                Ok(w) => started.push(w),
+                Err(e) => {
+                    started.into_iter().for_each(Worker::retire);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+
     async fn keep_running(
         self: Arc<Self>,
-        cell: CellSpec,
-        art: Artifact,
-        version: String,
-        port: u16,
-        retired: Arc<ProcState>,
+        w: WorkerRun,
+        state: Arc<ProcState>,
         mut kill: tokio::sync::oneshot::Receiver<()>,
         exit_tx: tokio::sync::oneshot::Sender<String>,
     ) {
         let mut exit_tx = Some(exit_tx);
         let mut restarts = 0u32;
+        let (cell, art, version, port) = (&w.cell, &w.art, &w.version, w.port);
         loop {
-            let bin = self.artifacts.path(&art.name, &version);
+            let bin = self.artifacts.path(&art.name, version);
             let dir = self.cell_dir(&cell.id);
             let data = dir.join("data");
             let subst = |s: &str| {
                 s.replace("{port}", &port.to_string())
+                    .replace("{worker_port}", &w.worker_port.to_string())
                     .replace("{cell}", &cell.id)
                     .replace("{data_dir}", &data.display().to_string())
-                    .replace("{version}", &version)
+                    .replace("{version}", version)
             };
             let log = std::fs::OpenOptions::new()
                 .create(true)
@@ -204,8 +313,11 @@ impl Supervisor {
                 .env("CELL_REGION", &cell.region)
                 .env("CELL_SHAPE", &cell.shape)
                 .env("CELL_PORT", port.to_string())
+                .env("CELL_WORKER_PORT", w.worker_port.to_string())
+                .env("CELL_WORKER", w.index.to_string())
+                .env("CELL_WORKERS", w.workers.to_string())
                 .env("CELL_DATA_DIR", &data)
-                .env("ARTIFACT_VERSION", &version)
+                .env("ARTIFACT_VERSION", version)
                 .stdin(Stdio::null())
                 .kill_on_drop(true);
             if let Ok(f) = log {
@@ -223,11 +335,11 @@ impl Supervisor {
                     return;
                 }
             };
-            retired.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
+            state.pid.store(child.id().unwrap_or(0), Ordering::SeqCst);
             tokio::select! {
                 st = child.wait() => {
                     let why = match st { Ok(s) => s.to_string(), Err(e) => e.to_string() };
-                    if retired.retired.load(Ordering::SeqCst) {
+                    if state.retired.load(Ordering::SeqCst) {
                         return;
                     }
                     // A deploy still waiting for health hears of it and gives up;
@@ -238,7 +350,7 @@ impl Supervisor {
                         }
                     }
                     restarts += 1;
-                    tracing::warn!(cell = %cell.id, artifact = %art.name, %version, %why, restarts, "cell process died; restarting");
+                    tracing::warn!(cell = %cell.id, artifact = %art.name, %version, worker = w.index, %why, restarts, "cell process died; restarting");
                     tokio::time::sleep(Duration::from_millis((200 * u64::from(restarts.min(25))).min(5000))).await;
                 }
                 _ = &mut kill => {
@@ -279,7 +391,8 @@ impl Supervisor {
         }
     }
 
-    /// Switch a local cell to `version` (None: stop the artifact).
+    /// Switch a local cell to `version` (None: stop the artifact), with as
+    /// many workers as the cell's shape runs.
     pub async fn switch(
         self: &Arc<Self>,
         cell: &CellSpec,
@@ -293,11 +406,8 @@ impl Supervisor {
             .ok_or_else(|| format!("cell {} has no port", cell.id))?;
         let Some(version) = version else {
             let old = self.lock().remove(&key);
-            if let Some(mut p) = old {
-                p.retired.retired.store(true, Ordering::SeqCst);
-                if let Some(k) = p.kill.take() {
-                    let _ = k.send(());
-                }
+            if let Some(p) = old {
+                p.workers.into_iter().for_each(Worker::retire);
             }
             self.write_routes();
             return Ok(());
@@ -306,43 +416,104 @@ impl Supervisor {
             Some(p) if p == base => base.wrapping_add(1),
             _ => base,
         };
-        let (retired, kill, mut exited) = self.spawn(cell, art, version, port)?;
-        if let Err(e) = self
-            .wait_healthy(port, &art.health, health_timeout, &mut exited)
-            .await
-        {
-            retired.retired.store(true, Ordering::SeqCst);
-            let _ = kill.send(());
-            return Err(e);
+        let n = self.workers_for(&cell.shape);
+        let workers = self
+            .start_workers(cell, art, version, port, 0, n, health_timeout)
+            .await?;
+        // The cell port answers too (the first worker proves the bind).
+        let url = format!("http://127.0.0.1:{port}{}", art.health);
+        if !matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success()) {
+            workers.into_iter().for_each(Worker::retire);
+            return Err(format!(
+                "{url} does not answer although the workers are healthy"
+            ));
         }
         let old = self.lock().insert(
             key,
             Proc {
+                art: art.clone(),
                 version: version.to_string(),
                 port,
-                retired,
-                kill: Some(kill),
+                workers,
             },
         );
         self.write_routes();
-        if let Some(mut p) = old {
-            p.retired.retired.store(true, Ordering::SeqCst);
-            if let Some(k) = p.kill.take() {
-                let _ = k.send(());
-            }
+        if let Some(p) = old {
+            p.workers.into_iter().for_each(Worker::retire);
         }
         Ok(())
     }
 
-    /// Stop every process (on shutdown).
-    pub fn stop_all(&self) {
-        for (_, mut p) in self.lock().drain() {
-            p.retired.retired.store(true, Ordering::SeqCst);
-            if let Some(k) = p.kill.take() {
-                let _ = k.send(());
+    /// The local capacity actuator: run `n` workers of whatever each
+    /// artifact on `cell` runs now (starting or retiring workers, newest
+    /// first). Returns a summary of what changed.
+    pub async fn set_workers(
+        self: &Arc<Self>,
+        cell: &CellSpec,
+        n: u32,
+        health_timeout: Duration,
+    ) -> Result<String, String> {
+        let n = n.clamp(1, MAX_LOCAL_WORKERS);
+        let running: Vec<(String, Artifact, String, u16, u32)> = self
+            .lock()
+            .iter()
+            .filter(|((c, _), _)| *c == cell.id)
+            .map(|((_, a), p)| {
+                let have = u32::try_from(p.workers.len()).unwrap_or(u32::MAX);
+                (a.clone(), p.art.clone(), p.version.clone(), p.port, have)
+            })
+            .collect();
+        let mut done = Vec::new();
+        for (name, art, version, port, have) in running {
+            let key = (cell.id.clone(), name.clone());
+            if n > have {
+                let more = self
+                    .start_workers(cell, &art, &version, port, have, n, health_timeout)
+                    .await?;
+                let mut m = self.lock();
+                match m.get_mut(&key) {
+                    Some(p) if p.version == version && p.port == port => p.workers.extend(more),
+                    // The artifact changed meanwhile (it cannot while the
+                    // cell's lease is held): the new workers are not needed.
+                    _ => more.into_iter().for_each(Worker::retire),
+                }
+            } else if n < have {
+                let extra: Vec<Worker> = match self.lock().get_mut(&key) {
+                    Some(p) => p.workers.split_off(n as usize),
+                    None => Vec::new(),
+                };
+                extra.into_iter().rev().for_each(Worker::retire);
             }
+            done.push(format!("{name} {version}: {have} -> {n} workers"));
+        }
+        self.write_routes();
+        if done.is_empty() {
+            Ok(format!(
+                "{} runs nothing yet; it starts with {n} workers",
+                cell.id
+            ))
+        } else {
+            Ok(done.join(", "))
         }
     }
+
+    /// Stop every process (on shutdown).
+    pub fn stop_all(&self) {
+        for (_, p) in self.lock().drain() {
+            p.workers.into_iter().for_each(Worker::retire);
+        }
+    }
+}
+
+/// What a worker's supervising task runs.
+struct WorkerRun {
+    cell: CellSpec,
+    art: Artifact,
+    version: String,
+    port: u16,
+    worker_port: u16,
+    index: u32,
+    workers: u32,
 }
 
 /// Runs steps on real cells: local processes or commands.

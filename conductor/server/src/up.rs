@@ -5,9 +5,11 @@ use crate::auth::{hash_token, new_token};
 use crate::engine::{Clock, Engine, SystemClock};
 use crate::leases::Leases;
 use crate::metrics::Metrics;
+use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::{restore_local_cells, ArtifactDir, CellExecutor, Supervisor};
 use anyhow::{Context, Result};
+use cells_inventory::Shape;
 use conductor_core::pipeline::{self, Artifact};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,14 +28,18 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
+/// Read and validate the shapes.
+pub fn load_shapes(shapes_file: &Path) -> Result<Vec<Shape>> {
+    cells_inventory::parse_shapes(&shapes_file.display().to_string(), &read(shapes_file)?)
+        .map_err(|d| anyhow::anyhow!("{d}"))
+}
+
 /// Read and validate the shapes and the seed cells.
 pub fn load_inventory(
     shapes_file: &Path,
     cells_file: &Path,
 ) -> Result<Vec<cells_inventory::CellSpec>> {
-    let shapes =
-        cells_inventory::parse_shapes(&shapes_file.display().to_string(), &read(shapes_file)?)
-            .map_err(|d| anyhow::anyhow!("{d}"))?;
+    let shapes = load_shapes(shapes_file)?;
     cells_inventory::parse_cells(
         &cells_file.display().to_string(),
         &read(cells_file)?,
@@ -89,6 +95,7 @@ async fn artifact_specs(store: &Store) -> Result<HashMap<String, Artifact>> {
 }
 
 pub async fn up(opts: UpOptions) -> Result<()> {
+    let shapes = load_shapes(&opts.shapes_file)?;
     let cells = load_inventory(&opts.shapes_file, &opts.cells_file)?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("creating {}", opts.data_dir.display()))?;
@@ -110,7 +117,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let artifacts = ArtifactDir {
         root: data_dir.join("artifacts"),
     };
-    let supervisor = Supervisor::new(artifacts.clone(), data_dir.clone());
+    let workers = shapes.iter().map(|s| (s.name.clone(), s.workers)).collect();
+    let supervisor = Supervisor::new(artifacts.clone(), data_dir.clone(), workers);
     // Cells first, so that resumed steps find them running.
     restore_local_cells(&store, &supervisor, &artifact_specs(&store).await?).await;
     let http = reqwest::Client::builder()
@@ -124,15 +132,29 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         http,
     });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let engine = Engine::start(store, clock, executor, leases, metrics.clone())
+    let engine = Engine::start(
+        store.clone(),
+        clock,
+        executor,
+        leases.clone(),
+        metrics.clone(),
+    )
+    .await
+    .context("starting the engine")?;
+    let actuator = Arc::new(LocalActuator {
+        supervisor: supervisor.clone(),
+        health_timeout: Duration::from_secs(60),
+    });
+    let resizer = Resizer::start(store, leases, engine.clone(), actuator, shapes)
         .await
-        .context("starting the engine")?;
+        .context("resuming resize operations")?;
 
     let app = router(AppState {
         engine,
         metrics,
         artifacts,
         supervisor: supervisor.clone(),
+        resizer,
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
