@@ -86,6 +86,8 @@ impl Conductor {
         let mut child = Command::new(bin("conductor"))
             .args(["up", "--listen", "127.0.0.1:0", "--shapes"])
             .arg(root().join("templates/shapes.yaml"))
+            .arg("--cell-template")
+            .arg(root().join("templates/cell.yaml"))
             .arg("--cells")
             .arg(&self.cells_file)
             .arg("--data-dir")

@@ -4,10 +4,19 @@
 //! places new tenants, proposes rebalancing moves, sets per-tenant rate
 //! limits, and packs a whole fleet (the benchmark's plan).
 //!
+//! This module, [`pack`] and [`report`] are pure. The service half sits
+//! beside them: [`history`] (the usage database, sqlx), [`scrape`] (reading
+//! the cells' `/metrics`; its parsing and rate rules are pure) and
+//! [`service`] (`capacity-planner serve`, HTTP).
+//!
 //! Demand and capacity have three dimensions: check requests per second,
 //! tuples stored, connections ([`DIMS`]).
 
+pub mod history;
 pub mod pack;
+pub mod report;
+pub mod scrape;
+pub mod service;
 
 use cells_inventory::Shape;
 use serde::{Deserialize, Serialize};
@@ -106,6 +115,60 @@ pub struct TenantUsage {
     pub samples: Vec<Sample>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageFile {
+    tenants: Vec<TenantUsage>,
+}
+
+/// Most tenants × samples one usage file may hold.
+pub const MAX_USAGE_SAMPLES: usize = 5_000_000;
+
+/// Read a usage file (YAML or JSON: `tenants: [{tenant, cell, samples: [{at,
+/// check_rps, tuples, connections}]}]`), every sample checked. Errors name
+/// `FILE:LINE:COL` where the decoder can.
+pub fn parse_usage(name: &str, text: &str) -> Result<Vec<TenantUsage>, String> {
+    // JSON (any size) directly; YAML through yamlspan for positions.
+    let doc: UsageFile = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| {
+            format!("{name}:{}:{}: {e}", e.line(), e.column())
+        })?
+    } else {
+        yamlspan::from_str(name, text).map_err(|e| e.to_string())?.0
+    };
+    let total: usize = doc.tenants.iter().map(|t| t.samples.len()).sum();
+    if total > MAX_USAGE_SAMPLES {
+        return Err(format!(
+            "{name}: {total} samples; at most {MAX_USAGE_SAMPLES} per file"
+        ));
+    }
+    for t in &doc.tenants {
+        if t.tenant.is_empty() || t.tenant.len() > 128 || t.cell.is_empty() || t.cell.len() > 63 {
+            return Err(format!(
+                "{name}: tenant {:?} on cell {:?}: names must be 1-128 (tenant) and 1-63 (cell) characters",
+                t.tenant, t.cell
+            ));
+        }
+        if t.samples.windows(2).any(|w| w[1].at < w[0].at) {
+            return Err(format!(
+                "{name}: samples of tenant {:?} are not in time order",
+                t.tenant
+            ));
+        }
+        if t.samples.iter().any(|s| {
+            [s.at, s.check_rps, s.tuples, s.connections]
+                .iter()
+                .any(|x| !x.is_finite() || *x < 0.0)
+        }) {
+            return Err(format!(
+                "{name}: tenant {:?} has a negative or non-finite sample",
+                t.tenant
+            ));
+        }
+    }
+    Ok(doc.tenants)
+}
+
 /// A cell as the planner sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cell {
@@ -157,7 +220,7 @@ pub fn recommend_shape<'a>(
 }
 
 /// What the plan says about one cell.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellReport {
     pub cell: String,
     pub region: String,
@@ -175,7 +238,7 @@ pub struct CellReport {
 }
 
 /// The fleet plan: per cell, and totals.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetReport {
     pub headroom: f64,
     pub cells: Vec<CellReport>,
@@ -271,7 +334,7 @@ pub fn plan_capacity(
 }
 
 /// Where a new tenant goes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Placement {
     /// An existing cell, or `None` when a new cell must be stamped.
     pub cell: Option<String>,
@@ -361,7 +424,7 @@ pub fn place(
 }
 
 /// A proposed tenant move.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Move {
     pub tenant: String,
     pub from: String,
@@ -521,7 +584,7 @@ pub fn rebalance(
 }
 
 /// A tenant's rate limit, as pushed to its cell's data plane.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantLimit {
     pub tenant: String,
     pub cell: String,

@@ -13,10 +13,9 @@
 //! ```
 
 use anyhow::{anyhow, Context, Result};
-use capacity_planner::{Cell, Policy, TenantUsage};
+use capacity_planner::{report, Cell, Policy, TenantUsage};
 use cells_inventory::Shape;
 use clap::{Parser, Subcommand};
-use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -68,12 +67,75 @@ enum Cmd {
     Rebalance,
     /// Per-tenant rate limits and bursts; tenants near their limit first.
     Limits,
+    /// Run the planner service: scrape the cells' /metrics into the usage
+    /// history and answer the Conductor's plan requests over HTTP.
+    Serve(ServeArgs),
+    /// Import a usage file (--usage) into the history database, for planning offline.
+    Import {
+        #[command(flatten)]
+        db: DbArgs,
+    },
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageFile {
-    tenants: Vec<TenantUsage>,
+#[derive(clap::Args)]
+struct DbArgs {
+    /// The usage history: `sqlite://PATH`, a file path, or
+    /// `postgres://USER:PASSWORD@HOST/DB` (also CAPACITY_DATABASE_URL).
+    /// Default: DATA_DIR/capacity.db.
+    #[arg(long, env = "CAPACITY_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Where the default SQLite database lives.
+    #[arg(long, default_value = ".capacity-data")]
+    data_dir: PathBuf,
+}
+
+impl DbArgs {
+    async fn open(&self) -> Result<capacity_planner::history::History> {
+        let url = match self.database_url.clone().filter(|u| !u.is_empty()) {
+            Some(u) => u,
+            None => {
+                std::fs::create_dir_all(&self.data_dir)
+                    .with_context(|| format!("creating {}", self.data_dir.display()))?;
+                self.data_dir.join("capacity.db").display().to_string()
+            }
+        };
+        let pg = capacity_planner::history::is_postgres_url(&url);
+        // Never print the URL: it may hold a password.
+        capacity_planner::history::History::connect(&url)
+            .await
+            .with_context(|| format!("opening the {} usage history", if pg { "PostgreSQL" } else { "SQLite" }))
+    }
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to serve the planner API on.
+    #[arg(long, default_value = "127.0.0.1:8490")]
+    listen: String,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The Conductor's routing table (DATA/routes.json), where the cells'
+    /// workers are found. Without it nothing is scraped (imports only).
+    #[arg(long)]
+    routes: Option<PathBuf>,
+    /// The artifact whose /metrics are scraped.
+    #[arg(long, default_value = "fga-dataplane")]
+    artifact: String,
+    /// Seconds between scrapes.
+    #[arg(long, default_value_t = 15.0)]
+    interval_secs: f64,
+    /// How many days of usage plans look at.
+    #[arg(long, default_value_t = 14.0)]
+    window_days: f64,
+    /// Usage older than this many days is deleted.
+    #[arg(long, default_value_t = 35.0)]
+    retention_days: f64,
+    /// Bearer token callers must send (also CAPACITY_TOKEN); required.
+    #[arg(long, env = "CAPACITY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The data planes' admin key, to read and push rate limits (also FGA_ADMIN_KEY).
+    #[arg(long, env = "FGA_ADMIN_KEY", hide_env_values = true)]
+    fga_admin_key: Option<String>,
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -84,42 +146,28 @@ fn load_usage(path: Option<&Path>) -> Result<Vec<TenantUsage>> {
     let Some(path) = path else {
         return Ok(Vec::new());
     };
-    let text = read(path)?;
-    let name = path.display().to_string();
-    let (doc, _spans): (UsageFile, _) =
-        yamlspan::from_str(&name, &text).map_err(|e| anyhow!("{e}"))?;
-    for t in &doc.tenants {
-        if t.samples.windows(2).any(|w| w[1].at < w[0].at) {
-            return Err(anyhow!(
-                "{name}: samples of tenant {:?} are not in time order",
-                t.tenant
-            ));
-        }
-        if t.samples.iter().any(|s| {
-            [s.check_rps, s.tuples, s.connections]
-                .iter()
-                .any(|x| !x.is_finite() || *x < 0.0)
-        }) {
-            return Err(anyhow!(
-                "{name}: tenant {:?} has a negative or non-finite sample",
-                t.tenant
-            ));
-        }
-    }
-    Ok(doc.tenants)
+    capacity_planner::parse_usage(&path.display().to_string(), &read(path)?)
+        .map_err(|e| anyhow!("{e}"))
 }
 
-fn pct(v: [f64; 3]) -> String {
-    format!(
-        "{:>4.0}% {:>4.0}% {:>4.0}%",
-        v[0] * 100.0,
-        v[1] * 100.0,
-        v[2] * 100.0
-    )
-}
 
 fn main() {
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Import { .. }) {
+        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                std::process::exit(1);
+            }
+        };
+        if let Err(e) = rt.block_on(run_service(cli)) {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -151,46 +199,18 @@ fn run(cli: Cli) -> Result<()> {
         horizon_secs: cli.horizon_days * 86_400.0,
         ..Policy::default()
     };
+    let out = |text: String, v: serde_json::Result<String>| -> Result<()> {
+        if cli.json {
+            println!("{}", v?);
+        } else {
+            print!("{text}");
+        }
+        Ok(())
+    };
     match cli.cmd {
         Cmd::Plan => {
             let r = capacity_planner::plan_capacity(&shapes, &cells, &usage, &policy);
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
-            }
-            println!(
-                "{:<12} {:<16} {:<7} {:>7}  {:<17}  {:<17}  {:<11} action",
-                "CELL", "REGION", "SHAPE", "TENANTS", "NOW rps/tup/conn", "FORECAST", "RECOMMEND"
-            );
-            for c in &r.cells {
-                println!(
-                    "{:<12} {:<16} {:<7} {:>7}  {}  {}  {:<11} {}{}",
-                    c.cell,
-                    c.region,
-                    c.shape,
-                    c.tenants,
-                    pct(c.utilization_now),
-                    pct(c.utilization_forecast),
-                    c.recommended.as_deref().unwrap_or("-"),
-                    c.action,
-                    if c.at_risk { "  AT RISK" } else { "" }
-                );
-            }
-            println!(
-                "fleet: cost {} now, {} recommended; stranded capacity: {:.0} rps, {:.0} tuples, {:.0} connections; at risk: {}",
-                r.cost_now,
-                r.cost_recommended,
-                r.stranded[0],
-                r.stranded[1],
-                r.stranded[2],
-                if r.at_risk.is_empty() { "none".to_string() } else { r.at_risk.join(", ") }
-            );
-            if !r.unknown_cells.is_empty() {
-                println!(
-                    "warning: tenants on cells not in the inventory: {}",
-                    r.unknown_cells.join(", ")
-                );
-            }
+            out(report::plan(&r), serde_json::to_string_pretty(&r))?;
         }
         Cmd::Place {
             region,
@@ -204,60 +224,99 @@ fn run(cli: Cli) -> Result<()> {
             }
             let p = capacity_planner::place(&shapes, &cells, &usage, &region, d, &policy)
                 .map_err(|e| anyhow!(e))?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
-            } else {
-                match &p.cell {
-                    Some(c) => println!("place on {c}"),
-                    None => println!(
-                        "stamp a new {} cell in {}",
-                        p.new_shape.as_deref().unwrap_or("?"),
-                        p.region
-                    ),
-                }
-                println!("why: {}", p.reason);
-            }
+            out(report::placement(&p), serde_json::to_string_pretty(&p))?;
         }
         Cmd::Rebalance => {
-            let moves = capacity_planner::rebalance(&shapes, &cells, &usage, &policy);
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&moves)?);
-            } else if moves.is_empty() {
-                println!("no moves: every cell is within its headroom and none can be freed");
-            } else {
-                for m in moves {
-                    println!("move {} {} -> {}: {}", m.tenant, m.from, m.to, m.gain);
-                }
-            }
+            let m = capacity_planner::rebalance(&shapes, &cells, &usage, &policy);
+            out(report::moves(&m), serde_json::to_string_pretty(&m))?;
         }
         Cmd::Limits => {
-            let mut limits =
+            let mut l =
                 capacity_planner::rate_limits(&shapes, &cells, &usage, &BTreeMap::new(), &policy);
-            limits.sort_by(|a, b| {
-                b.near_limit
-                    .cmp(&a.near_limit)
-                    .then((b.usage_rps / b.rate).total_cmp(&(a.usage_rps / a.rate)))
-            });
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&limits)?);
-            } else {
-                println!(
-                    "{:<20} {:<12} {:>10} {:>10} {:>10}",
-                    "TENANT", "CELL", "USAGE rps", "LIMIT", "BURST"
-                );
-                for l in limits {
-                    println!(
-                        "{:<20} {:<12} {:>10.0} {:>10.0} {:>10.0}{}",
-                        l.tenant,
-                        l.cell,
-                        l.usage_rps,
-                        l.rate,
-                        l.burst,
-                        if l.near_limit { "  NEAR LIMIT" } else { "" }
-                    );
-                }
-            }
+            report::sort_limits(&mut l);
+            out(report::limits(&l), serde_json::to_string_pretty(&l))?;
         }
+        Cmd::Serve(_) | Cmd::Import { .. } => unreachable!("handled by run_service"),
     }
     Ok(())
+}
+
+async fn run_service(cli: Cli) -> Result<()> {
+    let shapes_name = cli.shapes.display().to_string();
+    let shapes: Vec<Shape> = cells_inventory::parse_shapes(&shapes_name, &read(&cli.shapes)?)
+        .map_err(|e| anyhow!("{e}"))?;
+    match cli.cmd {
+        Cmd::Import { db } => {
+            let Some(path) = cli.usage.as_deref() else {
+                return Err(anyhow!("import needs --usage FILE"));
+            };
+            let usage = load_usage(Some(path))?;
+            let h = db.open().await?;
+            let n = h.import(&usage).await.context("importing usage")?;
+            println!(
+                "imported {n} samples of {} tenants into the {} usage history",
+                usage.len(),
+                h.backend()
+            );
+            Ok(())
+        }
+        Cmd::Serve(a) => serve(a, shapes).await,
+        _ => unreachable!("offline commands run in run()"),
+    }
+}
+
+async fn serve(a: ServeArgs, shapes: Vec<Shape>) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let token = a
+        .token
+        .clone()
+        .map(|t| t.trim().to_string())
+        .filter(|t| t.len() >= 16)
+        .ok_or_else(|| anyhow!("set a token of at least 16 characters with --token or CAPACITY_TOKEN; every API call must present it"))?;
+    for (name, v, lo, hi) in [
+        ("--interval-secs", a.interval_secs, 0.05, 86_400.0),
+        ("--window-days", a.window_days, 0.0, 3650.0),
+        ("--retention-days", a.retention_days, 0.0, 3650.0),
+    ] {
+        if !(v.is_finite() && v > lo && v <= hi) {
+            return Err(anyhow!("{name} must be in ({lo}, {hi}], got {v}"));
+        }
+    }
+    let history = a.db.open().await?;
+    let backend = history.backend();
+    let cfg = std::sync::Arc::new(capacity_planner::service::Config {
+        shapes,
+        history,
+        routes_file: a.routes.clone(),
+        artifact: a.artifact.clone(),
+        interval: std::time::Duration::from_secs_f64(a.interval_secs),
+        window_secs: a.window_days * 86_400.0,
+        retention_secs: a.retention_days * 86_400.0,
+        token,
+        fga_admin_key: a.fga_admin_key.clone().filter(|k| !k.is_empty()),
+    });
+    if a.routes.is_some() {
+        tokio::spawn(capacity_planner::service::scrape_loop(cfg.clone()));
+    }
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "capacity-planner listening on http://{addr} (history: {backend}; scraping: {})",
+        a.routes
+            .as_ref()
+            .map_or("off".to_string(), |r| format!("{} every {}s", r.display(), a.interval_secs))
+    );
+    axum::serve(listener, capacity_planner::service::router(cfg))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving HTTP")
 }

@@ -241,6 +241,123 @@ fn finish<T>(v: T, mut errs: Vec<Diagnostic>) -> Result<T, Diagnostics> {
     }
 }
 
+/// The template new cells are stamped from (`templates/cell.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellTemplate {
+    pub defaults: TemplateDefaults,
+    pub regions: BTreeMap<String, RegionTemplate>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateDefaults {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub target: TargetSpec,
+    /// The first local port when no cell has one yet.
+    #[serde(default = "default_first_port")]
+    pub first_port: u16,
+}
+
+fn default_first_port() -> u16 {
+    18101
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionTemplate {
+    /// Cell ids in the region are `<prefix>-<letter>`.
+    pub prefix: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tz: Option<String>,
+}
+
+/// Read a cell template; every problem is reported with its position.
+pub fn parse_template(file: &str, text: &str) -> Result<CellTemplate, Diagnostics> {
+    let (t, spans): (CellTemplate, Spans) = yamlspan::from_str(file, text)?;
+    let mut errs = Vec::new();
+    for (region, r) in &t.regions {
+        let at = format!("regions.{region}.prefix");
+        if !valid_id(&r.prefix) || r.prefix.len() > 40 {
+            errs.push(spans.error_hint(
+                &at,
+                format!("invalid prefix {:?}", r.prefix),
+                "use lowercase letters, digits and '-'",
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(t)
+    } else {
+        Err(Diagnostics(errs))
+    }
+}
+
+impl CellTemplate {
+    /// A new cell of `shape` in `region`, given the cells that exist (any
+    /// status: a retired cell's id and ports are never reused).
+    pub fn stamp(
+        &self,
+        region: &str,
+        shape: &str,
+        shapes: &[Shape],
+        existing: &[CellSpec],
+    ) -> Result<CellSpec, String> {
+        let r = self.regions.get(region).ok_or_else(|| {
+            format!(
+                "no template for region {region:?} (regions: {})",
+                self.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        if !shapes.iter().any(|s| s.name == shape) {
+            return Err(format!(
+                "no shape {shape:?} (shapes: {})",
+                shapes.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let taken: BTreeSet<&str> = existing.iter().map(|c| c.id.as_str()).collect();
+        let suffixes = (b'a'..=b'z')
+            .map(|b| (b as char).to_string())
+            .chain((1..10_000).map(|n| n.to_string()));
+        let id = suffixes
+            .map(|s| format!("{}-{s}", r.prefix))
+            .find(|id| !taken.contains(id.as_str()))
+            .ok_or_else(|| format!("region {region} has no free cell id"))?;
+        let port = match self.defaults.target {
+            TargetSpec::Local => {
+                let next = existing
+                    .iter()
+                    .filter_map(|c| c.port)
+                    .max()
+                    .map_or(Some(self.defaults.first_port), |p| p.checked_add(2));
+                Some(next.filter(|p| *p < u16::MAX).ok_or("no free local ports left")?)
+            }
+            TargetSpec::Command { .. } => None,
+        };
+        let mut labels = self.defaults.labels.clone();
+        labels.extend(r.labels.clone());
+        let c = CellSpec {
+            id,
+            region: region.to_string(),
+            shape: shape.to_string(),
+            labels,
+            target: self.defaults.target.clone(),
+            port,
+            tz: r.tz.clone(),
+        };
+        let names: Vec<&str> = shapes.iter().map(|s| s.name.as_str()).collect();
+        let errs = check_cell(&c, &Spans::default(), &|f: &str| f.to_string(), &names);
+        match errs.first() {
+            Some(e) => Err(e.message.clone()),
+            None => Ok(c),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +418,33 @@ mod tests {
         assert!(!valid_id("../etc"));
         assert!(!valid_id(""));
         assert!(!valid_id("A"));
+    }
+
+    #[test]
+    fn stamps_the_next_free_id_and_ports() {
+        let shapes = parse_shapes("s.yaml", SHAPES).expect("shapes");
+        let t = parse_template(
+            "t.yaml",
+            "defaults: { labels: { service: fga }, target: local }\nregions:\n  us-east-1: { prefix: use1, labels: { tier: main } }\n",
+        )
+        .expect("template");
+        let existing = parse_cells(
+            "c.yaml",
+            "cells:\n  - { id: use1-a, region: us-east-1, shape: small, port: 18101 }\n",
+            &shapes,
+        )
+        .expect("cells");
+        let c = t.stamp("us-east-1", "small", &shapes, &existing).expect("stamp");
+        assert_eq!(c.id, "use1-b");
+        assert_eq!(c.port, Some(18103));
+        assert_eq!(c.labels.get("service").map(String::as_str), Some("fga"));
+        assert_eq!(c.labels.get("tier").map(String::as_str), Some("main"));
+        let e = t.stamp("mars-1", "small", &shapes, &existing).err().unwrap_or_default();
+        assert!(e.contains("no template for region"), "{e}");
+        let e = t.stamp("us-east-1", "huge", &shapes, &existing).err().unwrap_or_default();
+        assert!(e.contains("no shape"), "{e}");
+        let bad = parse_template("t.yaml", "defaults: {}\nregions:\n  x: { prefix: \"A B\" }\n");
+        let msg = bad.err().map(|d| d.to_string()).unwrap_or_default();
+        assert!(msg.starts_with("t.yaml:3:"), "{msg}");
     }
 }

@@ -7,6 +7,7 @@
 use crate::auth::{hash_token, new_token, Action, Identity, Role};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::Metrics;
+use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
 use crate::store::{ArtifactRow, StoreError};
 use crate::targets::{valid_version, ArtifactDir, Supervisor};
@@ -16,7 +17,7 @@ use axum::http::{header, request::Parts, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cells_inventory::{valid_id, TargetSpec};
+use cells_inventory::{valid_id, CellTemplate, TargetSpec};
 use conductor_core::pipeline::{self, ArtifactKind};
 use conductor_core::plan::{self, Estimates};
 use conductor_core::train::{Event, Refusal, TrainSpec};
@@ -39,6 +40,8 @@ pub struct AppState {
     pub artifacts: ArtifactDir,
     pub supervisor: Arc<Supervisor>,
     pub resizer: Resizer,
+    pub planner: Option<Arc<Planner>>,
+    pub template: Arc<CellTemplate>,
 }
 
 /// An API error: status, stable code, human message (never internals).
@@ -59,10 +62,10 @@ impl ApiError {
             details: None,
         }
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
-    fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
     fn invalid(diags: &Diagnostics) -> ApiError {
@@ -135,7 +138,7 @@ impl From<EngineError> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// JSON body with our size limit and error shape.
 pub struct JsonBody<T>(pub T);
@@ -190,7 +193,7 @@ impl FromRequestParts<AppState> for Identity {
     }
 }
 
-fn require(id: &Identity, a: Action) -> ApiResult<()> {
+pub(crate) fn require(id: &Identity, a: Action) -> ApiResult<()> {
     if id.role.may(a) {
         Ok(())
     } else {
@@ -202,7 +205,7 @@ fn require(id: &Identity, a: Action) -> ApiResult<()> {
     }
 }
 
-async fn audit(
+pub(crate) async fn audit(
     st: &AppState,
     id: &Identity,
     action: &str,
@@ -245,6 +248,7 @@ pub fn router(state: AppState) -> Router {
             "/artifacts/{name}/{version}",
             put(push_artifact).layer(DefaultBodyLimit::max(MAX_ARTIFACT)),
         )
+        .merge(crate::capacity::routes())
         .route("/tokens", post(create_token))
         .route("/audit", get(audit_log))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
@@ -698,6 +702,18 @@ async fn list_cells(State(st): State<AppState>, _id: Identity) -> ApiResult<Json
 }
 
 // ---- resizes ------------------------------------------------------------------
+
+impl From<PlannerError> for ApiError {
+    fn from(e: PlannerError) -> ApiError {
+        match e {
+            PlannerError::Refused { message, .. } => ApiError::bad_request(message),
+            PlannerError::Unreachable(..) | PlannerError::Failed(_) => {
+                tracing::warn!(error = %e, "capacity planner request failed");
+                ApiError::new(StatusCode::BAD_GATEWAY, "planner_unavailable", e.to_string())
+            }
+        }
+    }
+}
 
 impl From<ResizeError> for ApiError {
     fn from(e: ResizeError) -> ApiError {

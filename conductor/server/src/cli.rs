@@ -1,7 +1,8 @@
 //! The `conductor` command line. clap types stay in this module; they are
 //! turned into validated values before anything else sees them.
 
-use crate::up::{load_inventory, up, UpOptions};
+use crate::up::{load_inventory, up, PlannerMode, UpOptions};
+use capacity_planner::report;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use conductor_core::pipeline;
@@ -96,7 +97,23 @@ pub enum Cmd {
         /// Cell shapes.
         #[arg(long, default_value = "templates/shapes.yaml")]
         shapes: PathBuf,
+        /// The template new cells are stamped from (`cells add`).
+        #[arg(long, default_value = "templates/cell.yaml")]
+        cell_template: PathBuf,
+        /// The capacity planner: `auto` starts `capacity-planner serve` from
+        /// beside this binary; `off`; or the URL of one that runs elsewhere
+        /// (its token in CONDUCTOR_PLANNER_TOKEN).
+        #[arg(long, default_value = "auto")]
+        planner: String,
+        #[arg(long, env = "CONDUCTOR_PLANNER_TOKEN", hide_env_values = true)]
+        planner_token: Option<String>,
     },
+    /// Capacity (role sre to apply): the plan per cell, rate limits, rebalancing.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// Tenants: where a new one goes.
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
     /// Validate, plan and submit pipelines.
     #[command(subcommand)]
     Pipeline(PipelineCmd),
@@ -257,6 +274,27 @@ pub enum CellsCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Stamp a new cell from the template for its region and shape (role sre).
+    Add {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        shape: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop giving a cell new tenants (it keeps serving and receiving releases).
+    Drain {
+        cell: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Retire a drained cell: stop its processes under its lease and take it out for good.
+    Retire {
+        cell: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Change a cell's shape (role sre). The resize takes the cell's lease only
     /// while it changes the cell: a train reaching the cell waits for it,
     /// trains elsewhere never do. With --wait: exit 0 succeeded, 1 failed.
@@ -270,6 +308,98 @@ pub enum CellsCmd {
         /// Follow the resize until it ends.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// Stay under this fraction of every dimension at the forecast peak (default 0.7).
+    #[arg(long)]
+    headroom: Option<f64>,
+    /// How far ahead the forecast looks, in days (default 7).
+    #[arg(long)]
+    horizon_days: Option<f64>,
+}
+
+impl PolicyArgs {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        if let Some(h) = self.headroom {
+            q.push(format!("headroom={h}"));
+        }
+        if let Some(d) = self.horizon_days {
+            q.push(format!("horizon_days={d}"));
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
+        }
+    }
+    fn body(&self) -> Value {
+        json!({"headroom": self.headroom, "horizon_days": self.horizon_days})
+    }
+}
+
+#[derive(Subcommand)]
+pub enum PlanCmd {
+    /// Per cell: shape, utilization now and forecast, recommended shape; fleet cost,
+    /// stranded capacity and cells at risk. --apply turns the recommendations into
+    /// resize operations (role sre); shrinks wait for someone else's approval.
+    Capacity {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Per-tenant rate limits and bursts, tenants near their limit first (the
+    /// early warning). --push sends them to the cells' data planes (role sre).
+    Limits {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        push: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Tenant moves that relieve hot cells or free lightly used ones, each with its gain.
+    Rebalance {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantsCmd {
+    /// Pick the cell for a new tenant (best fit that keeps headroom) and say why;
+    /// when the region has no room, name the shape of a new cell (--stamp adds it, role sre).
+    Place {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        expected_rps: f64,
+        #[arg(long)]
+        expected_tuples: f64,
+        #[arg(long, default_value_t = 0.0)]
+        expected_connections: f64,
+        #[arg(long)]
+        stamp: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -445,7 +575,25 @@ pub async fn run(cli: Cli) -> CliResult {
             listen,
             cells,
             shapes,
+            cell_template,
+            planner,
+            planner_token,
         } => {
+            let planner = match planner.as_str() {
+                "auto" => PlannerMode::Auto,
+                "off" => PlannerMode::Off,
+                u if u.starts_with("http://") || u.starts_with("https://") => {
+                    let t = planner_token.ok_or_else(|| {
+                        CliError::usage("--planner URL needs the planner's token in CONDUCTOR_PLANNER_TOKEN")
+                    })?;
+                    PlannerMode::Url(u.to_string(), t)
+                }
+                other => {
+                    return Err(CliError::usage(format!(
+                        "--planner {other:?}: use auto, off or an http(s) URL"
+                    )))
+                }
+            };
             let listen = listen.parse().map_err(|_| {
                 CliError::usage(format!(
                     "--listen {listen:?} is not an address like 127.0.0.1:8480"
@@ -456,6 +604,8 @@ pub async fn run(cli: Cli) -> CliResult {
                 listen,
                 cells_file: cells,
                 shapes_file: shapes,
+                cell_template,
+                planner,
             })
             .await?;
             Ok(exit::OK)
@@ -464,6 +614,8 @@ pub async fn run(cli: Cli) -> CliResult {
         Cmd::Train(c) => train_cmd(c).await,
         Cmd::Cells(c) => cells_cmd(c).await,
         Cmd::Resizes(c) => resizes_cmd(c).await,
+        Cmd::Plan(c) => plan_cmd(c).await,
+        Cmd::Tenants(c) => tenants_cmd(c).await,
         Cmd::Artifact(ArtifactCmd::Push {
             name,
             version,
@@ -992,6 +1144,38 @@ async fn cells_cmd(c: CellsCmd) -> CliResult {
             }
             Ok(exit::OK)
         }
+        CellsCmd::Add {
+            region,
+            shape,
+            conn,
+        } => {
+            let v = Client::new(&conn)?
+                .post("/cells", json!({"region": region, "shape": shape}))
+                .await?;
+            let c = &v["cell"];
+            println!(
+                "added cell {} ({} {}, port {}); the next train over its labels deploys to it",
+                s(&c["id"]),
+                s(&c["region"]),
+                s(&c["shape"]),
+                s(&c["port"])
+            );
+            Ok(exit::OK)
+        }
+        CellsCmd::Drain { cell, conn } => {
+            Client::new(&conn)?
+                .post(&format!("/cells/{}/drain", enc(&cell)), json!({}))
+                .await?;
+            println!("cell {cell} is draining: it takes no new tenants; move its tenants away (conductor plan rebalance), then retire it");
+            Ok(exit::OK)
+        }
+        CellsCmd::Retire { cell, conn } => {
+            Client::new(&conn)?
+                .post(&format!("/cells/{}/retire", enc(&cell)), json!({}))
+                .await?;
+            println!("cell {cell} is retired");
+            Ok(exit::OK)
+        }
         CellsCmd::Resize {
             cell,
             shape,
@@ -1089,4 +1273,133 @@ async fn decide_resize(conn: &Conn, id: &str, verb: &str, reason: &str) -> CliRe
         .await?;
     println!("resize {id}: {}", s(&v["resize"]["status"]));
     Ok(exit::OK)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| CliError::from(anyhow::anyhow!("unexpected answer from the Conductor: {e}")))
+}
+
+async fn plan_cmd(c: PlanCmd) -> CliResult {
+    match c {
+        PlanCmd::Capacity {
+            policy,
+            apply,
+            json,
+            conn,
+        } => {
+            let client = Client::new(&conn)?;
+            let v = if apply {
+                client.post("/capacity/apply", policy.body()).await?
+            } else {
+                client.get(&format!("/capacity/plan{}", policy.query())).await?
+            };
+            if json {
+                print_json(&v);
+                return Ok(exit::OK);
+            }
+            let r: capacity_planner::FleetReport = decode(&v["plan"])?;
+            print!("{}", report::plan(&r));
+            if apply {
+                let resizes = v["resizes"].as_array().cloned().unwrap_or_default();
+                if resizes.is_empty() {
+                    println!("no resizes: every cell already has its recommended shape");
+                }
+                for z in resizes {
+                    println!(
+                        "resize {} of {}: {} -> {} ({})",
+                        s(&z["id"]),
+                        s(&z["cell"]),
+                        s(&z["from_shape"]),
+                        s(&z["to_shape"]),
+                        s(&z["status"])
+                    );
+                }
+                for k in v["skipped"].as_array().into_iter().flatten() {
+                    println!("skipped {}: {}", s(&k["cell"]), s(&k["reason"]));
+                }
+            }
+            Ok(exit::OK)
+        }
+        PlanCmd::Limits {
+            policy,
+            push,
+            json,
+            conn,
+        } => {
+            let client = Client::new(&conn)?;
+            let v = if push {
+                client.post("/capacity/limits/push", policy.body()).await?
+            } else {
+                client.get(&format!("/capacity/limits{}", policy.query())).await?
+            };
+            if json {
+                print_json(&v);
+                return Ok(exit::OK);
+            }
+            let l: Vec<capacity_planner::TenantLimit> = decode(&v["limits"])?;
+            print!("{}", report::limits(&l));
+            let near = l.iter().filter(|x| x.near_limit).count();
+            println!("{near} of {} tenants near their limit", l.len());
+            let mut failed = 0;
+            for p in v["pushed"].as_array().into_iter().flatten() {
+                if p["ok"] != json!(true) {
+                    failed += 1;
+                    eprintln!("push to {} ({}) failed: {}", s(&p["cell"]), s(&p["tenant"]), s(&p["detail"]));
+                }
+            }
+            if push {
+                let n = v["pushed"].as_array().map_or(0, Vec::len);
+                println!("pushed {} limits to the data planes ({failed} failed)", n - failed);
+            }
+            Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+        }
+        PlanCmd::Rebalance { policy, json, conn } => {
+            let v = Client::new(&conn)?
+                .get(&format!("/capacity/rebalance{}", policy.query()))
+                .await?;
+            if json {
+                print_json(&v);
+                return Ok(exit::OK);
+            }
+            let m: Vec<capacity_planner::Move> = decode(&v["moves"])?;
+            print!("{}", report::moves(&m));
+            Ok(exit::OK)
+        }
+    }
+}
+
+async fn tenants_cmd(c: TenantsCmd) -> CliResult {
+    match c {
+        TenantsCmd::Place {
+            region,
+            expected_rps,
+            expected_tuples,
+            expected_connections,
+            stamp,
+            policy,
+            json,
+            conn,
+        } => {
+            let mut body = policy.body();
+            body["region"] = json!(region);
+            body["expected_rps"] = json!(expected_rps);
+            body["expected_tuples"] = json!(expected_tuples);
+            body["expected_connections"] = json!(expected_connections);
+            body["stamp"] = json!(stamp);
+            let v = Client::new(&conn)?.post("/tenants/place", body).await?;
+            if json {
+                print_json(&v);
+                return Ok(exit::OK);
+            }
+            let p: capacity_planner::Placement = decode(&v["placement"])?;
+            print!("{}", report::placement(&p));
+            if let Some(c) = v.get("stamped") {
+                println!("stamped new cell {} ({} {})", s(&c["id"]), s(&c["region"]), s(&c["shape"]));
+            } else if p.cell.is_none() {
+                println!("(add it with --stamp, or: conductor cells add --region {} --shape {})", p.region, p.new_shape.as_deref().unwrap_or("?"));
+            }
+            Ok(exit::OK)
+        }
+    }
 }

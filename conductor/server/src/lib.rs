@@ -5,10 +5,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod capacity;
 pub mod cli;
 pub mod engine;
 pub mod leases;
 pub mod metrics;
+pub mod planner;
 pub mod procs;
 pub mod resizer;
 pub mod store;

@@ -462,7 +462,7 @@ impl Store {
     }
 
     pub async fn cell_specs(&self) -> Result<Vec<CellSpec>> {
-        let rows = sqlx::query("SELECT spec FROM cells WHERE status = 'active' ORDER BY id")
+        let rows = sqlx::query("SELECT spec FROM cells WHERE status IN ('active', 'draining') ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()

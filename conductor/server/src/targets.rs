@@ -94,6 +94,8 @@ pub struct Supervisor {
     routes_file: PathBuf,
     /// Worker processes per shape name (a cell of an unknown shape runs one).
     workers_by_shape: HashMap<String, u32>,
+    /// Extra environment for every cell process (the fleet's data plane admin key).
+    cell_env: BTreeMap<String, String>,
 }
 
 /// Most workers one cell may run locally.
@@ -113,6 +115,7 @@ impl Supervisor {
         artifacts: ArtifactDir,
         data_dir: PathBuf,
         workers_by_shape: HashMap<String, u32>,
+        cell_env: BTreeMap<String, String>,
     ) -> Arc<Supervisor> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -126,6 +129,7 @@ impl Supervisor {
             http,
             procs: Mutex::new(HashMap::new()),
             workers_by_shape,
+            cell_env,
         })
     }
 
@@ -309,6 +313,7 @@ impl Supervisor {
                 .open(dir.join(format!("{}.log", art.name)));
             let mut cmd = Command::new(&bin);
             cmd.args(art.args.iter().map(|a| subst(a)))
+                .envs(&self.cell_env)
                 .env("CELL_ID", &cell.id)
                 .env("CELL_REGION", &cell.region)
                 .env("CELL_SHAPE", &cell.shape)
@@ -495,6 +500,19 @@ impl Supervisor {
         } else {
             Ok(done.join(", "))
         }
+    }
+
+    /// Stop everything a cell runs (when it is retired).
+    pub fn stop_cell(&self, cell: &str) {
+        let gone: Vec<Proc> = {
+            let mut m = self.lock();
+            let keys: Vec<_> = m.keys().filter(|(c, _)| c == cell).cloned().collect();
+            keys.iter().filter_map(|k| m.remove(k)).collect()
+        };
+        for p in gone {
+            p.workers.into_iter().for_each(Worker::retire);
+        }
+        self.write_routes();
     }
 
     /// Stop every process (on shutdown).

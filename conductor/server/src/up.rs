@@ -5,6 +5,7 @@ use crate::auth::{hash_token, new_token};
 use crate::engine::{Clock, Engine, SystemClock};
 use crate::leases::Leases;
 use crate::metrics::Metrics;
+use crate::planner::Planner;
 use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::{restore_local_cells, ArtifactDir, CellExecutor, Supervisor};
@@ -22,6 +23,87 @@ pub struct UpOptions {
     pub listen: SocketAddr,
     pub cells_file: PathBuf,
     pub shapes_file: PathBuf,
+    /// The template new cells are stamped from.
+    pub cell_template: PathBuf,
+    pub planner: PlannerMode,
+}
+
+/// Where the capacity planner is.
+pub enum PlannerMode {
+    /// Start `capacity-planner serve` (found beside this binary) as a child.
+    Auto,
+    Off,
+    /// A planner that runs elsewhere, with its token.
+    Url(String, String),
+}
+
+/// A secret kept (mode 0600) in the data dir, created on first use.
+fn secret(data_dir: &Path, name: &str) -> Result<String> {
+    let file = data_dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&file) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let s = new_token();
+    write_private(&file, &s).with_context(|| format!("writing {}", file.display()))?;
+    Ok(s)
+}
+
+/// Start the capacity planner beside the Conductor: it scrapes the local
+/// cells (through the routing table) into `DATA/planner/capacity.db` and
+/// dies with the Conductor. Returns its URL and token.
+async fn start_planner(
+    data_dir: &Path,
+    shapes_file: &Path,
+    fga_admin_key: &str,
+) -> Result<Option<(String, String, tokio::process::Child)>> {
+    let exe = std::env::current_exe().context("finding the conductor binary")?;
+    let bin = exe.with_file_name("capacity-planner");
+    if !bin.is_file() {
+        tracing::warn!(path = %bin.display(), "no capacity-planner binary beside conductor; capacity commands are off");
+        return Ok(None);
+    }
+    let token = secret(data_dir, "planner.token")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("planner.log"))
+        .context("opening planner.log")?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.arg("--shapes")
+        .arg(shapes_file)
+        .args(["serve", "--listen", "127.0.0.1:0", "--interval-secs", "5"])
+        .arg("--data-dir")
+        .arg(data_dir.join("planner"))
+        .arg("--routes")
+        .arg(data_dir.join("routes.json"))
+        .env("CAPACITY_TOKEN", &token)
+        .env("FGA_ADMIN_KEY", fga_admin_key)
+        .env_remove("CAPACITY_DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true);
+    crate::procs::die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().context("starting capacity-planner")?;
+    let out = child.stdout.take().context("planner stdout")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(rest) = l.strip_prefix("capacity-planner listening on ") {
+                return rest.split_whitespace().next().map(String::from);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .with_context(|| format!("capacity-planner did not start; see {}", data_dir.join("planner.log").display()))?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Some((url, token, child)))
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -118,7 +200,14 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         root: data_dir.join("artifacts"),
     };
     let workers = shapes.iter().map(|s| (s.name.clone(), s.workers)).collect();
-    let supervisor = Supervisor::new(artifacts.clone(), data_dir.clone(), workers);
+    // The fleet's data plane admin key: local cells get it, and so does the
+    // planner, which pushes rate limits with it.
+    let fga_admin_key = secret(&data_dir, "fga-admin.key")?;
+    let cell_env = [("FGA_ADMIN_KEY".to_string(), fga_admin_key.clone())].into();
+    let supervisor = Supervisor::new(artifacts.clone(), data_dir.clone(), workers, cell_env);
+    let template_name = opts.cell_template.display().to_string();
+    let template = cells_inventory::parse_template(&template_name, &read(&opts.cell_template)?)
+        .map_err(|d| anyhow::anyhow!("{d}"))?;
     // Cells first, so that resumed steps find them running.
     restore_local_cells(&store, &supervisor, &artifact_specs(&store).await?).await;
     let http = reqwest::Client::builder()
@@ -148,6 +237,15 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let resizer = Resizer::start(store, leases, engine.clone(), actuator, shapes)
         .await
         .context("resuming resize operations")?;
+    let (planner, _planner_child) = match opts.planner {
+        PlannerMode::Off => (None, None),
+        PlannerMode::Url(url, token) => (Some(Planner::new(&url, &token)), None),
+        PlannerMode::Auto => match start_planner(&data_dir, &opts.shapes_file, &fga_admin_key).await? {
+            Some((url, token, child)) => (Some(Planner::new(&url, &token)), Some(child)),
+            None => (None, None),
+        },
+    };
+    let planner_url = planner.as_ref().map(|p| p.url.clone());
 
     let app = router(AppState {
         engine,
@@ -155,6 +253,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         artifacts,
         supervisor: supervisor.clone(),
         resizer,
+        planner: planner.map(Arc::new),
+        template: Arc::new(template),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -165,6 +265,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         data_dir.display()
     );
     println!("  cells: {} in the inventory ({} new)", cells.len(), added);
+    match &planner_url {
+        Some(u) => println!("  capacity planner: {u}"),
+        None => println!("  capacity planner: off"),
+    }
     match token {
         Some(t) => {
             println!("  admin token: {t}\n  export CONDUCTOR_URL=http://{addr} CONDUCTOR_TOKEN={t}")

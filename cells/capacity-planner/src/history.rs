@@ -1,0 +1,174 @@
+//! The planner's usage history: sqlx on SQLite (the default) or PostgreSQL
+//! (`migrations/{sqlite,postgres}/capacity`). Every query is written once
+//! with `$N` placeholders and runs on either database through sqlx's `Any`
+//! driver.
+
+use crate::{Sample, TenantUsage};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// One stored observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    pub tenant: String,
+    pub cell: String,
+    pub sample: Sample,
+}
+
+/// Rows per multi-row INSERT.
+const CHUNK: usize = 400;
+
+#[derive(Clone)]
+pub struct History {
+    pool: AnyPool,
+    backend: &'static str,
+}
+
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl History {
+    /// Open `url` (`sqlite://PATH` or a file path, or `postgres://…`) and run
+    /// the migrations.
+    pub async fn connect(url: &str) -> Result<History, HistoryError> {
+        sqlx::any::install_default_drivers();
+        let postgres = is_postgres_url(url);
+        let url = if postgres || url.starts_with("sqlite:") {
+            url.to_string()
+        } else {
+            format!("sqlite://{url}?mode=rwc")
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 8 } else { 1 })
+            .connect(&url)
+            .await?;
+        if postgres {
+            sqlx::migrate!("../../migrations/postgres/capacity")
+                .run(&pool)
+                .await?;
+        } else {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA busy_timeout = 10000").execute(&pool).await?;
+            sqlx::migrate!("../../migrations/sqlite/capacity")
+                .run(&pool)
+                .await?;
+        }
+        Ok(History {
+            pool,
+            backend: if postgres { "postgres" } else { "sqlite" },
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Store observations (one transaction); an observation already stored
+    /// for the same tenant, cell and moment is replaced.
+    pub async fn record(&self, rows: &[SampleRow], source: &str) -> Result<usize, HistoryError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(CHUNK) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO samples (tenant, cell, at, check_rps, tuples, connections, source) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.tenant.clone())
+                    .push_bind(r.cell.clone())
+                    .push_bind(r.sample.at)
+                    .push_bind(r.sample.check_rps)
+                    .push_bind(r.sample.tuples)
+                    .push_bind(r.sample.connections)
+                    .push_bind(source.to_string());
+            });
+            q.push(
+                " ON CONFLICT (tenant, cell, at) DO UPDATE SET check_rps = excluded.check_rps, \
+                 tuples = excluded.tuples, connections = excluded.connections, source = excluded.source",
+            );
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Import a usage file's tenants.
+    pub async fn import(&self, tenants: &[TenantUsage]) -> Result<usize, HistoryError> {
+        let rows: Vec<SampleRow> = tenants
+            .iter()
+            .flat_map(|t| {
+                t.samples.iter().map(|s| SampleRow {
+                    tenant: t.tenant.clone(),
+                    cell: t.cell.clone(),
+                    sample: s.clone(),
+                })
+            })
+            .collect();
+        self.record(&rows, "import").await
+    }
+
+    /// Usage since `since` (Unix seconds), per tenant on the cell it was last
+    /// seen on, samples oldest first.
+    pub async fn usage(&self, since: f64) -> Result<Vec<TenantUsage>, HistoryError> {
+        let rows: Vec<AnyRow> = sqlx::query(
+            "SELECT tenant, cell, at, check_rps, tuples, connections FROM samples \
+             WHERE at >= $1 ORDER BY tenant, at, cell",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by: BTreeMap<String, Vec<(String, Sample)>> = BTreeMap::new();
+        for r in rows {
+            let s = Sample {
+                at: r.try_get(2)?,
+                check_rps: r.try_get(3)?,
+                tuples: r.try_get(4)?,
+                connections: r.try_get(5)?,
+            };
+            by.entry(r.try_get(0)?)
+                .or_default()
+                .push((r.try_get(1)?, s));
+        }
+        Ok(by
+            .into_iter()
+            .filter_map(|(tenant, v)| {
+                // A tenant that moved counts on its newest cell only.
+                let cell = v.last()?.0.clone();
+                let samples = v
+                    .into_iter()
+                    .filter(|(c, _)| *c == cell)
+                    .map(|(_, s)| s)
+                    .collect();
+                Some(TenantUsage {
+                    tenant,
+                    cell,
+                    samples,
+                })
+            })
+            .collect())
+    }
+
+    /// Forget observations older than `before` (Unix seconds).
+    pub async fn prune(&self, before: f64) -> Result<u64, HistoryError> {
+        Ok(sqlx::query("DELETE FROM samples WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    pub async fn count(&self) -> Result<i64, HistoryError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM samples")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+}

@@ -1,0 +1,409 @@
+//! `capacity-planner serve`: scrape the cells on an interval into the usage
+//! history, and answer plans over HTTP (the Conductor asks on behalf of
+//! `conductor plan|tenants`).
+//!
+//! Every `/v1` call needs `Authorization: Bearer <token>`. The caller sends
+//! the cells (the Conductor owns the inventory); the planner adds the usage
+//! it has seen. Errors are JSON `{code, message}`.
+
+use crate::history::History;
+use crate::scrape::{reading, targets_from_routes, RateKeeper, Target};
+use crate::{Cell, Policy, TenantLimit};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cells_inventory::{valid_id, Shape};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body (a usage import).
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Most cells one request may name.
+pub const MAX_CELLS: usize = 100_000;
+
+pub struct Config {
+    pub shapes: Vec<Shape>,
+    pub history: History,
+    /// The Conductor's routing table, where the cells' workers are found.
+    pub routes_file: Option<PathBuf>,
+    /// The artifact whose `/metrics` are scraped.
+    pub artifact: String,
+    pub interval: Duration,
+    /// How far back plans look.
+    pub window_secs: f64,
+    /// Samples older than this are deleted.
+    pub retention_secs: f64,
+    pub token: String,
+    /// The data planes' admin key (to read and push rate limits).
+    pub fga_admin_key: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    cfg: Arc<Config>,
+    http: reqwest::Client,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+impl From<crate::history::HistoryError> for ApiError {
+    fn from(e: crate::history::HistoryError) -> ApiError {
+        tracing::error!(error = %e, "usage history error while serving a request");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error; see the planner's log".into(),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        let (a, b) = (g.as_bytes(), st.cfg.token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthenticated",
+            message: "a valid bearer token is required".into(),
+        })
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// What every planning request carries.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanBody {
+    cells: Vec<Cell>,
+    #[serde(default)]
+    headroom: Option<f64>,
+    #[serde(default)]
+    horizon_days: Option<f64>,
+    // place
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    expected_rps: Option<f64>,
+    #[serde(default)]
+    expected_tuples: Option<f64>,
+    #[serde(default)]
+    expected_connections: Option<f64>,
+    // limits
+    #[serde(default)]
+    push: bool,
+}
+
+impl PlanBody {
+    fn policy(&self) -> ApiResult<Policy> {
+        let mut p = Policy::default();
+        if let Some(h) = self.headroom {
+            if !(h > 0.0 && h <= 1.0) {
+                return Err(ApiError::bad(format!("headroom must be in (0, 1], got {h}")));
+            }
+            p.headroom = h;
+        }
+        if let Some(d) = self.horizon_days {
+            if !(d.is_finite() && (0.0..=365.0).contains(&d)) {
+                return Err(ApiError::bad(format!("horizon_days must be in [0, 365], got {d}")));
+            }
+            p.horizon_secs = d * 86_400.0;
+        }
+        Ok(p)
+    }
+
+    fn check_cells(&self, shapes: &[Shape]) -> ApiResult<()> {
+        if self.cells.len() > MAX_CELLS {
+            return Err(ApiError::bad(format!("at most {MAX_CELLS} cells per request")));
+        }
+        for c in &self.cells {
+            if !valid_id(&c.id) || c.region.is_empty() || c.region.len() > 63 {
+                return Err(ApiError::bad(format!("invalid cell {:?}", c.id)));
+            }
+            if !shapes.iter().any(|s| s.name == c.shape) {
+                return Err(ApiError::bad(format!(
+                    "cell {} has shape {:?}, which the planner does not know",
+                    c.id, c.shape
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn usage_for(st: &AppState) -> ApiResult<Vec<crate::TenantUsage>> {
+    Ok(st.cfg.history.usage(now_secs() - st.cfg.window_secs).await?)
+}
+
+async fn prepare(st: &AppState, headers: &HeaderMap, body: &Bytes) -> ApiResult<(PlanBody, Policy)> {
+    authorize(st, headers)?;
+    let b: PlanBody = json_body(body)?;
+    b.check_cells(&st.cfg.shapes)?;
+    let p = b.policy()?;
+    Ok((b, p))
+}
+
+async fn plan(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &headers, &body).await?;
+    let usage = usage_for(&st).await?;
+    let r = crate::plan_capacity(&st.cfg.shapes, &b.cells, &usage, &policy);
+    Ok(Json(json!({ "plan": r })))
+}
+
+async fn place(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &headers, &body).await?;
+    let region = b
+        .region
+        .clone()
+        .ok_or_else(|| ApiError::bad("region is required"))?;
+    let d = [
+        b.expected_rps.unwrap_or(0.0),
+        b.expected_tuples.unwrap_or(0.0),
+        b.expected_connections.unwrap_or(0.0),
+    ];
+    if d.iter().any(|x| !x.is_finite() || *x < 0.0 || *x > 1e12) {
+        return Err(ApiError::bad("expected usage must be numbers in [0, 1e12]"));
+    }
+    let usage = usage_for(&st).await?;
+    let p = crate::place(&st.cfg.shapes, &b.cells, &usage, &region, d, &policy)
+        .map_err(ApiError::bad)?;
+    Ok(Json(json!({ "placement": p })))
+}
+
+async fn rebalance(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &headers, &body).await?;
+    let usage = usage_for(&st).await?;
+    let m = crate::rebalance(&st.cfg.shapes, &b.cells, &usage, &policy);
+    Ok(Json(json!({ "moves": m })))
+}
+
+/// The workers of each cell, from the routing table.
+fn workers(st: &AppState) -> BTreeMap<String, Vec<Target>> {
+    let mut m: BTreeMap<String, Vec<Target>> = BTreeMap::new();
+    if let Some(f) = &st.cfg.routes_file {
+        if let Some(routes) = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        {
+            for t in targets_from_routes(&routes, &st.cfg.artifact) {
+                m.entry(t.cell.clone()).or_default().push(t);
+            }
+        }
+    }
+    m
+}
+
+/// The limits the cells enforce now, by tenant: the sum over a cell's
+/// workers (each enforces its share).
+async fn limits_in_force(st: &AppState, cells: &BTreeMap<String, Vec<Target>>) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    let Some(key) = &st.cfg.fga_admin_key else {
+        return out;
+    };
+    for ws in cells.values() {
+        for w in ws {
+            let url = format!("http://127.0.0.1:{}/admin/rate-limits", w.port);
+            let Ok(r) = st.http.get(&url).bearer_auth(key).send().await else {
+                continue;
+            };
+            let Ok(v) = r.json::<Value>().await else {
+                continue;
+            };
+            for (store, l) in v["stores"].as_object().into_iter().flatten() {
+                if let Some(rate) = l["rate"].as_f64() {
+                    *out.entry(store.clone()).or_default() += rate;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Push each limit to every worker of its cell (each gets its share).
+async fn push_limits(
+    st: &AppState,
+    limits: &[TenantLimit],
+    cells: &BTreeMap<String, Vec<Target>>,
+) -> Vec<Value> {
+    let Some(key) = &st.cfg.fga_admin_key else {
+        return vec![json!({"ok": false, "detail": "no data plane admin key (--fga-admin-key / FGA_ADMIN_KEY); nothing pushed"})];
+    };
+    let mut out = Vec::new();
+    for l in limits {
+        let Some(ws) = cells.get(&l.cell).filter(|w| !w.is_empty()) else {
+            out.push(json!({"tenant": l.tenant, "cell": l.cell, "ok": false, "detail": "no running data plane workers found for the cell"}));
+            continue;
+        };
+        let n = ws.len() as f64;
+        let body = json!({"rate": (l.rate / n).max(0.001), "burst": (l.burst / n).ceil().max(1.0)});
+        let mut failed = Vec::new();
+        for w in ws {
+            let url = format!("http://127.0.0.1:{}/admin/rate-limits/{}", w.port, l.tenant);
+            match st.http.put(&url).bearer_auth(key).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => failed.push(format!("worker port {}: HTTP {}", w.port, r.status().as_u16())),
+                Err(e) => failed.push(format!("worker port {}: {e}", w.port)),
+            }
+        }
+        out.push(json!({
+            "tenant": l.tenant, "cell": l.cell, "workers": ws.len(),
+            "ok": failed.is_empty(),
+            "detail": if failed.is_empty() { format!("{} rps, burst {} over {} workers", l.rate, l.burst, ws.len()) } else { failed.join("; ") },
+        }));
+    }
+    out
+}
+
+async fn limits(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &headers, &body).await?;
+    let usage = usage_for(&st).await?;
+    let cells = workers(&st);
+    let in_force = limits_in_force(&st, &cells).await;
+    let mut l = crate::rate_limits(&st.cfg.shapes, &b.cells, &usage, &in_force, &policy);
+    crate::report::sort_limits(&mut l);
+    let pushed = if b.push {
+        push_limits(&st, &l, &cells).await
+    } else {
+        Vec::new()
+    };
+    Ok(Json(json!({ "limits": l, "pushed": pushed })))
+}
+
+async fn import(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    authorize(&st, &headers)?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad("the usage file is not UTF-8"))?;
+    let tenants = crate::parse_usage("request body", text).map_err(ApiError::bad)?;
+    let n = st.cfg.history.import(&tenants).await?;
+    Ok(Json(json!({ "imported": n, "tenants": tenants.len() })))
+}
+
+async fn summary(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    authorize(&st, &headers)?;
+    let usage = usage_for(&st).await?;
+    Ok(Json(json!({
+        "backend": st.cfg.history.backend(),
+        "samples": st.cfg.history.count().await?,
+        "tenants": usage.len(),
+        "window_secs": st.cfg.window_secs,
+    })))
+}
+
+pub fn router(cfg: Arc<Config>) -> Router {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .unwrap_or_default();
+    let st = AppState { cfg, http };
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/usage", get(summary).post(import))
+        .route("/v1/plan", post(plan))
+        .route("/v1/place", post(place))
+        .route("/v1/rebalance", post(rebalance))
+        .route("/v1/limits", post(limits))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: "no such endpoint".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(st)
+}
+
+/// Scrape every worker once per interval, forever.
+pub async fn scrape_loop(cfg: Arc<Config>) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .unwrap_or_default();
+    let st = AppState {
+        cfg: cfg.clone(),
+        http,
+    };
+    let mut keeper = RateKeeper::default();
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let targets: Vec<Target> = workers(&st).into_values().flatten().collect();
+        let mut round = Vec::new();
+        for t in targets {
+            let url = format!("http://127.0.0.1:{}/metrics", t.port);
+            match st.http.get(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    if let Ok(text) = r.text().await {
+                        round.push((t, reading(&text)));
+                    }
+                }
+                Ok(r) => tracing::debug!(cell = %t.cell, port = t.port, status = r.status().as_u16(), "scrape refused"),
+                Err(e) => tracing::debug!(cell = %t.cell, port = t.port, error = %e, "scrape failed"),
+            }
+        }
+        let now = now_secs();
+        let rows = keeper.observe(now, &round);
+        if !rows.is_empty() {
+            match cfg.history.record(&rows, "scrape").await {
+                Ok(n) => tracing::debug!(samples = n, "usage recorded"),
+                Err(e) => tracing::warn!(error = %e, "could not record usage"),
+            }
+        }
+        if let Err(e) = cfg.history.prune(now - cfg.retention_secs).await {
+            tracing::warn!(error = %e, "could not prune old usage");
+        }
+    }
+}
