@@ -209,3 +209,276 @@ fn resizes_refuse_bad_input_and_the_wrong_roles() {
     let all = c.get(&c.admin, "/resizes");
     assert_eq!(all["resizes"].as_array().map(Vec::len), Some(1));
 }
+
+/// Run `f` until it returns Some, or panic after a minute.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn json_out(c: &Conductor, token: &str, args: &[&str]) -> Value {
+    let out = c.cli_ok(token, args, 0);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+fn report_cell<'a>(plan: &'a Value, id: &str) -> &'a Value {
+    plan["plan"]["cells"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["cell"] == id))
+        .unwrap_or_else(|| panic!("{id} not in the plan: {plan:#}"))
+}
+
+#[test]
+fn the_sre_tour_scrape_plan_limits_apply_place_stamp_and_retire() {
+    let cells = "cells:\n  - { id: use1-a, region: us-east-1, shape: small, port: 22301, labels: { service: fga } }\n  - { id: use1-b, region: us-east-1, shape: large, port: 22303, labels: { service: fga } }\n  - { id: euw1-a, region: eu-west-1, shape: small, port: 22305, labels: { service: fga } }\n";
+    let c = Conductor::start_with(cells, &["--planner-interval-secs", "0.3"]);
+    let sam = c.token("sam", "sre", &[]);
+    let ana = c.token("ana", "sre", &[]);
+    let dev = c.token("dev", "developer", &[]);
+
+    // The FGA data plane on every cell.
+    let bin = e2e::bin("fga-dataplane").display().to_string();
+    c.cli_ok(
+        &c.admin,
+        &["artifact", "push", "fga-dataplane", "0.1.0", &bin],
+        0,
+    );
+    let yaml = "name: fga\nartifact: { kind: binary, name: fga-dataplane, args: [serve, --addr, \"127.0.0.1:{port}\", --data-dir, \"{data_dir}\"], health: /healthz }\ncells: { labels: { service: fga } }\nsteps:\n  - deploy: { health_timeout: 20s }\nwaves:\n  - { name: all, percent: 100, max_parallel: 3 }\n";
+    let p = c.file("fga.yaml", yaml);
+    c.cli_ok(&c.admin, &["pipeline", "submit", &p], 0);
+    c.cli_ok(
+        &c.admin,
+        &["train", "start", "fga", "--version", "0.1.0", "--wait"],
+        0,
+    );
+
+    // A tenant (a store) on use1-a, checked continuously.
+    let http = reqwest::blocking::Client::new();
+    let base = "http://127.0.0.1:22301";
+    let store: Value = http
+        .post(format!("{base}/stores"))
+        .json(&serde_json::json!({"name": "acme"}))
+        .send()
+        .expect("store")
+        .json()
+        .expect("json");
+    let sid = store["id"].as_str().expect("store id").to_string();
+    let model: Value = http
+        .post(format!("{base}/stores/{sid}/authorization-models"))
+        .json(&serde_json::json!({"schema_version": "1.1", "type_definitions": [
+            {"type": "user"},
+            {"type": "doc", "relations": {"viewer": {"this": {}}},
+             "metadata": {"relations": {"viewer": {"directly_related_user_types": [{"type": "user"}]}}}}]}))
+        .send()
+        .expect("model")
+        .json()
+        .expect("json");
+    assert!(model["authorization_model_id"].is_string(), "{model}");
+    let w = http
+        .post(format!("{base}/stores/{sid}/write"))
+        .json(&serde_json::json!({"writes": {"tuple_keys": [{"user": "user:ann", "relation": "viewer", "object": "doc:1"}]}}))
+        .send()
+        .expect("write");
+    assert!(w.status().is_success());
+    let check = || {
+        for _ in 0..20 {
+            let _ = http
+                .post(format!("{base}/stores/{sid}/check"))
+                .json(&serde_json::json!({"tuple_key": {"user": "user:ann", "relation": "viewer", "object": "doc:1"}}))
+                .send();
+        }
+    };
+
+    // The planner scrapes it: the plan shows the tenant and its load.
+    let plan = eventually("the scraped tenant in the plan", || {
+        check();
+        let plan = json_out(&c, &sam, &["plan", "capacity", "--json"]);
+        let cell = report_cell(&plan, "use1-a");
+        (cell["tenants"] == 1 && cell["utilization_now"][0].as_f64() > Some(0.0)).then_some(plan)
+    });
+    assert_eq!(report_cell(&plan, "use1-a")["shape"], "small");
+
+    // Rate limits: pushed to the cell's data plane, then in force.
+    c.cli_ok(&dev, &["plan", "limits"], 0);
+    let o = c.cli(&dev, &["plan", "limits", "--push"]);
+    assert_eq!(o.status.code(), Some(2), "a developer may not push limits");
+    c.cli_ok(&sam, &["plan", "limits", "--push"], 0);
+    let key = std::fs::read_to_string(c.dir.path().join("data/fga-admin.key")).expect("key");
+    let routes = c.get(&c.admin, "/routes");
+    let wport = routes["routes"]["use1-a"]["fga-dataplane"]["workers"][0]["port"]
+        .as_u64()
+        .expect("worker port");
+    let limits: Value = http
+        .get(format!("http://127.0.0.1:{wport}/admin/rate-limits"))
+        .bearer_auth(key.trim())
+        .send()
+        .expect("limits")
+        .json()
+        .expect("json");
+    assert!(
+        limits["stores"][&sid]["rate"].as_f64() > Some(0.0),
+        "{limits:#}"
+    );
+    let listed = json_out(&c, &sam, &["plan", "limits", "--json"]);
+    let mine = listed["limits"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["tenant"] == sid.as_str()))
+        .expect("tenant listed");
+    assert!(mine["in_force"].as_f64() > Some(0.0), "{mine}");
+
+    // Imported usage makes euw1-a hot; use1-b (large) is idle.
+    let usage = c.file(
+        "usage.yaml",
+        "tenants:\n  - tenant: bigco\n    cell: euw1-a\n    samples:\n      - { at: 1000000000, check_rps: 1800, tuples: 100000, connections: 10 }\n      - { at: 1000003600, check_rps: 1800, tuples: 100000, connections: 10 }\n",
+    );
+    // (Old timestamps are outside the planning window: import now-ish ones.)
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let text = std::fs::read_to_string(&usage)
+        .expect("usage")
+        .replace("1000000000", &(now - 3600).to_string())
+        .replace("1000003600", &now.to_string());
+    let usage = c.file("usage.yaml", &text);
+    c.cli_ok(&sam, &["plan", "import", &usage], 0);
+    let bad = c.file("bad.yaml", "tenants:\n  - tenant: x\n    cell: euw1-a\n    samples: [ { at: 1, check_rps: -5, tuples: 0 } ]\n");
+    let o = c.cli(&sam, &["plan", "import", &bad]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("negative"));
+
+    let plan = json_out(&c, &sam, &["plan", "capacity", "--json"]);
+    let hot = report_cell(&plan, "euw1-a");
+    assert_eq!(
+        (hot["recommended"].as_str(), hot["action"].as_str()),
+        (Some("medium"), Some("grow")),
+        "{hot}"
+    );
+    let idle = report_cell(&plan, "use1-b");
+    assert_eq!(
+        (idle["recommended"].as_str(), idle["action"].as_str()),
+        (Some("small"), Some("shrink")),
+        "{idle}"
+    );
+
+    // --apply: the grow runs now, the shrink waits for someone else.
+    let applied = json_out(&c, &sam, &["plan", "capacity", "--apply", "--json"]);
+    let rz = |cell: &str| {
+        applied["resizes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["cell"] == cell))
+            .unwrap_or_else(|| panic!("no resize of {cell}: {applied:#}"))
+            .clone()
+    };
+    let (grow, shrink) = (rz("euw1-a"), rz("use1-b"));
+    assert_eq!(shrink["status"], "awaiting_approval");
+    let grow_id = grow["id"].as_str().unwrap_or("");
+    let shrink_id = shrink["id"].as_str().unwrap_or("");
+    assert_eq!(c.wait_resize(grow_id)["status"], "succeeded");
+    let o = c.cli(&sam, &["resizes", "approve", shrink_id]);
+    assert_eq!(o.status.code(), Some(2), "self-approval must be refused");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot approve"));
+    c.cli_ok(&ana, &["resizes", "approve", shrink_id], 0);
+    c.cli_ok(&ana, &["resizes", "wait", shrink_id], 0);
+    let listed = c.get(&c.admin, "/cells");
+    assert_eq!(cell(&listed, "euw1-a")["shape"], "medium");
+    assert_eq!(
+        cell(&listed, "euw1-a")["workers"]["running"]["fga-dataplane"],
+        2
+    );
+    assert_eq!(cell(&listed, "use1-b")["shape"], "small");
+    assert_eq!(
+        cell(&listed, "use1-b")["workers"]["running"]["fga-dataplane"],
+        1
+    );
+
+    // Placement: room in us-east-1; none in eu-west-1, so stamp a new cell.
+    let out = c.cli_ok(
+        &dev,
+        &[
+            "tenants",
+            "place",
+            "--region",
+            "us-east-1",
+            "--expected-rps",
+            "50",
+            "--expected-tuples",
+            "1000",
+        ],
+        0,
+    );
+    assert!(out.starts_with("place on use1-"), "{out}");
+    assert!(out.contains("why:"), "{out}");
+    let o = c.cli(
+        &dev,
+        &[
+            "tenants",
+            "place",
+            "--region",
+            "eu-west-1",
+            "--expected-rps",
+            "3000",
+            "--expected-tuples",
+            "1000",
+            "--stamp",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "a developer may not stamp cells");
+    let placed = json_out(
+        &c,
+        &sam,
+        &[
+            "tenants",
+            "place",
+            "--region",
+            "eu-west-1",
+            "--expected-rps",
+            "3000",
+            "--expected-tuples",
+            "1000",
+            "--stamp",
+            "--json",
+        ],
+    );
+    assert!(placed["placement"]["cell"].is_null(), "{placed:#}");
+    let new_id = placed["stamped"]["id"]
+        .as_str()
+        .expect("stamped")
+        .to_string();
+    assert_eq!(new_id, "euw1-b");
+    let listed = c.get(&c.admin, "/cells");
+    assert_eq!(cell(&listed, &new_id)["status"], "active");
+    assert_eq!(cell(&listed, &new_id)["region"], "eu-west-1");
+
+    // Lifecycle: add, drain, retire (retire needs a drain first).
+    let out = c.cli_ok(
+        &sam,
+        &["cells", "add", "--region", "us-east-1", "--shape", "medium"],
+        0,
+    );
+    assert!(out.contains("added cell use1-c"), "{out}");
+    let o = c.cli(
+        &sam,
+        &["cells", "add", "--region", "mars-1", "--shape", "small"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no template for region"));
+    let o = c.cli(&sam, &["cells", "retire", &new_id]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("drain"));
+    c.cli_ok(&sam, &["cells", "drain", &new_id], 0);
+    c.cli_ok(&sam, &["cells", "retire", &new_id], 0);
+    let listed = c.get(&c.admin, "/cells");
+    assert_eq!(cell(&listed, &new_id)["status"], "retired");
+    // A retired cell is out of the plan.
+    let plan = json_out(&c, &sam, &["plan", "capacity", "--json"]);
+    assert!(plan["plan"]["cells"]
+        .as_array()
+        .is_some_and(|a| a.iter().all(|x| x["cell"] != new_id.as_str())));
+}

@@ -38,6 +38,8 @@ pub struct Conductor {
     pub admin: String,
     child: Option<Child>,
     cells_file: PathBuf,
+    /// Extra arguments to `conductor up`.
+    extra: Vec<String>,
 }
 
 /// A cells file with `n_per_region` local cells in each of three regions,
@@ -63,6 +65,11 @@ pub fn cells_yaml(base: u16, n_per_region: usize) -> String {
 impl Conductor {
     /// Start on a fresh data directory with the given cells file text.
     pub fn start(cells: &str) -> Conductor {
+        Conductor::start_with(cells, &[])
+    }
+
+    /// Like [`Conductor::start`], with extra arguments to `conductor up`.
+    pub fn start_with(cells: &str, extra: &[&str]) -> Conductor {
         let dir = tempfile::tempdir().expect("tempdir");
         let cells_file = dir.path().join("cells.yaml");
         std::fs::write(&cells_file, cells).expect("write cells");
@@ -72,6 +79,7 @@ impl Conductor {
             admin: String::new(),
             child: None,
             cells_file,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         c.boot();
         c.admin = std::fs::read_to_string(c.dir.path().join("data/admin.token"))
@@ -92,6 +100,7 @@ impl Conductor {
             .arg(&self.cells_file)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
+            .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(

@@ -57,8 +57,12 @@ impl History {
                 .run(&pool)
                 .await?;
         } else {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA busy_timeout = 10000").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA busy_timeout = 10000")
+                .execute(&pool)
+                .await?;
             sqlx::migrate!("../../migrations/sqlite/capacity")
                 .run(&pool)
                 .await?;

@@ -130,9 +130,8 @@ pub const MAX_USAGE_SAMPLES: usize = 5_000_000;
 pub fn parse_usage(name: &str, text: &str) -> Result<Vec<TenantUsage>, String> {
     // JSON (any size) directly; YAML through yamlspan for positions.
     let doc: UsageFile = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| {
-            format!("{name}:{}:{}: {e}", e.line(), e.column())
-        })?
+        serde_json::from_str(text)
+            .map_err(|e| format!("{name}:{}:{}: {e}", e.line(), e.column()))?
     } else {
         yamlspan::from_str(name, text).map_err(|e| e.to_string())?.0
     };

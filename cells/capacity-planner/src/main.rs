@@ -103,7 +103,12 @@ impl DbArgs {
         // Never print the URL: it may hold a password.
         capacity_planner::history::History::connect(&url)
             .await
-            .with_context(|| format!("opening the {} usage history", if pg { "PostgreSQL" } else { "SQLite" }))
+            .with_context(|| {
+                format!(
+                    "opening the {} usage history",
+                    if pg { "PostgreSQL" } else { "SQLite" }
+                )
+            })
     }
 }
 
@@ -150,11 +155,13 @@ fn load_usage(path: Option<&Path>) -> Result<Vec<TenantUsage>> {
         .map_err(|e| anyhow!("{e}"))
 }
 
-
 fn main() {
     let cli = Cli::parse();
     if matches!(cli.cmd, Cmd::Serve(_) | Cmd::Import { .. }) {
-        let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: cannot start the runtime: {e}");
@@ -309,9 +316,11 @@ async fn serve(a: ServeArgs, shapes: Vec<Shape>) -> Result<()> {
     let addr = listener.local_addr()?;
     println!(
         "capacity-planner listening on http://{addr} (history: {backend}; scraping: {})",
-        a.routes
-            .as_ref()
-            .map_or("off".to_string(), |r| format!("{} every {}s", r.display(), a.interval_secs))
+        a.routes.as_ref().map_or("off".to_string(), |r| format!(
+            "{} every {}s",
+            r.display(),
+            a.interval_secs
+        ))
     );
     axum::serve(listener, capacity_planner::service::router(cfg))
         .with_graceful_shutdown(async {

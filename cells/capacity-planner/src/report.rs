@@ -47,7 +47,11 @@ pub fn plan(r: &FleetReport) -> String {
         r.stranded[2],
         if r.at_risk.is_empty() { "none".to_string() } else { r.at_risk.join(", ") }
     );
-    let _ = writeln!(o, "headroom policy: stay under {:.0}% of every dimension at the forecast peak", r.headroom * 100.0);
+    let _ = writeln!(
+        o,
+        "headroom policy: stay under {:.0}% of every dimension at the forecast peak",
+        r.headroom * 100.0
+    );
     if !r.unknown_cells.is_empty() {
         let _ = writeln!(
             o,

@@ -227,7 +227,8 @@ impl RateKeeper {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "# HELP fga_store_requests_total x\n# TYPE fga_store_requests_total counter\n\
+    const TEXT: &str =
+        "# HELP fga_store_requests_total x\n# TYPE fga_store_requests_total counter\n\
 fga_store_requests_total{store=\"01A\"} 100\nfga_store_requests_total{store=\"01B\"} 10\n\
 fga_store_tuples{store=\"01A\"} 5000\nfga_requests_total{method=\"check\",status=\"200\"} 7\n\
 weird{a=\"x\\\"y,z\",store=\"01C\"} 3\nbroken{store=\"01A\" 3\nnovalue\n";
@@ -285,10 +286,7 @@ weird{a=\"x\\\"y,z\",store=\"01C\"} 3\nbroken{store=\"01A\" 3\nnovalue\n";
         // Worker 2 restarted (its counter went down): only worker 1 counts.
         let third = k.observe(
             20.0,
-            &[
-                (w1, r(&[("s", 300.0)], &[])),
-                (w2, r(&[("s", 5.0)], &[])),
-            ],
+            &[(w1, r(&[("s", 300.0)], &[])), (w2, r(&[("s", 5.0)], &[]))],
         );
         assert_eq!(third[0].sample.check_rps, 10.0);
     }

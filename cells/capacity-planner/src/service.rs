@@ -150,13 +150,17 @@ impl PlanBody {
         let mut p = Policy::default();
         if let Some(h) = self.headroom {
             if !(h > 0.0 && h <= 1.0) {
-                return Err(ApiError::bad(format!("headroom must be in (0, 1], got {h}")));
+                return Err(ApiError::bad(format!(
+                    "headroom must be in (0, 1], got {h}"
+                )));
             }
             p.headroom = h;
         }
         if let Some(d) = self.horizon_days {
             if !(d.is_finite() && (0.0..=365.0).contains(&d)) {
-                return Err(ApiError::bad(format!("horizon_days must be in [0, 365], got {d}")));
+                return Err(ApiError::bad(format!(
+                    "horizon_days must be in [0, 365], got {d}"
+                )));
             }
             p.horizon_secs = d * 86_400.0;
         }
@@ -165,7 +169,9 @@ impl PlanBody {
 
     fn check_cells(&self, shapes: &[Shape]) -> ApiResult<()> {
         if self.cells.len() > MAX_CELLS {
-            return Err(ApiError::bad(format!("at most {MAX_CELLS} cells per request")));
+            return Err(ApiError::bad(format!(
+                "at most {MAX_CELLS} cells per request"
+            )));
         }
         for c in &self.cells {
             if !valid_id(&c.id) || c.region.is_empty() || c.region.len() > 63 {
@@ -183,10 +189,18 @@ impl PlanBody {
 }
 
 async fn usage_for(st: &AppState) -> ApiResult<Vec<crate::TenantUsage>> {
-    Ok(st.cfg.history.usage(now_secs() - st.cfg.window_secs).await?)
+    Ok(st
+        .cfg
+        .history
+        .usage(now_secs() - st.cfg.window_secs)
+        .await?)
 }
 
-async fn prepare(st: &AppState, headers: &HeaderMap, body: &Bytes) -> ApiResult<(PlanBody, Policy)> {
+async fn prepare(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<(PlanBody, Policy)> {
     authorize(st, headers)?;
     let b: PlanBody = json_body(body)?;
     b.check_cells(&st.cfg.shapes)?;
@@ -194,14 +208,22 @@ async fn prepare(st: &AppState, headers: &HeaderMap, body: &Bytes) -> ApiResult<
     Ok((b, p))
 }
 
-async fn plan(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn plan(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let (b, policy) = prepare(&st, &headers, &body).await?;
     let usage = usage_for(&st).await?;
     let r = crate::plan_capacity(&st.cfg.shapes, &b.cells, &usage, &policy);
     Ok(Json(json!({ "plan": r })))
 }
 
-async fn place(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn place(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let (b, policy) = prepare(&st, &headers, &body).await?;
     let region = b
         .region
@@ -221,7 +243,11 @@ async fn place(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> A
     Ok(Json(json!({ "placement": p })))
 }
 
-async fn rebalance(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn rebalance(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let (b, policy) = prepare(&st, &headers, &body).await?;
     let usage = usage_for(&st).await?;
     let m = crate::rebalance(&st.cfg.shapes, &b.cells, &usage, &policy);
@@ -246,7 +272,10 @@ fn workers(st: &AppState) -> BTreeMap<String, Vec<Target>> {
 
 /// The limits the cells enforce now, by tenant: the sum over a cell's
 /// workers (each enforces its share).
-async fn limits_in_force(st: &AppState, cells: &BTreeMap<String, Vec<Target>>) -> BTreeMap<String, f64> {
+async fn limits_in_force(
+    st: &AppState,
+    cells: &BTreeMap<String, Vec<Target>>,
+) -> BTreeMap<String, f64> {
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
     let Some(key) = &st.cfg.fga_admin_key else {
         return out;
@@ -277,7 +306,9 @@ async fn push_limits(
     cells: &BTreeMap<String, Vec<Target>>,
 ) -> Vec<Value> {
     let Some(key) = &st.cfg.fga_admin_key else {
-        return vec![json!({"ok": false, "detail": "no data plane admin key (--fga-admin-key / FGA_ADMIN_KEY); nothing pushed"})];
+        return vec![
+            json!({"ok": false, "detail": "no data plane admin key (--fga-admin-key / FGA_ADMIN_KEY); nothing pushed"}),
+        ];
     };
     let mut out = Vec::new();
     for l in limits {
@@ -292,7 +323,11 @@ async fn push_limits(
             let url = format!("http://127.0.0.1:{}/admin/rate-limits/{}", w.port, l.tenant);
             match st.http.put(&url).bearer_auth(key).json(&body).send().await {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => failed.push(format!("worker port {}: HTTP {}", w.port, r.status().as_u16())),
+                Ok(r) => failed.push(format!(
+                    "worker port {}: HTTP {}",
+                    w.port,
+                    r.status().as_u16()
+                )),
                 Err(e) => failed.push(format!("worker port {}: {e}", w.port)),
             }
         }
@@ -305,7 +340,11 @@ async fn push_limits(
     out
 }
 
-async fn limits(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn limits(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let (b, policy) = prepare(&st, &headers, &body).await?;
     let usage = usage_for(&st).await?;
     let cells = workers(&st);
@@ -320,9 +359,14 @@ async fn limits(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
     Ok(Json(json!({ "limits": l, "pushed": pushed })))
 }
 
-async fn import(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn import(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     authorize(&st, &headers)?;
-    let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad("the usage file is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad("the usage file is not UTF-8"))?;
     let tenants = crate::parse_usage("request body", text).map_err(ApiError::bad)?;
     let n = st.cfg.history.import(&tenants).await?;
     Ok(Json(json!({ "imported": n, "tenants": tenants.len() })))
@@ -390,8 +434,12 @@ pub async fn scrape_loop(cfg: Arc<Config>) {
                         round.push((t, reading(&text)));
                     }
                 }
-                Ok(r) => tracing::debug!(cell = %t.cell, port = t.port, status = r.status().as_u16(), "scrape refused"),
-                Err(e) => tracing::debug!(cell = %t.cell, port = t.port, error = %e, "scrape failed"),
+                Ok(r) => {
+                    tracing::debug!(cell = %t.cell, port = t.port, status = r.status().as_u16(), "scrape refused")
+                }
+                Err(e) => {
+                    tracing::debug!(cell = %t.cell, port = t.port, error = %e, "scrape failed")
+                }
             }
         }
         let now = now_secs();

@@ -316,7 +316,11 @@ impl CellTemplate {
         if !shapes.iter().any(|s| s.name == shape) {
             return Err(format!(
                 "no shape {shape:?} (shapes: {})",
-                shapes.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                shapes
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         let taken: BTreeSet<&str> = existing.iter().map(|c| c.id.as_str()).collect();
@@ -334,7 +338,10 @@ impl CellTemplate {
                     .filter_map(|c| c.port)
                     .max()
                     .map_or(Some(self.defaults.first_port), |p| p.checked_add(2));
-                Some(next.filter(|p| *p < u16::MAX).ok_or("no free local ports left")?)
+                Some(
+                    next.filter(|p| *p < u16::MAX)
+                        .ok_or("no free local ports left")?,
+                )
             }
             TargetSpec::Command { .. } => None,
         };
@@ -434,16 +441,27 @@ mod tests {
             &shapes,
         )
         .expect("cells");
-        let c = t.stamp("us-east-1", "small", &shapes, &existing).expect("stamp");
+        let c = t
+            .stamp("us-east-1", "small", &shapes, &existing)
+            .expect("stamp");
         assert_eq!(c.id, "use1-b");
         assert_eq!(c.port, Some(18103));
         assert_eq!(c.labels.get("service").map(String::as_str), Some("fga"));
         assert_eq!(c.labels.get("tier").map(String::as_str), Some("main"));
-        let e = t.stamp("mars-1", "small", &shapes, &existing).err().unwrap_or_default();
+        let e = t
+            .stamp("mars-1", "small", &shapes, &existing)
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("no template for region"), "{e}");
-        let e = t.stamp("us-east-1", "huge", &shapes, &existing).err().unwrap_or_default();
+        let e = t
+            .stamp("us-east-1", "huge", &shapes, &existing)
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("no shape"), "{e}");
-        let bad = parse_template("t.yaml", "defaults: {}\nregions:\n  x: { prefix: \"A B\" }\n");
+        let bad = parse_template(
+            "t.yaml",
+            "defaults: {}\nregions:\n  x: { prefix: \"A B\" }\n",
+        );
         let msg = bad.err().map(|d| d.to_string()).unwrap_or_default();
         assert!(msg.starts_with("t.yaml:3:"), "{msg}");
     }

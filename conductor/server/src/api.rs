@@ -709,7 +709,11 @@ impl From<PlannerError> for ApiError {
             PlannerError::Refused { message, .. } => ApiError::bad_request(message),
             PlannerError::Unreachable(..) | PlannerError::Failed(_) => {
                 tracing::warn!(error = %e, "capacity planner request failed");
-                ApiError::new(StatusCode::BAD_GATEWAY, "planner_unavailable", e.to_string())
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "planner_unavailable",
+                    e.to_string(),
+                )
             }
         }
     }

@@ -25,6 +25,10 @@ pub fn routes() -> Router<AppState> {
         .route("/capacity/limits", get(limits))
         .route("/capacity/limits/push", post(push_limits))
         .route("/capacity/rebalance", get(rebalance))
+        .route(
+            "/capacity/usage",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(MAX_USAGE)),
+        )
         .route("/tenants/place", post(place))
         .route("/cells", post(add_cell))
         .route("/cells/{id}/drain", post(drain_cell))
@@ -59,15 +63,17 @@ async fn planner_cells(st: &AppState, placeable: bool) -> ApiResult<Vec<Value>> 
 }
 
 async fn ask(st: &AppState, path: &str, mut body: Value, placeable: bool) -> ApiResult<Value> {
-    let planner = st.planner.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "planner_unavailable",
-            "no capacity planner: start the Conductor with capacity-planner beside it (or --planner URL)",
-        )
-    })?;
+    let planner = st.planner.as_ref().ok_or_else(no_planner)?;
     body["cells"] = Value::Array(planner_cells(st, placeable).await?);
     Ok(planner.call(path, &body).await?)
+}
+
+fn no_planner() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "planner_unavailable",
+        "no capacity planner: start the Conductor with capacity-planner beside it (or --planner URL)",
+    )
 }
 
 fn policy_body(q: &PolicyQuery) -> Value {
@@ -91,8 +97,13 @@ async fn apply(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::ManageCells)?;
     let v = ask(&st, "/plan", policy_body(&q), false).await?;
-    let report: FleetReport = serde_json::from_value(v["plan"].clone())
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "planner_unavailable", format!("the planner's answer is not a plan: {e}")))?;
+    let report: FleetReport = serde_json::from_value(v["plan"].clone()).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "planner_unavailable",
+            format!("the planner's answer is not a plan: {e}"),
+        )
+    })?;
     let (mut created, mut skipped) = (Vec::new(), Vec::new());
     for c in &report.cells {
         let Some(to) = c.recommended.as_deref().filter(|s| *s != c.shape) else {
@@ -111,10 +122,31 @@ async fn apply(
         };
         match st.resizer.create(req).await {
             Ok(rz) => {
-                audit(&st, &id, "cell.resize", &rz.cell, &format!("{}: {} -> {} (plan; {})", rz.id, rz.from_shape, rz.to_shape, if shrink { "awaits approval" } else { "runs now" })).await?;
+                audit(
+                    &st,
+                    &id,
+                    "cell.resize",
+                    &rz.cell,
+                    &format!(
+                        "{}: {} -> {} (plan; {})",
+                        rz.id,
+                        rz.from_shape,
+                        rz.to_shape,
+                        if shrink {
+                            "awaits approval"
+                        } else {
+                            "runs now"
+                        }
+                    ),
+                )
+                .await?;
                 created.push(rz);
             }
-            Err(e @ (ResizeError::Busy { .. } | ResizeError::NotActive(..) | ResizeError::SameShape(..))) => {
+            Err(
+                e @ (ResizeError::Busy { .. }
+                | ResizeError::NotActive(..)
+                | ResizeError::SameShape(..)),
+            ) => {
                 skipped.push(json!({"cell": c.cell, "reason": e.to_string()}));
             }
             Err(e) => return Err(e.into()),
@@ -150,7 +182,43 @@ async fn push_limits(
         .flatten()
         .filter(|p| p["ok"] != json!(true))
         .count();
-    audit(&st, &id, "capacity.limits.push", "fleet", &format!("{pushed} limits pushed, {failed} failed")).await?;
+    audit(
+        &st,
+        &id,
+        "capacity.limits.push",
+        "fleet",
+        &format!("{pushed} limits pushed, {failed} failed"),
+    )
+    .await?;
+    Ok(Json(v))
+}
+
+/// Largest usage file accepted.
+const MAX_USAGE: usize = 64 * 1024 * 1024;
+
+async fn import(
+    State(st): State<AppState>,
+    id: Identity,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    require(&id, Action::ManageCells)?;
+    let body = body.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("usage file over {MAX_USAGE} bytes"),
+        )
+    })?;
+    let planner = st.planner.as_ref().ok_or_else(no_planner)?;
+    let v = planner.import(body).await?;
+    audit(
+        &st,
+        &id,
+        "capacity.import",
+        "usage",
+        &format!("{} samples", v["imported"]),
+    )
+    .await?;
     Ok(Json(v))
 }
 
@@ -217,7 +285,14 @@ async fn stamp(st: &AppState, id: &Identity, region: &str, shape: &str) -> ApiRe
         .map_err(ApiError::bad_request)?;
     st.engine.store().add_cell(&cell, st.engine.now()).await?;
     st.engine.refresh_cells().await?;
-    audit(st, id, "cell.add", &cell.id, &format!("{} {} from the template", cell.region, cell.shape)).await?;
+    audit(
+        st,
+        id,
+        "cell.add",
+        &cell.id,
+        &format!("{} {} from the template", cell.region, cell.shape),
+    )
+    .await?;
     Ok(json!(cell))
 }
 
@@ -264,10 +339,17 @@ async fn drain_cell(
         "active" => {}
         "draining" => return Ok(Json(json!({"cell": cell, "status": "draining"}))),
         other => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("cell {cell} is {other}")))
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("cell {cell} is {other}"),
+            ))
         }
     }
-    st.engine.store().set_cell_status(&cell, "draining", st.engine.now()).await?;
+    st.engine
+        .store()
+        .set_cell_status(&cell, "draining", st.engine.now())
+        .await?;
     audit(&st, &id, "cell.drain", &cell, "").await?;
     Ok(Json(json!({"cell": cell, "status": "draining"})))
 }
@@ -286,13 +368,13 @@ async fn retire_cell(
     match cell_status(&st, &cell).await?.as_str() {
         "draining" => {}
         "retired" => return Ok(Json(json!({"cell": cell, "status": "retired"}))),
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("drain cell {cell} first (conductor cells drain {cell}) and move its tenants away"),
-            ))
-        }
+        _ => return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "drain cell {cell} first (conductor cells drain {cell}) and move its tenants away"
+            ),
+        )),
     }
     let holder = format!("retire:{cell}");
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -308,7 +390,11 @@ async fn retire_cell(
         ));
     }
     st.supervisor.stop_cell(&cell);
-    let r = st.engine.store().set_cell_status(&cell, "retired", st.engine.now()).await;
+    let r = st
+        .engine
+        .store()
+        .set_cell_status(&cell, "retired", st.engine.now())
+        .await;
     st.engine.leases().release(&cell, &holder);
     r?;
     st.engine.refresh_cells().await?;

@@ -2,8 +2,8 @@
 //! turned into validated values before anything else sees them.
 
 use crate::up::{load_inventory, up, PlannerMode, UpOptions};
-use capacity_planner::report;
 use anyhow::Context;
+use capacity_planner::report;
 use clap::{Args, Parser, Subcommand};
 use conductor_core::pipeline;
 use conductor_core::plan::{self, Estimates};
@@ -107,6 +107,9 @@ pub enum Cmd {
         planner: String,
         #[arg(long, env = "CONDUCTOR_PLANNER_TOKEN", hide_env_values = true)]
         planner_token: Option<String>,
+        /// Seconds between the started planner's scrapes of the cells.
+        #[arg(long, default_value_t = 15.0)]
+        planner_interval_secs: f64,
     },
     /// Capacity (role sre to apply): the plan per cell, rate limits, rebalancing.
     #[command(subcommand)]
@@ -370,6 +373,13 @@ pub enum PlanCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Import tenant usage from a file (YAML or JSON, the format of
+    /// deploy/local/usage.example.yaml) into the planner's history (role sre).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Tenant moves that relieve hot cells or free lightly used ones, each with its gain.
     Rebalance {
         #[command(flatten)]
@@ -578,13 +588,25 @@ pub async fn run(cli: Cli) -> CliResult {
             cell_template,
             planner,
             planner_token,
+            planner_interval_secs,
         } => {
+            if !(planner_interval_secs.is_finite()
+                && (0.1..=3600.0).contains(&planner_interval_secs))
+            {
+                return Err(CliError::usage(
+                    "--planner-interval-secs must be in [0.1, 3600]",
+                ));
+            }
             let planner = match planner.as_str() {
-                "auto" => PlannerMode::Auto,
+                "auto" => PlannerMode::Auto {
+                    interval_secs: planner_interval_secs,
+                },
                 "off" => PlannerMode::Off,
                 u if u.starts_with("http://") || u.starts_with("https://") => {
                     let t = planner_token.ok_or_else(|| {
-                        CliError::usage("--planner URL needs the planner's token in CONDUCTOR_PLANNER_TOKEN")
+                        CliError::usage(
+                            "--planner URL needs the planner's token in CONDUCTOR_PLANNER_TOKEN",
+                        )
                     })?;
                     PlannerMode::Url(u.to_string(), t)
                 }
@@ -1292,7 +1314,9 @@ async fn plan_cmd(c: PlanCmd) -> CliResult {
             let v = if apply {
                 client.post("/capacity/apply", policy.body()).await?
             } else {
-                client.get(&format!("/capacity/plan{}", policy.query())).await?
+                client
+                    .get(&format!("/capacity/plan{}", policy.query()))
+                    .await?
             };
             if json {
                 print_json(&v);
@@ -1331,7 +1355,9 @@ async fn plan_cmd(c: PlanCmd) -> CliResult {
             let v = if push {
                 client.post("/capacity/limits/push", policy.body()).await?
             } else {
-                client.get(&format!("/capacity/limits{}", policy.query())).await?
+                client
+                    .get(&format!("/capacity/limits{}", policy.query()))
+                    .await?
             };
             if json {
                 print_json(&v);
@@ -1345,14 +1371,42 @@ async fn plan_cmd(c: PlanCmd) -> CliResult {
             for p in v["pushed"].as_array().into_iter().flatten() {
                 if p["ok"] != json!(true) {
                     failed += 1;
-                    eprintln!("push to {} ({}) failed: {}", s(&p["cell"]), s(&p["tenant"]), s(&p["detail"]));
+                    eprintln!(
+                        "push to {} ({}) failed: {}",
+                        s(&p["cell"]),
+                        s(&p["tenant"]),
+                        s(&p["detail"])
+                    );
                 }
             }
             if push {
                 let n = v["pushed"].as_array().map_or(0, Vec::len);
-                println!("pushed {} limits to the data planes ({failed} failed)", n - failed);
+                println!(
+                    "pushed {} limits to the data planes ({failed} failed)",
+                    n - failed
+                );
             }
             Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+        }
+        PlanCmd::Import { file, conn } => {
+            let text = read_file(&file)?;
+            let client = Client::new(&conn)?;
+            let v = client
+                .send(
+                    client
+                        .http
+                        .post(format!("{}/api/v1/capacity/usage", client.base))
+                        .header("content-type", "application/yaml")
+                        .body(text),
+                )
+                .await?;
+            println!(
+                "imported {} samples of {} tenants from {}",
+                s(&v["imported"]),
+                s(&v["tenants"]),
+                file.display()
+            );
+            Ok(exit::OK)
         }
         PlanCmd::Rebalance { policy, json, conn } => {
             let v = Client::new(&conn)?
@@ -1395,9 +1449,18 @@ async fn tenants_cmd(c: TenantsCmd) -> CliResult {
             let p: capacity_planner::Placement = decode(&v["placement"])?;
             print!("{}", report::placement(&p));
             if let Some(c) = v.get("stamped") {
-                println!("stamped new cell {} ({} {})", s(&c["id"]), s(&c["region"]), s(&c["shape"]));
+                println!(
+                    "stamped new cell {} ({} {})",
+                    s(&c["id"]),
+                    s(&c["region"]),
+                    s(&c["shape"])
+                );
             } else if p.cell.is_none() {
-                println!("(add it with --stamp, or: conductor cells add --region {} --shape {})", p.region, p.new_shape.as_deref().unwrap_or("?"));
+                println!(
+                    "(add it with --stamp, or: conductor cells add --region {} --shape {})",
+                    p.region,
+                    p.new_shape.as_deref().unwrap_or("?")
+                );
             }
             Ok(exit::OK)
         }

@@ -2,6 +2,7 @@
 //! (`capacity-planner serve`). The Conductor owns the inventory and sends
 //! the cells with every request; the planner adds the usage it has seen.
 
+use axum::body as bytes;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -37,11 +38,19 @@ impl Planner {
 
     /// POST `body` to the planner's `path` (under `/v1`).
     pub async fn call(&self, path: &str, body: &Value) -> Result<Value, PlannerError> {
-        let r = self
-            .http
-            .post(format!("{}/v1{path}", self.url))
+        self.send(self.http.post(format!("{}/v1{path}", self.url)).json(body))
+            .await
+    }
+
+    /// POST a usage file (YAML or JSON text) into the planner's history.
+    pub async fn import(&self, text: bytes::Bytes) -> Result<Value, PlannerError> {
+        self.send(self.http.post(format!("{}/v1/usage", self.url)).body(text))
+            .await
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, PlannerError> {
+        let r = rb
             .bearer_auth(&self.token)
-            .json(body)
             .send()
             .await
             .map_err(|e| PlannerError::Unreachable(self.url.clone(), e.to_string()))?;
@@ -50,7 +59,10 @@ impl Planner {
         if status.is_success() {
             return Ok(v);
         }
-        let message = v["message"].as_str().unwrap_or("no reason given").to_string();
+        let message = v["message"]
+            .as_str()
+            .unwrap_or("no reason given")
+            .to_string();
         if status.is_client_error() {
             Err(PlannerError::Refused {
                 status: status.as_u16(),

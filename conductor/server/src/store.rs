@@ -462,9 +462,11 @@ impl Store {
     }
 
     pub async fn cell_specs(&self) -> Result<Vec<CellSpec>> {
-        let rows = sqlx::query("SELECT spec FROM cells WHERE status IN ('active', 'draining') ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT spec FROM cells WHERE status IN ('active', 'draining') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
             .collect()

@@ -31,7 +31,9 @@ pub struct UpOptions {
 /// Where the capacity planner is.
 pub enum PlannerMode {
     /// Start `capacity-planner serve` (found beside this binary) as a child.
-    Auto,
+    Auto {
+        interval_secs: f64,
+    },
     Off,
     /// A planner that runs elsewhere, with its token.
     Url(String, String),
@@ -58,6 +60,7 @@ async fn start_planner(
     data_dir: &Path,
     shapes_file: &Path,
     fga_admin_key: &str,
+    interval_secs: f64,
 ) -> Result<Option<(String, String, tokio::process::Child)>> {
     let exe = std::env::current_exe().context("finding the conductor binary")?;
     let bin = exe.with_file_name("capacity-planner");
@@ -74,7 +77,8 @@ async fn start_planner(
     let mut cmd = tokio::process::Command::new(&bin);
     cmd.arg("--shapes")
         .arg(shapes_file)
-        .args(["serve", "--listen", "127.0.0.1:0", "--interval-secs", "5"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--interval-secs"])
+        .arg(interval_secs.to_string())
         .arg("--data-dir")
         .arg(data_dir.join("planner"))
         .arg("--routes")
@@ -101,7 +105,12 @@ async fn start_planner(
     .await
     .ok()
     .flatten()
-    .with_context(|| format!("capacity-planner did not start; see {}", data_dir.join("planner.log").display()))?;
+    .with_context(|| {
+        format!(
+            "capacity-planner did not start; see {}",
+            data_dir.join("planner.log").display()
+        )
+    })?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(Some((url, token, child)))
 }
@@ -240,10 +249,13 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let (planner, _planner_child) = match opts.planner {
         PlannerMode::Off => (None, None),
         PlannerMode::Url(url, token) => (Some(Planner::new(&url, &token)), None),
-        PlannerMode::Auto => match start_planner(&data_dir, &opts.shapes_file, &fga_admin_key).await? {
-            Some((url, token, child)) => (Some(Planner::new(&url, &token)), Some(child)),
-            None => (None, None),
-        },
+        PlannerMode::Auto { interval_secs } => {
+            match start_planner(&data_dir, &opts.shapes_file, &fga_admin_key, interval_secs).await?
+            {
+                Some((url, token, child)) => (Some(Planner::new(&url, &token)), Some(child)),
+                None => (None, None),
+            }
+        }
     };
     let planner_url = planner.as_ref().map(|p| p.url.clone());
 
