@@ -80,25 +80,50 @@ impl History {
     /// Store observations (one transaction); an observation already stored
     /// for the same tenant, cell and moment is replaced.
     pub async fn record(&self, rows: &[SampleRow], source: &str) -> Result<usize, HistoryError> {
+        // One row per key (the last wins): PostgreSQL refuses to update a
+        // row twice in one statement.
+        let mut keyed: BTreeMap<(&str, &str, u64), &SampleRow> = BTreeMap::new();
+        for r in rows {
+            keyed.insert((&r.tenant, &r.cell, r.sample.at.to_bits()), r);
+        }
+        let rows: Vec<&SampleRow> = keyed.into_values().collect();
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(CHUNK) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO samples (tenant, cell, at, check_rps, tuples, connections, source) ",
-            );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.tenant.clone())
-                    .push_bind(r.cell.clone())
-                    .push_bind(r.sample.at)
-                    .push_bind(r.sample.check_rps)
-                    .push_bind(r.sample.tuples)
-                    .push_bind(r.sample.connections)
-                    .push_bind(source.to_string());
-            });
-            q.push(
-                " ON CONFLICT (tenant, cell, at) DO UPDATE SET check_rps = excluded.check_rps, \
+            // `$N` placeholders written out: they work on both databases
+            // (the Any driver's query builder would write `?`).
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 7;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO samples (tenant, cell, at, check_rps, tuples, connections, source) VALUES {} \
+                 ON CONFLICT (tenant, cell, at) DO UPDATE SET check_rps = excluded.check_rps, \
                  tuples = excluded.tuples, connections = excluded.connections, source = excluded.source",
+                values.join(", ")
             );
-            q.build().persistent(false).execute(&mut *tx).await?;
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.tenant.clone())
+                    .bind(r.cell.clone())
+                    .bind(r.sample.at)
+                    .bind(r.sample.check_rps)
+                    .bind(r.sample.tuples)
+                    .bind(r.sample.connections)
+                    .bind(source.to_string());
+            }
+            q.persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(rows.len())
@@ -112,7 +137,7 @@ impl History {
                 t.samples.iter().map(|s| SampleRow {
                     tenant: t.tenant.clone(),
                     cell: t.cell.clone(),
-                    sample: s.clone(),
+                    sample: *s,
                 })
             })
             .collect();

@@ -368,13 +368,15 @@ async fn retire_cell(
     match cell_status(&st, &cell).await?.as_str() {
         "draining" => {}
         "retired" => return Ok(Json(json!({"cell": cell, "status": "retired"}))),
-        _ => return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!(
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
                 "drain cell {cell} first (conductor cells drain {cell}) and move its tenants away"
             ),
-        )),
+            ))
+        }
     }
     let holder = format!("retire:{cell}");
     let (tx, rx) = tokio::sync::oneshot::channel();
