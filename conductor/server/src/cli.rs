@@ -1213,14 +1213,7 @@ async fn cells_cmd(c: CellsCmd) -> CliResult {
                 )
                 .await?;
             let rz = &v["resize"];
-            println!(
-                "resize {} of {}: {} -> {} ({})",
-                s(&rz["id"]),
-                cell,
-                s(&rz["from_shape"]),
-                s(&rz["to_shape"]),
-                s(&rz["status"])
-            );
+            print_resize(rz);
             if wait {
                 return wait_resize(&client, &s(&rz["id"])).await;
             }
@@ -1297,6 +1290,32 @@ async fn decide_resize(conn: &Conn, id: &str, verb: &str, reason: &str) -> CliRe
     Ok(exit::OK)
 }
 
+fn print_resize(z: &Value) {
+    println!(
+        "resize {} of {}: {} -> {} ({})",
+        s(&z["id"]),
+        s(&z["cell"]),
+        s(&z["from_shape"]),
+        s(&z["to_shape"]),
+        s(&z["status"])
+    );
+}
+
+/// GET a capacity view with the policy in the query, or, when `act` names
+/// the acting endpoint, POST the policy to it.
+async fn ask_planner(
+    conn: &Conn,
+    policy: &PolicyArgs,
+    view: &str,
+    act: Option<&str>,
+) -> Result<Value, CliError> {
+    let client = Client::new(conn)?;
+    match act {
+        Some(path) => client.post(path, policy.body()).await,
+        None => client.get(&format!("{view}{}", policy.query())).await,
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, CliError> {
     serde_json::from_value(v.clone())
         .map_err(|e| CliError::from(anyhow::anyhow!("unexpected answer from the Conductor: {e}")))
@@ -1310,14 +1329,8 @@ async fn plan_cmd(c: PlanCmd) -> CliResult {
             json,
             conn,
         } => {
-            let client = Client::new(&conn)?;
-            let v = if apply {
-                client.post("/capacity/apply", policy.body()).await?
-            } else {
-                client
-                    .get(&format!("/capacity/plan{}", policy.query()))
-                    .await?
-            };
+            let act = apply.then_some("/capacity/apply");
+            let v = ask_planner(&conn, &policy, "/capacity/plan", act).await?;
             if json {
                 print_json(&v);
                 return Ok(exit::OK);
@@ -1329,16 +1342,7 @@ async fn plan_cmd(c: PlanCmd) -> CliResult {
                 if resizes.is_empty() {
                     println!("no resizes: every cell already has its recommended shape");
                 }
-                for z in resizes {
-                    println!(
-                        "resize {} of {}: {} -> {} ({})",
-                        s(&z["id"]),
-                        s(&z["cell"]),
-                        s(&z["from_shape"]),
-                        s(&z["to_shape"]),
-                        s(&z["status"])
-                    );
-                }
+                resizes.iter().for_each(print_resize);
                 for k in v["skipped"].as_array().into_iter().flatten() {
                     println!("skipped {}: {}", s(&k["cell"]), s(&k["reason"]));
                 }
@@ -1351,14 +1355,8 @@ async fn plan_cmd(c: PlanCmd) -> CliResult {
             json,
             conn,
         } => {
-            let client = Client::new(&conn)?;
-            let v = if push {
-                client.post("/capacity/limits/push", policy.body()).await?
-            } else {
-                client
-                    .get(&format!("/capacity/limits{}", policy.query()))
-                    .await?
-            };
+            let act = push.then_some("/capacity/limits/push");
+            let v = ask_planner(&conn, &policy, "/capacity/limits", act).await?;
             if json {
                 print_json(&v);
                 return Ok(exit::OK);
