@@ -352,6 +352,10 @@ fn the_sre_tour_scrape_plan_limits_apply_place_stamp_and_retire() {
     let o = c.cli(&sam, &["plan", "import", &bad]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("negative"));
+    let old = c.file("old.yaml", "tenants:\n  - tenant: x\n    cell: euw1-a\n    samples: [ { at: 0, check_rps: 5, tuples: 0 } ]\n");
+    let o = c.cli(&sam, &["plan", "import", &old]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("retention"));
 
     let plan = json_out(&c, &sam, &["plan", "capacity", "--json"]);
     let hot = report_cell(&plan, "euw1-a");

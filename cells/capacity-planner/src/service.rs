@@ -368,6 +368,20 @@ async fn import(
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad("the usage file is not UTF-8"))?;
     let tenants = crate::parse_usage("request body", text).map_err(ApiError::bad)?;
+    // Samples older than the retention would be deleted at the next scrape:
+    // refuse them rather than lose them silently.
+    let oldest = now_secs() - st.cfg.retention_secs;
+    let stale = tenants
+        .iter()
+        .flat_map(|t| &t.samples)
+        .filter(|s| s.at < oldest)
+        .count();
+    if stale > 0 {
+        return Err(ApiError::bad(format!(
+            "{stale} samples are older than the history's retention ({:.0} days); `at` is Unix seconds (plan an old file offline: capacity-planner plan --usage FILE)",
+            st.cfg.retention_secs / 86_400.0
+        )));
+    }
     let n = st.cfg.history.import(&tenants).await?;
     Ok(Json(json!({ "imported": n, "tenants": tenants.len() })))
 }
