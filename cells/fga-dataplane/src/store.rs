@@ -33,14 +33,23 @@ fn ts(t: DateTime<Utc>) -> String {
 }
 
 /// A new ULID (26 characters, Crockford base32, time-ordered), the id format
-/// OpenFGA uses for stores and models.
+/// OpenFGA uses for stores and models. Monotonic within the process: an id
+/// made in the same millisecond as the last one is the last one plus one, so
+/// ids sort in creation order (list pagination and "newest model first"
+/// rely on it).
 pub fn ulid() -> String {
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    static LAST: std::sync::Mutex<u128> = std::sync::Mutex::new(0);
     let ms = u128::try_from(Utc::now().timestamp_millis()).unwrap_or(0) & ((1 << 48) - 1);
     let mut r = [0u8; 10];
     rand::thread_rng().fill_bytes(&mut r);
     let rand = r.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
-    let v = (ms << 80) | rand;
+    let v = {
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let v = ((ms << 80) | rand).max(last.saturating_add(1));
+        *last = v;
+        v
+    };
     (0..26)
         .rev()
         .map(|i| ALPHABET[((v >> (i * 5)) & 31) as usize] as char)

@@ -342,3 +342,10 @@ async fn unreachable_postgres_is_a_clear_error() {
     let e = r.err().expect("no server on port 1");
     assert!(e.to_string().contains("database error"), "{e}");
 }
+
+#[test]
+fn ulids_sort_in_creation_order() {
+    let ids: Vec<String> = (0..10_000).map(|_| fga_dataplane::store::ulid()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert!(ids.iter().all(|i| fga_dataplane::store::is_ulid(i)));
+}
