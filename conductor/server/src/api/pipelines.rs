@@ -1,0 +1,129 @@
+//! Pipelines: validate, submit, list, show, plan.
+
+use super::*;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/pipelines", get(list_pipelines).post(submit_pipeline))
+        .route("/pipelines/validate", post(validate_pipeline))
+        .route("/pipelines/{name}", get(get_pipeline))
+        .route("/pipelines/{name}/plan", get(plan_pipeline))
+}
+// ---- pipelines --------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct PipelineBody {
+    yaml: String,
+    #[serde(default)]
+    file: Option<String>,
+}
+
+fn file_name(b: &PipelineBody) -> String {
+    b.file.clone().unwrap_or_else(|| "pipeline.yaml".into())
+}
+
+/// Parse and plan against the current inventory.
+pub(super) async fn check_pipeline(
+    st: &AppState,
+    file: &str,
+    yaml: &str,
+) -> ApiResult<(pipeline::Pipeline, plan::Plan)> {
+    let (p, spans) = pipeline::parse(file, yaml).map_err(|d| ApiError::invalid(&d))?;
+    let cells = st.engine.store().cell_specs().await?;
+    let pl = plan::plan(&p, &spans, &cells).map_err(|d| ApiError::invalid(&d))?;
+    Ok((p, pl))
+}
+
+fn plan_json(p: &pipeline::Pipeline, pl: &plan::Plan, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let proj = plan::project(p, pl, &p.parsed_windows(), now, Estimates::default());
+    json!({
+        "pipeline": p.name,
+        "cells": pl.cell_count(),
+        "waves": pl.order.iter().zip(proj.iter()).map(|(i, w)| {
+            let pw = &pl.waves[*i];
+            json!({
+                "name": pw.name,
+                "cells": pw.cells,
+                "max_parallel": pw.max_parallel,
+                "approval": pw.approval,
+                "after": pw.after.iter().map(|a| pl.waves[*a].name.clone()).collect::<Vec<_>>(),
+                "projected_start": w.start,
+                "projected_end": w.end,
+            })
+        }).collect::<Vec<_>>(),
+        "projected_end": proj.iter().map(|w| w.end).max(),
+    })
+}
+
+async fn validate_pipeline(
+    State(st): State<AppState>,
+    _id: Identity,
+    JsonBody(b): JsonBody<PipelineBody>,
+) -> ApiResult<Json<Value>> {
+    let (p, pl) = check_pipeline(&st, &file_name(&b), &b.yaml).await?;
+    Ok(Json(
+        json!({ "valid": true, "plan": plan_json(&p, &pl, st.engine.now()) }),
+    ))
+}
+
+async fn submit_pipeline(
+    State(st): State<AppState>,
+    id: Identity,
+    JsonBody(b): JsonBody<PipelineBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require(&id, Action::SubmitPipeline)?;
+    let (p, pl) = check_pipeline(&st, &file_name(&b), &b.yaml).await?;
+    let rev = st
+        .engine
+        .store()
+        .put_pipeline(&p.name, &b.yaml, &id.name, st.engine.now())
+        .await?;
+    audit(
+        &st,
+        &id,
+        "pipeline.submit",
+        &p.name,
+        &format!("revision {rev}"),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "name": p.name, "revision": rev, "plan": plan_json(&p, &pl, st.engine.now()) }),
+        ),
+    ))
+}
+
+async fn list_pipelines(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
+    let rows = st.engine.store().list_pipelines().await?;
+    Ok(Json(json!({ "pipelines": rows })))
+}
+
+async fn get_pipeline(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = st
+        .engine
+        .store()
+        .get_pipeline(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
+    Ok(Json(json!(row)))
+}
+
+async fn plan_pipeline(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = st
+        .engine
+        .store()
+        .get_pipeline(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
+    let (p, pl) = check_pipeline(&st, &format!("{name}.yaml"), &row.yaml).await?;
+    Ok(Json(plan_json(&p, &pl, st.engine.now())))
+}

@@ -1,0 +1,276 @@
+//! Trains: start, list, show, events, logs, approvals, cancel and rollback.
+
+use super::pipelines::check_pipeline;
+use super::*;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/trains", get(list_trains).post(start_train))
+        .route("/trains/{id}", get(get_train))
+        .route("/trains/{id}/events", get(train_events))
+        .route("/trains/{id}/logs", get(train_logs))
+        .route("/trains/{id}/approve", post(approve))
+        .route("/trains/{id}/reject", post(reject))
+        .route("/trains/{id}/cancel", post(cancel))
+        .route("/trains/{id}/rollback", post(rollback))
+}
+// ---- trains -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct StartBody {
+    pipeline: String,
+    version: String,
+}
+
+fn train_id(pipeline: &str) -> String {
+    let mut b = [0u8; 3];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    format!(
+        "{pipeline}-{}-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        hex::encode(b)
+    )
+}
+
+async fn start_train(
+    State(st): State<AppState>,
+    id: Identity,
+    JsonBody(b): JsonBody<StartBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    require(&id, Action::StartTrain)?;
+    if !valid_version(&b.version) {
+        return Err(ApiError::bad_request(format!(
+            "invalid version {:?}: use 1-128 letters, digits, '.', '-', '_' or '+'",
+            b.version
+        )));
+    }
+    let row = st
+        .engine
+        .store()
+        .get_pipeline(&b.pipeline)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
+        })?;
+    let (p, pl) = check_pipeline(&st, &format!("{}.yaml", b.pipeline), &row.yaml).await?;
+    // Local cells run the artifact binary: it must have been pushed.
+    if p.artifact.kind == ArtifactKind::Binary {
+        let cells = st.engine.store().cell_specs().await?;
+        let local = cells
+            .iter()
+            .any(|c| pl.cell_tz.contains_key(&c.id) && c.target == TargetSpec::Local);
+        if local
+            && st
+                .engine
+                .store()
+                .get_artifact(&p.artifact.name, &b.version)
+                .await?
+                .is_none()
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "artifact_missing",
+                format!(
+                    "artifact {} version {} has not been pushed; run `conductor artifact push {} {} PATH` first",
+                    p.artifact.name, b.version, p.artifact.name, b.version
+                ),
+            ));
+        }
+    }
+    let spec = TrainSpec {
+        id: train_id(&p.name),
+        pipeline: p.name.clone(),
+        artifact: p.artifact.clone(),
+        version: b.version.clone(),
+        started_by: id.name.clone(),
+        steps: p.steps.clone(),
+        on_failure: p.on_failure,
+        windows: p.parsed_windows(),
+        plan: pl,
+    };
+    let t = st.engine.start_train(spec).await?;
+    audit(
+        &st,
+        &id,
+        "train.start",
+        &t.spec.id,
+        &format!("pipeline {} version {}", p.name, b.version),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(t))))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    pipeline: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_trains(
+    State(st): State<AppState>,
+    _id: Identity,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let rows = st
+        .engine
+        .store()
+        .list_trains(q.pipeline.as_deref(), limit)
+        .await?;
+    Ok(Json(json!({ "trains": rows })))
+}
+
+async fn get_train(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let t = st
+        .engine
+        .train(&tid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
+    let mut v = json!(t);
+    v["gates_waiting"] = json!(t.gates_waiting());
+    v["summary"] = json!(t.cell_summary());
+    Ok(Json(v))
+}
+
+async fn train_events(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(tid): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Value>> {
+    let rows = st
+        .engine
+        .store()
+        .train_events(
+            &tid,
+            q.after.unwrap_or(0),
+            q.limit.unwrap_or(500).clamp(1, 5000),
+        )
+        .await?;
+    Ok(Json(json!({ "events": rows })))
+}
+
+async fn train_logs(
+    State(st): State<AppState>,
+    _id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "logs": st.engine.store().step_logs(&tid).await? }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct GateBody {
+    gate: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn decide(
+    st: &AppState,
+    id: &Identity,
+    tid: &str,
+    b: GateBody,
+    approve: bool,
+) -> ApiResult<Json<Value>> {
+    require(id, Action::Approve)?;
+    check_reason(&b.reason)?;
+    let (wave, by, groups, admin, reason) = (
+        b.gate.clone(),
+        id.name.clone(),
+        id.groups.clone(),
+        id.role == Role::Admin,
+        b.reason.clone(),
+    );
+    let ev = if approve {
+        Event::Approved {
+            wave,
+            by,
+            groups,
+            admin,
+            reason,
+        }
+    } else {
+        Event::Rejected {
+            wave,
+            by,
+            groups,
+            admin,
+            reason,
+        }
+    };
+    let t = st.engine.command(tid, ev).await?;
+    let action = if approve {
+        "train.approve"
+    } else {
+        "train.reject"
+    };
+    audit(
+        st,
+        id,
+        action,
+        tid,
+        &format!("gate {} reason {:?}", b.gate, b.reason.unwrap_or_default()),
+    )
+    .await?;
+    Ok(Json(json!(t)))
+}
+
+async fn approve(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+    JsonBody(b): JsonBody<GateBody>,
+) -> ApiResult<Json<Value>> {
+    decide(&st, &id, &tid, b, true).await
+}
+
+async fn reject(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+    JsonBody(b): JsonBody<GateBody>,
+) -> ApiResult<Json<Value>> {
+    decide(&st, &id, &tid, b, false).await
+}
+
+/// Cancel or roll back a train on behalf of `id`, and audit it.
+async fn stop_train(
+    st: &AppState,
+    id: &Identity,
+    tid: &str,
+    event: Event,
+    action: &str,
+) -> ApiResult<Json<Value>> {
+    require(id, Action::CancelOrRollback)?;
+    let t = st.engine.command(tid, event).await?;
+    audit(st, id, action, tid, "").await?;
+    Ok(Json(json!(t)))
+}
+
+async fn cancel(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let ev = Event::CancelRequested {
+        by: id.name.clone(),
+    };
+    stop_train(&st, &id, &tid, ev, "train.cancel").await
+}
+
+async fn rollback(
+    State(st): State<AppState>,
+    id: Identity,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let ev = Event::RollbackRequested {
+        by: id.name.clone(),
+    };
+    stop_train(&st, &id, &tid, ev, "train.rollback").await
+}

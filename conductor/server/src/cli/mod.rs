@@ -1,0 +1,280 @@
+//! The `conductor` command line. clap types stay in this module; they are
+//! turned into validated values before anything else sees them.
+
+use crate::up::{load_inventory, up, PlannerMode, UpOptions};
+use anyhow::Context;
+use capacity_planner::report;
+use clap::{Args, Parser, Subcommand};
+use conductor_core::pipeline;
+use conductor_core::plan::{self, Estimates};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod admin;
+mod capacity;
+mod cells;
+mod client;
+mod pipeline_cmd;
+mod train;
+
+pub use admin::{ArtifactCmd, TokenCmd};
+pub use capacity::{PlanCmd, PolicyArgs, TenantsCmd};
+pub use cells::{CellsCmd, ResizesCmd};
+use client::Client;
+pub use pipeline_cmd::{Offline, PipelineCmd};
+pub use train::{status_exit, TrainCmd};
+
+/// Exit statuses of the CLI.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The train failed or was rolled back; or an error talking to the server.
+    pub const FAILED: i32 = 1;
+    /// Bad usage or input (also what clap uses).
+    pub const USAGE: i32 = 2;
+    /// The train was rejected, cancelled or superseded.
+    pub const STOPPED: i32 = 3;
+}
+
+/// An error with the exit status it should end the process with.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    fn usage(m: impl Into<String>) -> CliError {
+        CliError {
+            code: exit::USAGE,
+            message: m.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> CliError {
+        CliError {
+            code: exit::FAILED,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+type CliResult = Result<i32, CliError>;
+
+#[derive(Parser)]
+#[command(
+    name = "conductor",
+    version,
+    about = "Release trains across cells: pipelines, trains, approvals, cells.",
+    long_about = "The Conductor carries an artifact version to every selected cell in waves, with test gates, \
+bake times, approvals and rollback on failure.\n\nServer: `conductor up`. Every other command talks to a server \
+at $CONDUCTOR_URL (default http://127.0.0.1:8480) with the token in $CONDUCTOR_TOKEN."
+)]
+pub struct Cli {
+    /// Log format for the server: text or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// Conductor API URL.
+    #[arg(
+        long,
+        env = "CONDUCTOR_URL",
+        default_value = "http://127.0.0.1:8480",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token (see `conductor token create`).
+    #[arg(long, env = "CONDUCTOR_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Start the Conductor and the local cells on this machine (Ctrl-C stops; trains resume on restart).
+    Up {
+        /// Where the database, artifacts and cell data live.
+        #[arg(long, default_value = ".data")]
+        data_dir: PathBuf,
+        /// Address to serve the API and dashboard on.
+        #[arg(long, default_value = "127.0.0.1:8480")]
+        listen: String,
+        /// Seed inventory of cells.
+        #[arg(long, default_value = "deploy/local/cells.yaml")]
+        cells: PathBuf,
+        /// Cell shapes.
+        #[arg(long, default_value = "templates/shapes.yaml")]
+        shapes: PathBuf,
+        /// The template new cells are stamped from (`cells add`).
+        #[arg(long, default_value = "templates/cell.yaml")]
+        cell_template: PathBuf,
+        /// The capacity planner: `auto` starts `capacity-planner serve` from
+        /// beside this binary; `off`; or the URL of one that runs elsewhere
+        /// (its token in CONDUCTOR_PLANNER_TOKEN).
+        #[arg(long, default_value = "auto")]
+        planner: String,
+        #[arg(long, env = "CONDUCTOR_PLANNER_TOKEN", hide_env_values = true)]
+        planner_token: Option<String>,
+        /// Seconds between the started planner's scrapes of the cells.
+        #[arg(long, default_value_t = 15.0)]
+        planner_interval_secs: f64,
+    },
+    /// Capacity (role sre to apply): the plan per cell, rate limits, rebalancing.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// Tenants: where a new one goes.
+    #[command(subcommand)]
+    Tenants(TenantsCmd),
+    /// Validate, plan and submit pipelines.
+    #[command(subcommand)]
+    Pipeline(PipelineCmd),
+    /// Start, watch, approve, cancel and roll back release trains.
+    #[command(subcommand)]
+    Train(TrainCmd),
+    /// The cell inventory.
+    #[command(subcommand)]
+    Cells(CellsCmd),
+    /// Resize operations: list, approve, reject, wait.
+    #[command(subcommand)]
+    Resizes(ResizesCmd),
+    /// The artifact store.
+    #[command(subcommand)]
+    Artifact(ArtifactCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log of every mutating call (admin).
+    Audit {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) fn read_file(p: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
+}
+
+pub(super) fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub(super) fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.cmd {
+        Cmd::Up {
+            data_dir,
+            listen,
+            cells,
+            shapes,
+            cell_template,
+            planner,
+            planner_token,
+            planner_interval_secs,
+        } => {
+            if !(planner_interval_secs.is_finite()
+                && (0.1..=3600.0).contains(&planner_interval_secs))
+            {
+                return Err(CliError::usage(
+                    "--planner-interval-secs must be in [0.1, 3600]",
+                ));
+            }
+            let planner = match planner.as_str() {
+                "auto" => PlannerMode::Auto {
+                    interval_secs: planner_interval_secs,
+                },
+                "off" => PlannerMode::Off,
+                u if u.starts_with("http://") || u.starts_with("https://") => {
+                    let t = planner_token.ok_or_else(|| {
+                        CliError::usage(
+                            "--planner URL needs the planner's token in CONDUCTOR_PLANNER_TOKEN",
+                        )
+                    })?;
+                    PlannerMode::Url(u.to_string(), t)
+                }
+                other => {
+                    return Err(CliError::usage(format!(
+                        "--planner {other:?}: use auto, off or an http(s) URL"
+                    )))
+                }
+            };
+            let listen = listen.parse().map_err(|_| {
+                CliError::usage(format!(
+                    "--listen {listen:?} is not an address like 127.0.0.1:8480"
+                ))
+            })?;
+            up(UpOptions {
+                data_dir,
+                listen,
+                cells_file: cells,
+                shapes_file: shapes,
+                cell_template,
+                planner,
+            })
+            .await?;
+            Ok(exit::OK)
+        }
+        Cmd::Pipeline(c) => pipeline_cmd::pipeline_cmd(c).await,
+        Cmd::Train(c) => train::train_cmd(c).await,
+        Cmd::Cells(c) => cells::cells_cmd(c).await,
+        Cmd::Resizes(c) => cells::resizes_cmd(c).await,
+        Cmd::Plan(c) => capacity::plan_cmd(c).await,
+        Cmd::Tenants(c) => capacity::tenants_cmd(c).await,
+        Cmd::Artifact(c) => admin::artifact_cmd(c).await,
+        Cmd::Token(c) => admin::token_cmd(c).await,
+        Cmd::Audit { conn, json } => admin::audit_cmd(conn, json).await,
+    }
+}
+
+pub(super) fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Set up logging for the server.
+pub fn init_logging(format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().try_init().map_err(|e| anyhow::anyhow!("{e}"))
+    } else {
+        b.try_init().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+    .context("initialising logging")
+}
+
+pub(super) fn human(d: chrono::Duration) -> String {
+    let secs = d.num_seconds().max(0);
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}

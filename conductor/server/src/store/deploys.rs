@@ -1,0 +1,120 @@
+//! The deploy log (every change of a cell's version, by effect key) and step output.
+
+use super::*;
+
+impl Store {
+    /// Has the effect `key` already changed a cell's version? Returns the
+    /// version the cell ran before it, when it has.
+    pub async fn deploy_done(&self, key: &str) -> Result<Option<Option<String>>> {
+        let row = sqlx::query("SELECT previous FROM deploy_log WHERE key = ? ORDER BY seq LIMIT 1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?)
+    }
+
+    /// Record that a cell now runs `version` of `artifact` (None: nothing),
+    /// made so by the effect `key`; the version it ran before becomes its
+    /// previous version. Returns that previous version.
+    pub async fn set_cell_version(
+        &self,
+        cell: &str,
+        artifact: &str,
+        version: Option<&str>,
+        key: &str,
+        kind: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        // Write first, so the transaction holds the write lock from its
+        // first statement (a read-then-write transaction cannot wait for it).
+        let mut tx = self.pool.begin().await?;
+        let old: Option<String> = sqlx::query(
+            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES (?, ?, ?, NULL, ?)
+             ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
+                 version = excluded.version, updated_at = excluded.updated_at
+             RETURNING previous_version",
+        )
+        .bind(cell)
+        .bind(artifact)
+        .bind(version)
+        .bind(ts(now))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(cell)
+            .bind(artifact)
+            .bind(version)
+            .bind(&old)
+            .bind(key)
+            .bind(kind)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(old)
+    }
+
+    pub async fn cell_version(&self, cell: &str, artifact: &str) -> Result<Option<String>> {
+        let row =
+            sqlx::query("SELECT version FROM cell_versions WHERE cell_id = ? AND artifact = ?")
+                .bind(cell)
+                .bind(artifact)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<String>, _>(0))
+            .transpose()?
+            .flatten())
+    }
+
+    pub async fn deploy_log(&self, cell: Option<&str>) -> Result<Vec<DeployLogRow>> {
+        Ok(sqlx::query_as(
+            "SELECT seq, cell_id, artifact, version, key, kind, at FROM deploy_log WHERE (?1 IS NULL OR cell_id = ?1) ORDER BY seq",
+        )
+        .bind(cell)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn put_step_log(
+        &self,
+        key: &str,
+        train: &str,
+        cell: &str,
+        output: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO step_logs (key, train_id, cell_id, output, at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET output = excluded.output, at = excluded.at",
+        )
+        .bind(key)
+        .bind(train)
+        .bind(cell)
+        .bind(output)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn step_logs(&self, train: &str) -> Result<Vec<serde_json::Value>> {
+        let rows = sqlx::query(
+            "SELECT key, cell_id, output, at FROM step_logs WHERE train_id = ? ORDER BY at",
+        )
+        .bind(train)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(serde_json::json!({
+                    "key": r.try_get::<String, _>(0)?,
+                    "cell": r.try_get::<String, _>(1)?,
+                    "output": r.try_get::<String, _>(2)?,
+                    "at": r.try_get::<String, _>(3)?,
+                }))
+            })
+            .collect()
+    }
+}
