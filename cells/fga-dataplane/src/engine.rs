@@ -280,15 +280,33 @@ impl<'a> Evaluator<'a> {
             let Some(rw) = self.model.rewrite(object_type(&object), &relation) else {
                 return Ok(Tri::False);
             };
+            let ty = object_type(&object);
+            let analysis = self.model.recursion();
             if path.contains(&object, &relation) {
-                // A relation that recurses into itself through a union (`[user]
-                // or rel from parent`, `[group#member]`) is a reachability
-                // search: a node seen again adds nothing. Any other cycle
+                // A relation OpenFGA resolves as a reachability search (it
+                // recurses through itself only, and all else in it is one
+                // read: `[user, group#member]`, `[user] or rel from parent`)
+                // adds nothing when a node is met again. Any other cycle
                 // leaves the answer undecided (false unless another branch
                 // decides), as in OpenFGA.
                 let plain = self.cycle_is_false
-                    || self_recursive(rw, object_type(&object), &relation, self.model);
+                    || match parse_user(&user) {
+                        Some((ut, _, None)) => {
+                            analysis.reachability_search(self.model, ty, &relation, ut)
+                        }
+                        _ => false,
+                    };
                 return Ok(if plain { Tri::False } else { Tri::Cycle });
+            }
+            // A user that cannot take part in the relation at all (by the
+            // model's types) is not related, whatever the tuples say.
+            let reachable = match parse_user(&user) {
+                Some((ut, _, None)) => analysis.type_reaches(ty, &relation, ut),
+                Some((ut, _, Some(ur))) => analysis.userset_reaches(ty, &relation, ut, ur),
+                None => true,
+            };
+            if !reachable {
+                return Ok(Tri::False);
             }
             let path = path.push(object.clone(), relation.clone());
             self.eval(&object, &relation, rw, &user, depth, &path).await
@@ -779,46 +797,6 @@ fn tuplesets_computing(rw: &Userset, relation: &str) -> Vec<String> {
             v
         }
         _ => vec![],
-    }
-}
-
-/// Is `relation` a plain recursion that OpenFGA resolves as a reachability
-/// search (where a node seen again adds nothing, rather than flagging a
-/// cycle)? Two shapes qualify:
-/// - recursive tuple-to-userset: `[plain types] or rel from parent` (the
-///   direct types must not include usersets);
-/// - recursive userset: `[plain types, type#rel]` on the same type and relation.
-fn self_recursive(
-    rw: &Userset,
-    object_type: &str,
-    relation: &str,
-    model: &AuthorizationModel,
-) -> bool {
-    let direct = model
-        .type_def(object_type)
-        .map(|d| d.direct_types(relation))
-        .unwrap_or(&[]);
-    let plain = |r: &crate::model::RelationReference| r.relation.is_none();
-    let self_userset = |r: &crate::model::RelationReference| {
-        r.type_name == object_type && r.relation.as_deref() == Some(relation)
-    };
-    match rw {
-        Userset::This(_) => {
-            direct.iter().any(self_userset)
-                && direct
-                    .iter()
-                    .all(|r| (plain(r) && !r.is_wildcard()) || self_userset(r))
-        }
-        Userset::Union(u) => {
-            let ttu = u.child.iter().filter(|c| matches!(c, Userset::TupleToUserset(t) if t.computed_userset.relation == relation)).count();
-            let rest_ok = u.child.iter().all(|c| match c {
-                Userset::This(_) => direct.iter().all(plain),
-                Userset::TupleToUserset(t) => t.computed_userset.relation == relation,
-                _ => false,
-            });
-            ttu == 1 && rest_ok
-        }
-        _ => false,
     }
 }
 
