@@ -56,11 +56,12 @@ pub fn ulid() -> String {
         .collect()
 }
 
-/// Is `s` shaped like a ULID?
+/// Is `s` a ULID as OpenFGA writes and accepts ids: 26 characters of
+/// Crockford's base32 in upper case (so every id has one spelling only).
 pub fn is_ulid(s: &str) -> bool {
     s.len() == 26
         && s.bytes()
-            .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b.to_ascii_uppercase()))
+            .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b))
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -266,11 +267,18 @@ impl Db {
         )
     }
 
-    /// Stores after `after` (an id), oldest first.
-    pub async fn list_stores(&self, after: &str, limit: i64) -> Result<Vec<StoreRow>> {
+    /// Stores after `after` (an id), oldest first; only those named exactly
+    /// `name` when given.
+    pub async fn list_stores(
+        &self,
+        after: &str,
+        limit: i64,
+        name: Option<&str>,
+    ) -> Result<Vec<StoreRow>> {
         Ok(
-            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2")
+            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 AND ($2 IS NULL OR name = $2) ORDER BY id LIMIT $3")
             .bind(after)
+            .bind(name)
             .bind(limit)
             .fetch_all(p)
             .await)?,
@@ -497,20 +505,26 @@ impl Db {
             .collect())
     }
 
+    /// Changes after sequence number `after`, oldest first; of one object
+    /// type when given; made at or after `since` when given (a timestamp as
+    /// stored: RFC 3339, UTC, microseconds).
     pub async fn changes(
         &self,
         store: &str,
         object_type: Option<&str>,
         after: i64,
+        since: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ChangeRow>> {
         let rows: Vec<(i64, String, String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
             "SELECT seq, object, relation, \"user\", operation, at FROM changes
-             WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND seq > $3 ORDER BY seq LIMIT $4",
+             WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND seq > $3
+               AND ($4 IS NULL OR at >= $4) ORDER BY seq LIMIT $5",
         )
         .bind(store)
         .bind(object_type)
         .bind(after)
+        .bind(since)
         .bind(limit)
         .fetch_all(p)
         .await)?;
@@ -632,7 +646,7 @@ impl Db {
         let mut total = 0;
         let mut after = String::new();
         loop {
-            let stores = self.list_stores(&after, 100).await?;
+            let stores = self.list_stores(&after, 100, None).await?;
             let Some(last) = stores.last() else { break };
             after = last.id.clone();
             for s in &stores {
