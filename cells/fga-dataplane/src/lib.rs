@@ -17,5 +17,6 @@ pub mod model;
 pub mod modeltest;
 pub mod ratelimit;
 pub mod recursion;
+pub mod secrets;
 pub mod store;
 pub mod validate;
