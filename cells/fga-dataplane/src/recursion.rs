@@ -16,7 +16,7 @@
 //! Pure: computed once per model (see [`AuthorizationModel::recursion`]).
 
 use crate::model::{AuthorizationModel, RelationReference, Userset};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 /// Relation index in the analysis.
 type Rel = usize;
@@ -30,12 +30,39 @@ pub struct Analysis {
     /// Relations each relation depends on (usersets it allows, computed
     /// relations, tuple-to-userset targets).
     succ: Vec<Vec<Rel>>,
-    /// Relations reachable from each one (through one or more edges).
-    reach: Vec<HashSet<Rel>>,
+    /// Relations reachable from each one (through one or more edges), as
+    /// bit sets (a model may have thousands of relations).
+    reach: Vec<Bits>,
     /// User types (plain or wildcard) each relation can reach.
     terminals: Vec<BTreeSet<String>>,
     /// Whether OpenFGA can build its weighted graph for this model.
     weighted: bool,
+}
+
+/// A set of relation indexes.
+#[derive(Debug, Default, Clone)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    /// Add `i`; whether it was new.
+    fn insert(&mut self, i: Rel) -> bool {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        match self.0.get_mut(w) {
+            Some(word) if *word & b == 0 => {
+                *word |= b;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn contains(&self, i: Rel) -> bool {
+        self.0
+            .get(i / 64)
+            .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
+    }
 }
 
 /// A (type, relation) reference inside a rewrite.
@@ -74,7 +101,7 @@ impl Analysis {
         }
         a.reach = (0..n)
             .map(|i| {
-                let mut seen = HashSet::new();
+                let mut seen = Bits::new(n);
                 let mut stack: Vec<Rel> = a.succ[i].clone();
                 while let Some(j) = stack.pop() {
                     if seen.insert(j) {
@@ -201,7 +228,7 @@ impl Analysis {
                     on_cycle |= self
                         .targets(model, t, &e)
                         .into_iter()
-                        .any(|j| j == i || self.reach[j].contains(&i));
+                        .any(|j| j == i || self.reach[j].contains(i));
                 });
                 let children: Vec<&Userset> = match rw {
                     Userset::Intersection(u) => u.child.iter().collect(),
@@ -228,7 +255,7 @@ impl Analysis {
     /// Can the userset `ut#ur` take part in `t#r` at all?
     pub fn userset_reaches(&self, t: &str, r: &str, ut: &str, ur: &str) -> bool {
         match (self.idx(t, r), self.idx(ut, ur)) {
-            (Some(i), Some(j)) => i == j || self.reach[i].contains(&j),
+            (Some(i), Some(j)) => i == j || self.reach[i].contains(j),
             _ => true,
         }
     }
@@ -254,7 +281,7 @@ impl Analysis {
         // Part of a larger cycle (through another relation): a tuple cycle.
         if self.succ[i]
             .iter()
-            .any(|&j| j != i && self.reach[j].contains(&i))
+            .any(|&j| j != i && self.reach[j].contains(i))
         {
             return false;
         }
@@ -312,7 +339,7 @@ impl Weigher<'_> {
                 if !self.reaches(t, &or.relation) {
                     return 0;
                 }
-                if self.a.reach[j].contains(&j) {
+                if self.a.reach[j].contains(j) {
                     return 2;
                 }
                 match self.model.rewrite(t, &or.relation) {
@@ -444,5 +471,67 @@ fn edges<'m>(
             edges(model, t, r, &d.base, f);
             edges(model, t, r, &d.subtract, f);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dsl;
+
+    /// Does OpenFGA search `group#member` for `user`s by reachability?
+    fn searched(types: &str) -> bool {
+        let m = dsl::parse(&format!(
+            "model\n  schema 1.1\ntype user\ntype employee\n{types}"
+        ))
+        .expect("model");
+        m.recursion()
+            .reachability_search(&m, "group", "member", "user")
+    }
+
+    #[test]
+    fn which_recursions_are_reachability_searches() {
+        let group = |def: &str| format!("type group\n  relations\n{def}");
+        assert!(searched(&group(
+            "    define member: [user, group#member]\n"
+        )));
+        assert!(searched(&group(
+            "    define owner: [user]\n    define member: [user, user:*, group#member] or owner\n"
+        )));
+        assert!(searched(&group(
+            "    define parent: [group]\n    define member: [user, user:*] or member from parent\n"
+        )));
+        // Something else in it takes more than one read.
+        assert!(!searched(&group(
+            "    define owner: [user, group#member]\n    define member: [user, group#member] or owner\n"
+        )));
+        assert!(!searched(&format!(
+            "type team\n  relations\n    define member: [user]\n{}",
+            group("    define parent: [group, team]\n    define member: [user] or member from parent\n")
+        )));
+        // Recursing through two branches, or through an exclusion.
+        assert!(!searched(&group(
+            "    define parent: [group]\n    define member: [user, group#member] or member from parent\n"
+        )));
+        assert!(!searched(&group(
+            "    define banned: [user]\n    define member: [user, group#member] but not banned\n"
+        )));
+        // An exclusion on a cycle anywhere in the model: no weighted graph.
+        assert!(!searched(&format!(
+            "{}type org\n  relations\n    define parent: [org]\n    define banned: [user]\n    define member: ([user] or member from parent) but not banned\n",
+            group("    define member: [user, group#member]\n")
+        )));
+    }
+
+    #[test]
+    fn which_user_types_reach_a_relation() {
+        let m = dsl::parse("model\n  schema 1.1\ntype user\ntype employee\ntype group\n  relations\n    define member: [user, group#member]\ntype doc\n  relations\n    define viewer: [group#member, employee:*]\n")
+            .expect("model");
+        let a = m.recursion();
+        assert!(a.type_reaches("doc", "viewer", "user"));
+        assert!(a.type_reaches("doc", "viewer", "employee"));
+        assert!(!a.type_reaches("group", "member", "employee"));
+        assert!(a.userset_reaches("doc", "viewer", "group", "member"));
+        assert!(!a.userset_reaches("group", "member", "doc", "viewer"));
+        assert!(!a.reachability_search(&m, "group", "member", "employee"));
     }
 }
