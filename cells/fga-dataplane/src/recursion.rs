@@ -24,7 +24,9 @@ type Rel = usize;
 /// A model's relation graph and what OpenFGA derives from it.
 #[derive(Debug, Default)]
 pub struct Analysis {
-    index: HashMap<(String, String), Rel>,
+    /// type -> relation -> index (looked up by `&str`, without allocating:
+    /// Check asks on every step).
+    index: HashMap<String, HashMap<String, Rel>>,
     /// (type, relation) per index.
     names: Vec<(String, String)>,
     /// Relations each relation depends on (usersets it allows, computed
@@ -80,8 +82,11 @@ impl Analysis {
         let mut a = Analysis::default();
         for td in &model.type_definitions {
             for rel in td.relations.keys() {
+                let i = a.names.len();
                 a.index
-                    .insert((td.type_name.clone(), rel.clone()), a.names.len());
+                    .entry(td.type_name.clone())
+                    .or_default()
+                    .insert(rel.clone(), i);
                 a.names.push((td.type_name.clone(), rel.clone()));
             }
         }
@@ -134,7 +139,7 @@ impl Analysis {
     }
 
     fn idx(&self, t: &str, r: &str) -> Option<Rel> {
-        self.index.get(&(t.to_string(), r.to_string())).copied()
+        self.index.get(t)?.get(r).copied()
     }
 
     /// The relations an edge leads to.
