@@ -146,6 +146,7 @@ pub fn parse(text: &str) -> Result<AuthorizationModel, DslError> {
         schema_version: schema,
         type_definitions: types,
         conditions: BTreeMap::new(),
+        analysis: Default::default(),
     })
 }
 

@@ -16,5 +16,7 @@ pub mod metrics;
 pub mod model;
 pub mod modeltest;
 pub mod ratelimit;
+pub mod recursion;
+pub mod secrets;
 pub mod store;
 pub mod validate;

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the OpenFGA-compatible HTTP API for this cell.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run `.fga.yaml` model tests (the `fga model test` format) on an embedded store.
     Test {
         /// Test files (repeat, or pass several).
@@ -51,14 +51,21 @@ struct ServeArgs {
     /// it is correct only for a single writer.
     #[arg(long, env = "CELL_WORKERS", default_value_t = 1)]
     workers: u32,
-    /// Where the SQLite database lives (`DIR/fga.db`), unless --database-url is given.
+    /// Where the SQLite database lives (`DIR/fga.db`), unless a database URL
+    /// is given. The directory is the service's own: it is made private
+    /// (mode 0700) and the database files 0600.
     #[arg(long, default_value = ".fga-data")]
     data_dir: PathBuf,
-    /// A PostgreSQL database instead of SQLite
-    /// (`postgres://USER:PASSWORD@HOST/DB`); also FGA_DATABASE_URL.
+    /// A PostgreSQL database instead of SQLite (`postgres://USER@HOST/DB`);
+    /// also FGA_DATABASE_URL. A URL with a password is refused here (the
+    /// command line is public): put it in FGA_DATABASE_URL or
+    /// --database-url-file, or the password in PGPASSWORD / ~/.pgpass.
     /// Migrations run on start.
     #[arg(long, env = "FGA_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file holding the database URL (mode 0600), instead of --database-url.
+    #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
     /// Cache tuples (by object) and store metadata in memory. Correct only
     /// while this process is the database's only writer: default on for
     /// SQLite, off for PostgreSQL (which several workers may share).
@@ -72,15 +79,15 @@ struct ServeArgs {
     /// it has room), so the first requests do not pay for cold reads.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     warm_cache: bool,
-    /// Pre-shared keys clients must send as `Authorization: Bearer KEY`
-    /// (comma separated; none: no authentication). Also FGA_AUTHN_PRESHARED_KEYS.
-    #[arg(
-        long,
-        env = "FGA_AUTHN_PRESHARED_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    authn_preshared_keys: Vec<String>,
+    /// A file (mode 0600) with the pre-shared keys clients must send as
+    /// `Authorization: Bearer KEY`, separated by commas or new lines. Or set
+    /// them in FGA_AUTHN_PRESHARED_KEYS (comma separated). Neither: no
+    /// authentication.
+    #[arg(long, value_name = "FILE")]
+    authn_preshared_keys_file: Option<PathBuf>,
+    /// Removed: keys on the command line show in `ps`.
+    #[arg(long, hide = true)]
+    authn_preshared_keys: Option<String>,
     /// Most objects a ListObjects call returns.
     #[arg(long, default_value_t = 1000)]
     list_objects_max_results: usize,
@@ -94,14 +101,78 @@ struct ServeArgs {
     /// their limit while at least half of it is spare (0: no bursting).
     #[arg(long, default_value_t = 0.0)]
     cell_capacity_rps: f64,
-    /// Key for the admin API (`PUT /admin/rate-limits/{store}`); also
-    /// FGA_ADMIN_KEY. Without it the admin API is off.
-    #[arg(long, env = "FGA_ADMIN_KEY", hide_env_values = true)]
+    /// A file (mode 0600) with the key of the admin API
+    /// (`PUT /admin/rate-limits/{store}`). Or set it in FGA_ADMIN_KEY (what
+    /// the Conductor does). Neither: the admin API is off.
+    #[arg(long, value_name = "FILE")]
+    admin_key_file: Option<PathBuf>,
+    /// Removed: keys on the command line show in `ps`.
+    #[arg(long, hide = true)]
     admin_key: Option<String>,
 }
 
+/// Where each secret comes from: an environment variable or a private file,
+/// never the command line.
+struct Secrets {
+    keys: Vec<String>,
+    admin_key: Option<String>,
+    database_url: Option<String>,
+}
+
+fn secrets(a: &ServeArgs, url_on_command_line: bool) -> anyhow::Result<Secrets> {
+    use fga_dataplane::secrets::{url_has_password, Source};
+    if a.authn_preshared_keys.is_some() {
+        anyhow::bail!("--authn-preshared-keys is no more (the command line shows in `ps`): set FGA_AUTHN_PRESHARED_KEYS or use --authn-preshared-keys-file");
+    }
+    if a.admin_key.is_some() {
+        anyhow::bail!("--admin-key is no more (the command line shows in `ps`): set FGA_ADMIN_KEY or use --admin-key-file");
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let keys = Source {
+        what: "the pre-shared keys",
+        env: "FGA_AUTHN_PRESHARED_KEYS",
+        env_value: env("FGA_AUTHN_PRESHARED_KEYS"),
+        flag: "--authn-preshared-keys-file",
+        file: a.authn_preshared_keys_file.as_deref(),
+    }
+    .list()?;
+    let admin_key = Source {
+        what: "the admin key",
+        env: "FGA_ADMIN_KEY",
+        env_value: env("FGA_ADMIN_KEY"),
+        flag: "--admin-key-file",
+        file: a.admin_key_file.as_deref(),
+    }
+    .one()?;
+    let database_url = match (&a.database_url, &a.database_url_file) {
+        (Some(u), _) if url_on_command_line && url_has_password(u) => anyhow::bail!(
+            "--database-url carries a password, which the command line shows in `ps`: set FGA_DATABASE_URL, use --database-url-file, or PGPASSWORD / ~/.pgpass"
+        ),
+        (Some(u), _) => Some(u.clone()).filter(|u| !u.is_empty()),
+        (None, Some(f)) => Some(fga_dataplane::secrets::read_secret_file(f)?)
+            .filter(|u| !u.is_empty()),
+        (None, None) => None,
+    };
+    Ok(Secrets {
+        keys,
+        admin_key,
+        database_url,
+    })
+}
+
 fn main() {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    // Whether the database URL was typed on the command line (public) or
+    // came from the environment.
+    let url_on_command_line = matches
+        .subcommand_matches("serve")
+        .and_then(|m| m.value_source("database_url"))
+        == Some(clap::parser::ValueSource::CommandLine);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,7 +185,7 @@ fn main() {
     };
     let code = rt.block_on(async {
         match cli.cmd {
-            Cmd::Serve(a) => match serve(a).await {
+            Cmd::Serve(a) => match serve(*a, url_on_command_line).await {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -170,33 +241,46 @@ fn limit(rate: f64, burst: Option<f64>) -> anyhow::Result<Option<Limit>> {
     Ok(Some(l))
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+async fn serve(a: ServeArgs, url_on_command_line: bool) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let keys: Vec<String> = a
-        .authn_preshared_keys
-        .into_iter()
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty())
-        .collect();
+    let Secrets {
+        keys,
+        admin_key,
+        database_url,
+    } = secrets(&a, url_on_command_line).context("reading the secrets")?;
     let limiter = Limiter::new(
         limit(a.rate_limit, a.rate_limit_burst)?,
         limit(a.cell_capacity_rps, None)?,
     );
-    let url = match a.database_url.filter(|u| !u.is_empty()) {
+    let url = match database_url {
         Some(u) => u,
         None => {
             let data_dir: &Path = &a.data_dir;
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("creating {}", data_dir.display()))?;
+            fga_dataplane::secrets::private_dir(data_dir)
+                .with_context(|| format!("preparing the data directory {}", data_dir.display()))?;
             data_dir.join("fga.db").display().to_string()
         }
     };
     let postgres = fga_dataplane::store::is_postgres_url(&url);
+    // The database and its -wal/-shm files are the service's own (0600).
+    let sqlite_file = (!postgres).then(|| {
+        PathBuf::from(
+            url.strip_prefix("sqlite://")
+                .unwrap_or(&url)
+                .split('?')
+                .next()
+                .unwrap_or(""),
+        )
+    });
+    if let Some(f) = &sqlite_file {
+        fga_dataplane::secrets::private_sqlite(f)
+            .with_context(|| format!("making {} private", f.display()))?;
+    }
     let mut opts = fga_dataplane::store::DbOptions::for_url(&url);
     opts.cache = a.cache.unwrap_or(opts.cache && a.workers <= 1);
     opts.cache_tuples = a.cache_tuples;
@@ -211,6 +295,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let db_backend = db.backend();
+    if let Some(f) = &sqlite_file {
+        // Opening in WAL mode made the -wal and -shm files: private too.
+        fga_dataplane::secrets::private_sqlite(f)
+            .with_context(|| format!("making {} private", f.display()))?;
+    }
     if opts_cache && a.warm_cache {
         let db = db.clone();
         tokio::spawn(async move {
@@ -231,7 +320,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         db,
         keys: Arc::new(keys.clone()),
         list_objects_max: a.list_objects_max_results.max(1),
-        admin_key: a.admin_key.filter(|k| !k.is_empty()).map(Arc::new),
+        admin_key: admin_key.map(Arc::new),
         limiter: Arc::new(Mutex::new(limiter)),
         metrics: Arc::new(fga_dataplane::metrics::Metrics::default()),
         started: std::time::Instant::now(),

@@ -24,12 +24,34 @@ struct Inner {
     throttled: BTreeMap<String, u64>,
 }
 
-#[derive(Default)]
+/// Most stores with series of their own; requests of further stores are
+/// counted under `store="other"` (a store id is a ULID, so never "other").
+pub const MAX_STORE_SERIES: usize = 10_000;
+
+/// The label of the stores beyond [`MAX_STORE_SERIES`].
+pub const OTHER_STORES: &str = "other";
+
 pub struct Metrics {
     inner: Mutex<Inner>,
+    max_stores: usize,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::with_max_stores(MAX_STORE_SERIES)
+    }
 }
 
 impl Metrics {
+    pub fn with_max_stores(max_stores: usize) -> Metrics {
+        Metrics {
+            inner: Mutex::new(Inner::default()),
+            max_stores,
+        }
+    }
+
+    /// Count a request. `store` must be a live store (the API checks it
+    /// first), so that made-up ids add no series.
     pub fn observe(&self, method: &str, status: u16, store: Option<&str>, secs: f64) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         *m.methods.entry((method.to_string(), status)).or_insert(0) += 1;
@@ -42,11 +64,30 @@ impl Metrics {
         h.count += 1;
         h.sum += secs;
         if let Some(s) = store {
+            let own = m.stores.len() - usize::from(m.stores.contains_key(OTHER_STORES));
+            let s = if m.stores.contains_key(s) || own < self.max_stores {
+                s
+            } else {
+                OTHER_STORES
+            };
             *m.stores.entry(s.to_string()).or_insert(0) += 1;
             if status == 429 {
                 *m.throttled.entry(s.to_string()).or_insert(0) += 1;
             }
         }
+    }
+
+    /// Drop a deleted store's series.
+    pub fn forget_store(&self, store: &str) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.stores.remove(store);
+        m.throttled.remove(store);
+    }
+
+    /// How many stores have series of their own (for tests).
+    pub fn store_series(&self) -> usize {
+        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        m.stores.keys().filter(|k| *k != OTHER_STORES).count()
     }
 
     /// Render; `tuples` is the tuple count per store, read at scrape time.
@@ -101,5 +142,35 @@ impl Metrics {
             let _ = writeln!(o, "fga_store_tuples{{store=\"{s}\"}} {n}");
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_series_are_bounded_and_forgotten() {
+        let m = Metrics::with_max_stores(2);
+        for s in ["A", "B", "C", "D"] {
+            m.observe("Check", 200, Some(s), 0.001);
+        }
+        m.observe("Check", 429, Some("A"), 0.001);
+        assert_eq!(m.store_series(), 2);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("fga_store_requests_total{store=\"other\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fga_store_throttled_total{store=\"A\"} 1"),
+            "{text}"
+        );
+        m.forget_store("A");
+        assert_eq!(m.store_series(), 1);
+        m.observe("Check", 200, Some("E"), 0.001);
+        assert!(m
+            .render(&[])
+            .contains("fga_store_requests_total{store=\"E\"} 1"));
     }
 }

@@ -1,6 +1,7 @@
 //! Authorization models in OpenFGA's JSON shape (schema 1.1), and their
 //! validation.
 
+use crate::recursion::Analysis;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -126,6 +127,28 @@ pub struct AuthorizationModel {
         deserialize_with = "nullable"
     )]
     pub conditions: BTreeMap<String, serde_json::Value>,
+    /// How OpenFGA resolves this model's cycles, worked out on first use.
+    #[serde(skip)]
+    pub analysis: LazyAnalysis,
+}
+
+/// A model's [`Analysis`], computed once (models never change once parsed).
+#[derive(Default, Clone)]
+pub struct LazyAnalysis(std::sync::OnceLock<std::sync::Arc<Analysis>>);
+
+impl PartialEq for LazyAnalysis {
+    /// Derived data: never part of a model's identity.
+    fn eq(&self, _: &LazyAnalysis) -> bool {
+        true
+    }
+}
+
+impl Eq for LazyAnalysis {}
+
+impl std::fmt::Debug for LazyAnalysis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LazyAnalysis")
+    }
 }
 
 /// `null` reads as the default (SDKs send it for empty maps and lists).
@@ -160,6 +183,13 @@ impl AuthorizationModel {
 
     pub fn rewrite(&self, t: &str, rel: &str) -> Option<&Userset> {
         self.type_def(t)?.relations.get(rel)
+    }
+
+    /// How OpenFGA resolves this model's cycles (computed on first use).
+    pub fn recursion(&self) -> &Analysis {
+        self.analysis
+            .0
+            .get_or_init(|| std::sync::Arc::new(Analysis::new(self)))
     }
 
     /// Check the model the way OpenFGA's model validation does (the parts

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 /// A store's limit: sustained requests per second, and the bucket size.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limit {
     pub rate: f64,
     pub burst: f64,
@@ -86,6 +87,12 @@ impl Limiter {
             Some(l) => self.per_store.insert(store.to_string(), l),
             None => self.per_store.remove(store),
         };
+        self.buckets.remove(store);
+    }
+
+    /// Forget a deleted store: its limit and its bucket.
+    pub fn forget(&mut self, store: &str) {
+        self.per_store.remove(store);
         self.buckets.remove(store);
     }
 

@@ -132,8 +132,8 @@ pub fn tuple(model: &AuthorizationModel, t: &TupleKey) -> Result<(), FgaError> {
     check_user_allowed(model, &ty, &t.relation, &t.user).map_err(invalid)
 }
 
-/// Validate a Check request's tuple: an unknown object type is 2021; an
-/// unknown relation or a malformed or unknown user is a validation error (2000).
+/// Validate a Check request's tuple: an unknown object type or relation, or
+/// a malformed or unknown user, is a validation error (2000), as in OpenFGA.
 pub fn check_request(model: &AuthorizationModel, t: &TupleKey) -> Result<(), FgaError> {
     let (ty, _) = t
         .object
@@ -141,7 +141,7 @@ pub fn check_request(model: &AuthorizationModel, t: &TupleKey) -> Result<(), Fga
         .ok_or_else(|| FgaError::validation(format!("invalid object '{}'", t.object)))?;
     let td = model
         .type_def(ty)
-        .ok_or_else(|| FgaError::type_not_found(ty))?;
+        .ok_or_else(|| FgaError::validation(format!("type '{ty}' not found")))?;
     check_object(model, &t.object).map_err(FgaError::validation)?;
     if !td.relations.contains_key(&t.relation) {
         return Err(FgaError::validation(format!(

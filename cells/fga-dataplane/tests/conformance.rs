@@ -442,9 +442,7 @@ async fn consolidated_1_1_over_http_postgres() {
 
 async fn over_http(what: &str, args: &[&str]) {
     let key = "conformance-key";
-    let mut all = vec!["--authn-preshared-keys", key];
-    all.extend_from_slice(args);
-    let server = common::start(&all);
+    let server = common::start_with(args, &[("FGA_AUTHN_PRESHARED_KEYS", key)]);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

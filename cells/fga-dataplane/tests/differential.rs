@@ -55,10 +55,25 @@ fn rewrite(rng: &mut StdRng, earlier: &[&str]) -> String {
     terms.join(&format!(" {op} "))
 }
 
+/// How groups nest: shapes OpenFGA resolves as plain reachability (a cycle
+/// of groups adds nothing) and shapes where it flags a cycle.
+const GROUPS_MODELS: [&str; 4] = [
+    "    define member: [user, user:*, group#member]\n",
+    "    define member: [user, group#member]\n",
+    "    define owner: [user]\n    define member: [user, group#member] or owner\n",
+    "    define owner: [user, group#member]\n    define member: [user, user:*, group#member] or owner\n",
+];
+
 fn model(rng: &mut StdRng) -> String {
-    let mut m = String::from(
-        "model\n  schema 1.1\ntype user\ntype group\n  relations\n    define member: [user, user:*, group#member]\ntype folder\n  relations\n    define parent: [folder]\n    define viewer: [user, group#member] or viewer from parent\n    define editor: [user] or editor from parent\n",
+    let mut m = format!(
+        "model\n  schema 1.1\ntype user\ntype group\n  relations\n{}type folder\n  relations\n    define parent: [folder]\n    define viewer: [user, group#member] or viewer from parent\n    define editor: [user] or editor from parent\n",
+        GROUPS_MODELS[rng.gen_range(0..GROUPS_MODELS.len())]
     );
+    // A type with an exclusion on a cycle: OpenFGA then builds no weighted
+    // graph of the model and flags every cycle.
+    if rng.gen_range(0..4) == 0 {
+        m.push_str("type org\n  relations\n    define parent: [org]\n    define banned: [user]\n    define member: ([user] or member from parent) but not banned\n");
+    }
     m.push_str("type doc\n  relations\n    define parent: [folder]\n    define blocked: [user, group#member]\n");
     let mut earlier = vec!["blocked"];
     for rel in ["owner", "editor", "viewer", "auditor"] {
@@ -81,7 +96,12 @@ fn tuples(rng: &mut StdRng) -> Vec<TupleKey> {
     let mut v = Vec::new();
     let n = rng.gen_range(5..25);
     for _ in 0..n {
-        let t = match rng.gen_range(0..7) {
+        let t = match rng.gen_range(0..8) {
+            7 => TupleKey::new(
+                GROUPS[rng.gen_range(0..3)],
+                "owner",
+                USERS[rng.gen_range(0..4)],
+            ),
             0 => TupleKey::new(
                 GROUPS[rng.gen_range(0..3)],
                 "member",

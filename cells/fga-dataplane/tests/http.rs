@@ -7,14 +7,10 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_headers_admin_and_metrics() {
-    let s = common::start(&[
-        "--rate-limit",
-        "2",
-        "--rate-limit-burst",
-        "2",
-        "--admin-key",
-        "adm",
-    ]);
+    let s = common::start_with(
+        &["--rate-limit", "2", "--rate-limit-burst", "2"],
+        &[("FGA_ADMIN_KEY", "adm")],
+    );
     let http = reqwest::Client::new();
     let store: Value = http
         .post(format!("{}/stores", s.url))

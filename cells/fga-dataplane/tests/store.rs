@@ -27,18 +27,41 @@ async fn stores_and_models(db: &Db) {
         "a"
     );
     // Pagination by id: everything after `a` includes `b`, not `a`.
-    let after_a = db.list_stores(&a.id, 100).await.expect("list");
+    let after_a = db.list_stores(&a.id, 100, None).await.expect("list");
     assert!(after_a.iter().any(|s| s.id == b.id));
     assert!(!after_a.iter().any(|s| s.id == a.id));
     assert!(db.delete_store(&a.id).await.expect("delete"));
     assert!(!db.delete_store(&a.id).await.expect("delete twice"));
     assert!(db.get_store(&a.id).await.expect("get").is_none());
     assert!(!db
-        .list_stores("", 10_000)
+        .list_stores("", 10_000, None)
         .await
         .expect("list")
         .iter()
         .any(|s| s.id == a.id));
+    // By exact name (the database may hold other tests' stores).
+    let name = format!("named-{}", fga_dataplane::store::ulid());
+    let n1 = db.create_store(&name).await.expect("create");
+    let n2 = db.create_store(&name).await.expect("create");
+    db.create_store(&format!("{name}-other"))
+        .await
+        .expect("create");
+    let named: Vec<String> = db
+        .list_stores("", 100, Some(&name))
+        .await
+        .expect("list by name")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(named, vec![n1.id.clone(), n2.id.clone()]);
+    let page: Vec<String> = db
+        .list_stores(&n1.id, 100, Some(&name))
+        .await
+        .expect("list by name")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(page, vec![n2.id]);
 
     let model = fga_dataplane::dsl::parse("model\n  schema 1.1\ntype user\n").expect("dsl");
     let mut ids = Vec::new();
@@ -196,7 +219,7 @@ async fn writes_reads_changes(db: &Db) {
     );
 
     // Changes: in order, paged by sequence, filtered by object type.
-    let changes = db.changes(&s, None, 0, 100).await.expect("changes");
+    let changes = db.changes(&s, None, 0, None, 100).await.expect("changes");
     let ops: Vec<(String, String)> = changes
         .iter()
         .map(|c| (c.tuple_key.object.clone(), c.operation.clone()))
@@ -204,12 +227,12 @@ async fn writes_reads_changes(db: &Db) {
     assert_eq!(ops.len(), 6, "{ops:?}");
     assert_eq!(ops[5], ("doc:c".into(), "TUPLE_OPERATION_WRITE".into()));
     let rest = db
-        .changes(&s, None, changes[3].seq, 100)
+        .changes(&s, None, changes[3].seq, None, 100)
         .await
         .expect("changes");
     assert_eq!(rest.len(), 2);
     let folders = db
-        .changes(&s, Some("folder"), 0, 100)
+        .changes(&s, Some("folder"), 0, None, 100)
         .await
         .expect("changes");
     assert_eq!(folders.len(), 1);
@@ -223,11 +246,34 @@ async fn writes_reads_changes(db: &Db) {
     .await
     .map_err(|e| format!("{e:?}"))
     .expect("delete");
-    let last = db.changes(&s, None, 0, 100).await.expect("changes");
+    let last = db.changes(&s, None, 0, None, 100).await.expect("changes");
     assert_eq!(
         last.last().map(|c| c.operation.as_str()),
         Some("TUPLE_OPERATION_DELETE")
     );
+    // Since a time: the changes stamped at or after it (the stamps are
+    // the stored ones, so no clock is involved).
+    let newest = last.last().expect("a change").timestamp.clone();
+    let since = db
+        .changes(&s, None, 0, Some(&newest), 100)
+        .await
+        .expect("changes since");
+    assert_eq!(
+        since.last().map(|c| c.seq),
+        last.last().map(|c| c.seq),
+        "{since:?}"
+    );
+    assert!(since.iter().all(|c| c.timestamp >= newest));
+    let all = db
+        .changes(&s, None, 0, Some("1970-01-01T00:00:00.000000Z"), 100)
+        .await
+        .expect("changes since 1970");
+    assert_eq!(all.len(), last.len());
+    let none = db
+        .changes(&s, None, 0, Some("9999-01-01T00:00:00.000000Z"), 100)
+        .await
+        .expect("changes since 9999");
+    assert!(none.is_empty());
 
     let counts = db.tuple_counts().await.expect("counts");
     assert!(counts.contains(&(s.clone(), 5)), "{counts:?}");

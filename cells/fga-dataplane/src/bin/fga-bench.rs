@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Reuse a store built earlier in the same data dir.
     let store = match db
-        .list_stores("", 1)
+        .list_stores("", 1, None)
         .await?
         .into_iter()
         .find(|s| s.name == "bench")

@@ -21,11 +21,24 @@ impl Drop for Server {
 
 /// Start with these extra `serve` arguments, on a free loopback port.
 pub fn start(args: &[&str]) -> Server {
+    start_with(args, &[])
+}
+
+/// Start with extra `serve` arguments and environment variables (secrets
+/// go there, never on the command line).
+pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fga-dataplane"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fga-dataplane"));
+    cmd.args(["serve", "--addr", "127.0.0.1:0"]);
+    if !args.contains(&"--data-dir") {
+        cmd.arg("--data-dir").arg(dir.path().join("data"));
+    }
+    let mut child = cmd
         .args(args)
+        .env_remove("FGA_ADMIN_KEY")
+        .env_remove("FGA_AUTHN_PRESHARED_KEYS")
+        .env_remove("FGA_DATABASE_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -2,11 +2,10 @@
 //! `migrations/sqlite/fga`). Every read the evaluator makes goes through an
 //! index; nothing scans a store.
 
-use crate::cache::{ModelCache, ObjectTuples, TupleCache};
-use crate::engine::{object_type, EvalError, TupleKey, TupleReader, Users};
+use crate::cache::{ModelCache, TupleCache};
+use crate::engine::{object_type, TupleKey};
 use crate::model::AuthorizationModel;
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use rand::RngCore;
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -56,11 +55,12 @@ pub fn ulid() -> String {
         .collect()
 }
 
-/// Is `s` shaped like a ULID?
+/// Is `s` a ULID as OpenFGA writes and accepts ids: 26 characters of
+/// Crockford's base32 in upper case (so every id has one spelling only).
 pub fn is_ulid(s: &str) -> bool {
     s.len() == 26
         && s.bytes()
-            .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b.to_ascii_uppercase()))
+            .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b))
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -124,6 +124,10 @@ macro_rules! on_pool {
         }
     };
 }
+
+mod reader;
+mod warm;
+pub use reader::SqlReader;
 
 #[derive(Clone)]
 pub struct Db {
@@ -266,11 +270,18 @@ impl Db {
         )
     }
 
-    /// Stores after `after` (an id), oldest first.
-    pub async fn list_stores(&self, after: &str, limit: i64) -> Result<Vec<StoreRow>> {
+    /// Stores after `after` (an id), oldest first; only those named exactly
+    /// `name` when given.
+    pub async fn list_stores(
+        &self,
+        after: &str,
+        limit: i64,
+        name: Option<&str>,
+    ) -> Result<Vec<StoreRow>> {
         Ok(
-            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2")
+            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 AND ($2 IS NULL OR name = $2) ORDER BY id LIMIT $3")
             .bind(after)
+            .bind(name)
             .bind(limit)
             .fetch_all(p)
             .await)?,
@@ -497,20 +508,26 @@ impl Db {
             .collect())
     }
 
+    /// Changes after sequence number `after`, oldest first; of one object
+    /// type when given; made at or after `since` when given (a timestamp as
+    /// stored: RFC 3339, UTC, microseconds).
     pub async fn changes(
         &self,
         store: &str,
         object_type: Option<&str>,
         after: i64,
+        since: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ChangeRow>> {
         let rows: Vec<(i64, String, String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
             "SELECT seq, object, relation, \"user\", operation, at FROM changes
-             WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND seq > $3 ORDER BY seq LIMIT $4",
+             WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND seq > $3
+               AND ($4 IS NULL OR at >= $4) ORDER BY seq LIMIT $5",
         )
         .bind(store)
         .bind(object_type)
         .bind(after)
+        .bind(since)
         .bind(limit)
         .fetch_all(p)
         .await)?;
@@ -549,99 +566,6 @@ impl Db {
         )
     }
 
-    /// Fill the tuple cache with a store's objects, in key order, while it
-    /// has room (objects too large to cache are skipped). Safe beside
-    /// traffic: a page read while a write commits is simply not kept.
-    /// Returns how many tuples were cached.
-    pub async fn warm_cache(&self, store: &str) -> Result<usize> {
-        const PAGE: i64 = 20_000;
-        let Some(cache) = &self.tuples else {
-            return Ok(0);
-        };
-        let mut after = [String::new(), String::new(), String::new(), String::new()];
-        let mut cached = 0usize;
-        loop {
-            if !cache.has_room(PAGE as usize) {
-                break;
-            }
-            let generation = cache.generation();
-            let rows: Vec<(String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
-                "SELECT object_type, object_id, relation, \"user\" FROM tuples
-                 WHERE store = $1 AND (object_type, object_id, relation, \"user\") > ($2, $3, $4, $5)
-                 ORDER BY object_type, object_id, relation, \"user\" LIMIT $6",
-            )
-            .bind(store)
-            .bind(&after[0])
-            .bind(&after[1])
-            .bind(&after[2])
-            .bind(&after[3])
-            .bind(PAGE)
-            .fetch_all(p)
-            .await)?;
-            let full = rows.len() as i64 == PAGE;
-            let Some(last) = rows.last().cloned() else {
-                break;
-            };
-            // Group by object; the page's last object may go on in the next
-            // page, so it is left for that page (or skipped, when it alone
-            // fills a page: too large to cache).
-            // ((object type, object id), [(relation, user)])
-            type Rows = Vec<(String, String)>;
-            let mut objects: Vec<((String, String), Rows)> = Vec::new();
-            for (ot, oid, rel, user) in rows {
-                match objects.last_mut() {
-                    Some((key, v)) if key.0 == ot && key.1 == oid => v.push((rel, user)),
-                    _ => objects.push(((ot, oid), vec![(rel, user)])),
-                }
-            }
-            if full {
-                if objects.len() > 1 {
-                    objects.pop();
-                    after = [last.0, last.1, String::new(), String::new()];
-                } else {
-                    // One object alone fills a page: skip past all of it.
-                    after = [
-                        last.0,
-                        format!("{}\u{0}", last.1),
-                        String::new(),
-                        String::new(),
-                    ];
-                    continue;
-                }
-            }
-            let n: usize = objects.iter().map(|(_, v)| v.len()).sum();
-            let kept = cache.put_many(
-                generation,
-                store,
-                objects.into_iter().map(|((ot, oid), v)| {
-                    (format!("{ot}:{oid}"), Arc::new(ObjectTuples::from_rows(v)))
-                }),
-            );
-            if kept {
-                cached += n;
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok(cached)
-    }
-
-    /// Warm the cache with every store, oldest first, while it has room.
-    pub async fn warm_cache_all(&self) -> Result<usize> {
-        let mut total = 0;
-        let mut after = String::new();
-        loop {
-            let stores = self.list_stores(&after, 100).await?;
-            let Some(last) = stores.last() else { break };
-            after = last.id.clone();
-            for s in &stores {
-                total += self.warm_cache(&s.id).await?;
-            }
-        }
-        Ok(total)
-    }
-
     /// A reader for evaluation in one store.
     pub fn reader(&self, store: &str) -> SqlReader {
         SqlReader {
@@ -667,158 +591,4 @@ pub struct TupleFilter {
 
 fn parse_model(body: &str) -> Result<AuthorizationModel> {
     serde_json::from_str(body).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// [`TupleReader`] over one store; every query uses an index.
-pub struct SqlReader {
-    pool: Pool,
-    store: String,
-    cache: Option<Arc<TupleCache>>,
-}
-
-/// Objects with more tuples than this are not cached (each read of them
-/// goes to the database, by relation).
-const MAX_CACHED_OBJECT: usize = 10_000;
-
-impl SqlReader {
-    /// All tuples of `object`, through the cache; `None` without a cache or
-    /// for an object too large to cache.
-    async fn object(
-        &self,
-        object: &str,
-    ) -> std::result::Result<Option<Arc<ObjectTuples>>, EvalError> {
-        let Some(cache) = &self.cache else {
-            return Ok(None);
-        };
-        if let Some(o) = cache.get(&self.store, object) {
-            return Ok(Some(o));
-        }
-        let generation = cache.generation();
-        let (ot, oid) = split(object);
-        let rows: Vec<(String, String)> = on_pool!(&self.pool, p => sqlx::query_as("SELECT relation, \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 LIMIT $4")
-            .bind(&self.store)
-            .bind(ot)
-            .bind(oid)
-            .bind(MAX_CACHED_OBJECT as i64 + 1)
-            .fetch_all(p)
-            .await)
-        .map_err(storage)?;
-        if rows.len() > MAX_CACHED_OBJECT {
-            return Ok(None);
-        }
-        let o = Arc::new(ObjectTuples::from_rows(rows));
-        cache.put(generation, &self.store, object, o.clone());
-        Ok(Some(o))
-    }
-
-    /// The users of `object#relation`.
-    async fn users(&self, object: &str, relation: &str) -> std::result::Result<Users, EvalError> {
-        if let Some(o) = self.object(object).await? {
-            return Ok(o.users(relation));
-        }
-        let (ot, oid) = split(object);
-        let v: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4")
-            .bind(&self.store)
-            .bind(ot)
-            .bind(oid)
-            .bind(relation)
-            .fetch_all(p)
-            .await)
-        .map_err(storage)?;
-        Ok(Arc::new(v))
-    }
-
-    /// Does the tuple exist? (A point read by primary key when not cached.)
-    async fn has(
-        &self,
-        object: &str,
-        relation: &str,
-        user: &str,
-    ) -> std::result::Result<bool, EvalError> {
-        if let Some(o) = self.object(object).await? {
-            return Ok(o.contains(relation, user));
-        }
-        let (ot, oid) = split(object);
-        let hit: Option<i32> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT 1 FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5")
-            .bind(&self.store)
-            .bind(ot)
-            .bind(oid)
-            .bind(relation)
-            .bind(user)
-            .fetch_optional(p)
-            .await)
-        .map_err(storage)?;
-        Ok(hit.is_some())
-    }
-}
-
-fn storage(e: sqlx::Error) -> EvalError {
-    EvalError::Storage(e.to_string())
-}
-
-impl TupleReader for SqlReader {
-    fn users_of(
-        &self,
-        object: &str,
-        relation: &str,
-    ) -> BoxFuture<'_, std::result::Result<Users, EvalError>> {
-        let (o, r) = (object.to_string(), relation.to_string());
-        Box::pin(async move { self.users(&o, &r).await })
-    }
-    fn exists<'a>(
-        &'a self,
-        object: &'a str,
-        relation: &'a str,
-        user: &'a str,
-    ) -> BoxFuture<'a, std::result::Result<bool, EvalError>> {
-        Box::pin(self.has(object, relation, user))
-    }
-    fn objects_of_type<'a>(
-        &'a self,
-        ty: &'a str,
-    ) -> BoxFuture<'a, std::result::Result<Vec<String>, EvalError>> {
-        Box::pin(async move {
-            let ids: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar(
-                "SELECT DISTINCT object_id FROM tuples WHERE store = $1 AND object_type = $2",
-            )
-            .bind(&self.store)
-            .bind(ty)
-            .fetch_all(p)
-            .await)
-            .map_err(storage)?;
-            Ok(ids.into_iter().map(|id| format!("{ty}:{id}")).collect())
-        })
-    }
-    fn users_of_type<'a>(
-        &'a self,
-        ty: &'a str,
-    ) -> BoxFuture<'a, std::result::Result<Vec<String>, EvalError>> {
-        Box::pin(async move {
-            on_pool!(&self.pool, p => sqlx::query_scalar("SELECT DISTINCT \"user\" FROM tuples WHERE store = $1 AND user_type = $2")
-                .bind(&self.store)
-                .bind(ty)
-                .fetch_all(p)
-                .await)
-            .map_err(storage)
-        })
-    }
-    fn by_user<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> BoxFuture<'a, std::result::Result<Vec<(String, String)>, EvalError>> {
-        Box::pin(async move {
-            let rows: Vec<(String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
-                "SELECT object_type, object_id, relation FROM tuples WHERE store = $1 AND \"user\" = $2",
-            )
-            .bind(&self.store)
-            .bind(user)
-            .fetch_all(p)
-            .await)
-            .map_err(storage)?;
-            Ok(rows
-                .into_iter()
-                .map(|(t, id, rel)| (format!("{t}:{id}"), rel))
-                .collect())
-        })
-    }
 }
