@@ -137,6 +137,9 @@ pub enum CellPhase {
     WaitingLease,
     Running {
         step: usize,
+        /// When the step started (absent in states written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<DateTime<Utc>>,
     },
     Baking {
         step: usize,
@@ -147,6 +150,10 @@ pub enum CellPhase {
     RollingBack,
     RolledBack,
     RollbackFailed,
+    /// Not rolled back: by the time this train's rollback reached the cell,
+    /// it no longer ran the version this train deployed (a newer train, or
+    /// someone else, had changed it since). Left as it is.
+    RollbackSkipped,
     /// Left as it was when the train was cancelled; `next_step` had not run.
     Stopped {
         next_step: usize,
@@ -172,9 +179,22 @@ impl CellPhase {
 pub struct StepRecord {
     pub step: usize,
     pub kind: String,
+    /// When the step ended.
     pub at: DateTime<Utc>,
+    /// When it started (steps run by the shell; absent in older states).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
     pub ok: bool,
     pub detail: String,
+}
+
+impl StepRecord {
+    /// How long the step ran, when its start is known.
+    pub fn took(&self) -> Option<Duration> {
+        self.started
+            .map(|s| self.at - s)
+            .filter(|d| *d >= Duration::zero())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -258,6 +278,10 @@ pub enum Event {
         cell: String,
         ok: bool,
         detail: String,
+        /// The target left the cell as it was: it no longer ran this train's
+        /// version (see [`CellPhase::RollbackSkipped`]). `ok` is true.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        skipped: bool,
     },
 }
 
@@ -409,7 +433,7 @@ impl Train {
                 CellPhase::WaitingLease | CellPhase::RollbackWaitingLease => {
                     fx.push(Effect::AcquireLease { cell })
                 }
-                CellPhase::Running { step } => fx.push(Effect::RunStep {
+                CellPhase::Running { step, .. } => fx.push(Effect::RunStep {
                     cell,
                     step: *step,
                     attempt: 1,
@@ -459,6 +483,7 @@ impl Train {
                 CellPhase::RollbackWaitingLease | CellPhase::RollingBack => "rolling_back",
                 CellPhase::RolledBack => "rolled_back",
                 CellPhase::RollbackFailed => "rollback_failed",
+                CellPhase::RollbackSkipped => "rollback_skipped",
                 CellPhase::Stopped { .. } => "stopped",
             };
             *m.entry(k).or_insert(0) += 1;

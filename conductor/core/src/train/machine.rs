@@ -98,22 +98,34 @@ impl Train {
                 self.status = TrainStatus::RollingBack;
                 self.finished_at = None;
             }
-            Event::RollbackFinished { cell, ok, detail } => {
+            Event::RollbackFinished {
+                cell,
+                ok,
+                detail,
+                skipped,
+            } => {
                 if let Some(c) = self.cells.get_mut(cell) {
                     c.log.push(StepRecord {
                         step: usize::MAX,
-                        kind: "rollback".into(),
+                        kind: if *skipped {
+                            "rollback_skipped"
+                        } else {
+                            "rollback"
+                        }
+                        .into(),
                         at: now,
+                        started: None,
                         ok: *ok,
                         detail: detail.clone(),
                     });
+                    // Either way this train's version no longer runs there.
                     if *ok {
                         c.deployed = false;
                     }
-                    let phase = if *ok {
-                        CellPhase::RolledBack
-                    } else {
-                        CellPhase::RollbackFailed
+                    let phase = match (*ok, *skipped) {
+                        (true, true) => CellPhase::RollbackSkipped,
+                        (true, false) => CellPhase::RolledBack,
+                        (false, _) => CellPhase::RollbackFailed,
                     };
                     self.set(cell, phase);
                     fx.push(Effect::ReleaseLease { cell: cell.clone() });
@@ -184,7 +196,13 @@ impl Train {
                 });
             }
             Some(_) => {
-                self.set(cell, CellPhase::Running { step: i });
+                self.set(
+                    cell,
+                    CellPhase::Running {
+                        step: i,
+                        since: Some(now),
+                    },
+                );
                 fx.push(Effect::RunStep {
                     cell: cell.to_string(),
                     step: i,
@@ -210,6 +228,7 @@ impl Train {
                     step: usize::MAX,
                     kind: "rollback".into(),
                     at: self.updated_at,
+                    started: None,
                     ok: true,
                     detail: "nothing to roll back: the cell was not deployed".into(),
                 });
@@ -253,10 +272,15 @@ impl Train {
             .to_string();
         let is_deploy = self.deploy_index() == Some(step);
         if let Some(c) = self.cells.get_mut(cell) {
+            let started = match c.phase {
+                CellPhase::Running { since, .. } => since,
+                _ => None,
+            };
             c.log.push(StepRecord {
                 step,
                 kind: kind.clone(),
                 at: now,
+                started,
                 ok,
                 detail: detail.to_string(),
             });

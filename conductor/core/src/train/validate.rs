@@ -93,7 +93,7 @@ impl Train {
             },
             Event::StepFinished { cell, step, .. } => {
                 match self.cells.get(cell).map(|c| &c.phase) {
-                    Some(CellPhase::Running { step: s }) if s == step => Ok(()),
+                    Some(CellPhase::Running { step: s, .. }) if s == step => Ok(()),
                     _ => Err(Refusal::Stale),
                 }
             }
