@@ -16,6 +16,7 @@ pub struct Offline {
 pub enum PipelineCmd {
     /// Check pipeline files offline; every problem is printed as FILE:LINE:COL.
     Validate {
+        /// Pipeline files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
@@ -26,12 +27,14 @@ pub enum PipelineCmd {
     /// Conductor against its inventory, with the step durations measured by
     /// the pipeline's recent trains.
     Plan {
+        /// A pipeline file.
         file: PathBuf,
         #[command(flatten)]
         offline: Offline,
         /// Ask the Conductor at --url (CONDUCTOR_URL) for the plan.
         #[arg(long)]
         server: bool,
+        /// Print the plan as JSON (the same as the server's plan endpoint).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -39,6 +42,7 @@ pub enum PipelineCmd {
     },
     /// Submit a pipeline to the Conductor.
     Submit {
+        /// A pipeline file.
         file: PathBuf,
         #[command(flatten)]
         conn: Conn,

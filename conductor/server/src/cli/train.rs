@@ -31,7 +31,9 @@ pub enum TrainCmd {
     /// Start a train. With --wait: exit 0 succeeded, 1 failed or rolled back,
     /// 3 rejected, cancelled or superseded, 4 the Conductor could not be reached.
     Start {
+        /// A submitted pipeline's name.
         pipeline: String,
+        /// The artifact version to ship (pushed first for binary artifacts).
         #[arg(long)]
         version: String,
         /// Follow the train until it ends, riding out a Conductor restart.
@@ -44,7 +46,9 @@ pub enum TrainCmd {
     },
     /// Show a train.
     Status {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -52,8 +56,10 @@ pub enum TrainCmd {
     },
     /// List recent trains.
     List {
+        /// Only trains of this pipeline.
         #[arg(long)]
         pipeline: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -61,6 +67,7 @@ pub enum TrainCmd {
     },
     /// Follow a train until it ends (exit status as for `start --wait`).
     Wait {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         patience: WaitOpts,
@@ -69,9 +76,12 @@ pub enum TrainCmd {
     },
     /// Approve the wave waiting at a gate (never your own train).
     Approve {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// The gated wave's name.
         #[arg(long)]
         gate: String,
+        /// Why (kept in the train and the audit log).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -79,9 +89,12 @@ pub enum TrainCmd {
     },
     /// Reject the wave waiting at a gate; the train stops.
     Reject {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// The gated wave's name.
         #[arg(long)]
         gate: String,
+        /// Why (kept in the train and the audit log).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -89,6 +102,7 @@ pub enum TrainCmd {
     },
     /// Cancel a train: no new cell starts; cells in flight stop after their step.
     Cancel {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         conn: Conn,
@@ -97,6 +111,7 @@ pub enum TrainCmd {
     /// that no longer runs this train's version (a newer train changed it)
     /// is left as it is and reported as skipped.
     Rollback {
+        /// The train's id (see `conductor train list`).
         id: String,
         /// Follow the rollback until it ends (exit 0 rolled back, 1 failed, 4 unreachable).
         #[arg(long)]
@@ -108,12 +123,14 @@ pub enum TrainCmd {
     },
     /// The train's event log.
     Events {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         conn: Conn,
     },
     /// Output kept from the train's command steps.
     Logs {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         conn: Conn,
