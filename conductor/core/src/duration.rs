@@ -43,6 +43,11 @@ pub fn parse(s: &str) -> Result<Dur, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
+            "" if rest.starts_with(char::is_whitespace) => {
+                return Err(format!(
+                    "invalid duration {s:?}: write it without spaces, with a unit of ms, s, m, h or d (10m, 1h30m)"
+                ))
+            }
             "" => {
                 return Err(format!(
                     "invalid duration {s:?}: missing unit (ms, s, m, h or d)"
@@ -113,6 +118,7 @@ mod tests {
         assert_eq!(parse("1h30m").map(|d| d.to_string()), Ok("1h30m".into()));
         assert!(parse("10").is_err());
         assert!(parse("10x").is_err());
+        assert!(parse("10 minutes").is_err_and(|e| e.contains("without spaces")));
         assert!(parse("").is_err());
         assert!(parse("99999999999999999999999h").is_err());
         assert!(parse("31d").is_err());

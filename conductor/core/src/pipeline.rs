@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use yamlspan::{Diagnostic, Diagnostics, Spans};
 
+mod schema;
+
 /// What is being shipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,15 +231,22 @@ impl Pipeline {
     }
 }
 
-/// Decode and validate a pipeline file. All problems come back at once.
+/// Decode and validate a pipeline file. All problems come back at once:
+/// every mismatch with the language's shape (unknown keys, values of the
+/// wrong kind, bad durations), or, once there are none, every semantic one.
 pub fn parse(file: &str, text: &str) -> Result<(Pipeline, Spans), Diagnostics> {
-    let (p, spans): (Pipeline, Spans) = yamlspan::from_str(file, text)?;
+    let (p, spans): (Pipeline, Spans) = yamlspan::from_str_checked(file, text, &schema::DOCUMENT)?;
     let errs = validate(&p, &spans);
     if errs.is_empty() {
         Ok((p, spans))
     } else {
         Err(sorted(errs))
     }
+}
+
+/// [`parse`] for a file's bytes: invalid UTF-8 is reported at its line and column.
+pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<(Pipeline, Spans), Diagnostics> {
+    parse(file, yamlspan::decode_utf8(file, bytes)?)
 }
 
 pub(crate) fn sorted(mut errs: Vec<Diagnostic>) -> Diagnostics {
@@ -469,6 +478,70 @@ windows: [ { allow: "Mon-Thu 08:00-17:00", tz: cell } ]
     }
 
     #[test]
+    fn all_schema_errors_at_once_each_at_its_value() {
+        // An unknown key no longer hides a bad duration and a bad on_failure.
+        let bad = GOOD
+            .replace("min_requests: 100", "min_request: 100")
+            .replace("bake: 10m", "bake: 10 minutes")
+            .replace(
+                "on_failure: rollback_cell_and_halt",
+                "on_failure: rollback_everything",
+            )
+            .replace("cells: 1 }", "cells: one }");
+        let e = parse("p.yaml", &bad).expect_err("invalid");
+        let at: Vec<(usize, usize)> = e.0.iter().map(|d| (d.pos.line, d.pos.col)).collect();
+        assert_eq!(at, vec![(7, 39), (8, 11), (10, 28), (13, 13)], "{e}");
+        assert!(
+            e.0[0].message.contains("unknown field `min_request`"),
+            "{e}"
+        );
+        assert!(e.0[1].message.contains("invalid duration"), "{e}");
+        assert!(e.0[2].message.contains("expected u32"), "{e}");
+        assert!(
+            e.0[3]
+                .message
+                .contains("unknown variant `rollback_everything`"),
+            "{e}"
+        );
+        assert!(e.0.iter().all(|d| d.hint.is_some()), "{e}");
+        // Steps written with an unknown kind are located at the key.
+        let e = parse("p.yaml", &GOOD.replace("bake: 10m", "bkae: 10m")).expect_err("step");
+        assert_eq!((e.0[0].pos.line, e.0[0].pos.col), (8, 5), "{e}");
+        assert!(e.0[0].message.contains("`bake`"), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        let at = GOOD.find("fga-dataplane").expect("name");
+        bytes[at + 3] = 0xE9;
+        let e = parse_bytes("p.yaml", &bytes).expect_err("invalid");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            e.to_string().starts_with("p.yaml:2:10: invalid UTF-8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_example_pipelines_are_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
+        let mut n = 0;
+        for f in std::fs::read_dir(dir).expect("pipelines/") {
+            let path = f.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("read");
+            let r = parse_bytes(&path.display().to_string(), &bytes);
+            assert!(
+                r.is_ok(),
+                "{}",
+                r.err().map(|e| e.to_string()).unwrap_or_default()
+            );
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
     fn all_semantic_errors_at_once() {
         let bad = GOOD
             .replace(
@@ -498,6 +571,11 @@ windows: [ { allow: "Mon-Thu 08:00-17:00", tz: cell } ]
             "name: x\nsteps: 3",
             "\u{0}",
             "a: &x [*x]",
+            "steps: [ { deploy: {}, bake: 1m } ]\nwaves: [ [1] ]",
+            "? [a]\n: b\nsteps: [ { ? [a] : b } ]",
+            "name: !!binary aGVsbG8=\nartifact: !t { kind: 1 }",
+            "windows: { allow: x }\nwaves: { a: 1 }\ncells: [1]\non_failure: [x]",
+            "artifact: { kind: binary, name: a, args: {}, health: [] }",
         ] {
             let _ = parse("p.yaml", text);
         }

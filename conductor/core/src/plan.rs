@@ -5,16 +5,19 @@
 //! error. Cells are then handed to waves in dependency order, so that every
 //! selected cell lands in exactly one wave.
 
-use crate::duration::Dur;
-use crate::pipeline::{sorted, Gate, Pipeline, Step};
-use crate::window::{self, Window};
+use crate::pipeline::{sorted, Gate, Pipeline};
 use cells_inventory::CellSpec;
-use chrono::{DateTime, Duration, Utc};
 use petgraph::algo::toposort;
 use petgraph::graphmap::DiGraphMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use yamlspan::{Diagnostics, Spans};
+
+mod projection;
+pub use projection::{
+    project, report, step_estimates, Basis, Estimates, PlanReport, StepEstimate, WaveProjection,
+    WaveReport, WindowWait,
+};
 
 /// A wave with its cells.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,97 +215,11 @@ pub fn plan(p: &Pipeline, spans: &Spans, cells: &[CellSpec]) -> Result<Plan, Dia
     })
 }
 
-/// Assumed durations of steps whose length is not written down.
-#[derive(Debug, Clone, Copy)]
-pub struct Estimates {
-    pub deploy: Dur,
-    pub test: Dur,
-    pub command: Dur,
-}
-
-impl Default for Estimates {
-    fn default() -> Self {
-        Estimates {
-            deploy: Dur::secs(30),
-            test: Dur::secs(10),
-            command: Dur::secs(60),
-        }
-    }
-}
-
-/// Projected timing of one wave.
-#[derive(Debug, Clone, Serialize)]
-pub struct WaveProjection {
-    pub name: String,
-    pub cells: usize,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    /// The wave waits for an approval first (not counted in the times).
-    pub approval: bool,
-}
-
-/// Project when each wave starts and ends, if the train started at `start`:
-/// from per-cell step times (bakes as written, other steps estimated),
-/// `max_parallel` batches, and deploy windows (a batch waits for its window).
-pub fn project(
-    p: &Pipeline,
-    plan: &Plan,
-    windows: &[Window],
-    start: DateTime<Utc>,
-    est: Estimates,
-) -> Vec<WaveProjection> {
-    let per_cell: i64 = p
-        .steps
-        .iter()
-        .map(|s| match s {
-            Step::Deploy(_) => est.deploy.millis(),
-            Step::Test(_) => est.test.millis(),
-            Step::Bake(d) => d.millis(),
-            Step::Command(_) => est.command.millis(),
-        })
-        .sum();
-    let mut ends: BTreeMap<usize, DateTime<Utc>> = BTreeMap::new();
-    let mut out: BTreeMap<usize, WaveProjection> = BTreeMap::new();
-    for &i in &plan.order {
-        let w = &plan.waves[i];
-        let mut t = w
-            .after
-            .iter()
-            .filter_map(|d| ends.get(d))
-            .max()
-            .copied()
-            .unwrap_or(start);
-        let wave_start = t;
-        for batch in w.cells.chunks(w.max_parallel.max(1) as usize) {
-            let tz = batch
-                .first()
-                .and_then(|c| plan.cell_tz.get(c))
-                .map(String::as_str)
-                .unwrap_or("UTC");
-            if let Some(open) = window::next_allowed(windows, t, tz) {
-                t = open;
-            }
-            t += Duration::milliseconds(per_cell);
-        }
-        ends.insert(i, t);
-        out.insert(
-            i,
-            WaveProjection {
-                name: w.name.clone(),
-                cells: w.cells.len(),
-                start: wave_start,
-                end: t,
-                approval: w.approval.is_some(),
-            },
-        );
-    }
-    plan.order.iter().filter_map(|i| out.remove(i)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pipeline::parse;
+    use chrono::{DateTime, Duration};
 
     pub fn fleet(n_per_region: usize) -> Vec<CellSpec> {
         let mut v = Vec::new();
@@ -322,7 +239,7 @@ mod tests {
         v
     }
 
-    fn pipe(waves: &str) -> String {
+    pub(super) fn pipe(waves: &str) -> String {
         format!(
             "name: p\nartifact: {{ kind: binary, name: a }}\ncells: {{ labels: {{ service: fga }} }}\nsteps:\n  - deploy: {{}}\n  - bake: 10m\nwaves:\n{waves}"
         )
@@ -338,7 +255,8 @@ mod tests {
         assert_eq!(plan.waves[2].cells.len(), 8);
         let all: BTreeSet<_> = plan.waves.iter().flat_map(|w| w.cells.clone()).collect();
         assert_eq!(all.len(), 12);
-        let proj = project(&p, &plan, &[], DateTime::UNIX_EPOCH, Estimates::default());
+        let est = step_estimates(&p, &[], Estimates::default());
+        let proj = project(&plan, &[], DateTime::UNIX_EPOCH, &est);
         // canary 1 batch, regions 3 batches (max_parallel 1), rest 2 batches.
         let per = Duration::seconds(630);
         assert_eq!(proj[2].end - DateTime::UNIX_EPOCH, per * 6);
@@ -381,7 +299,8 @@ mod tests {
         let text = pipe("  - { name: canary, cells: 1 }\n  - { name: us, ids: [us-east-1-001], after: [canary] }\n  - { name: eu, percent: 100, after: [canary], max_parallel: 10 }\n");
         let (p, s) = parse("p.yaml", &text).expect("valid");
         let plan = plan(&p, &s, &fleet(2)).expect("plan");
-        let proj = project(&p, &plan, &[], DateTime::UNIX_EPOCH, Estimates::default());
+        let est = step_estimates(&p, &[], Estimates::default());
+        let proj = project(&plan, &[], DateTime::UNIX_EPOCH, &est);
         assert_eq!(proj[1].start, proj[2].start);
     }
 }

@@ -123,6 +123,8 @@ struct World {
     train: Train,
     now: DateTime<Utc>,
     inflight: Vec<Effect>,
+    /// Every event fed, with its time: what the engine would have persisted.
+    log: Vec<(Event, DateTime<Utc>)>,
 }
 
 impl World {
@@ -139,6 +141,7 @@ impl World {
             train,
             now,
             inflight: vec![],
+            log: vec![(ev, now)],
         };
         // Created is not re-applied by the engine; kick the machine with a wake.
         w.feed(Event::Wake { cell: None });
@@ -160,6 +163,7 @@ impl World {
 
     /// Apply an event, checking the invariants that concern one step.
     fn feed(&mut self, ev: Event) {
+        self.log.push((ev.clone(), self.now));
         let before = self.train.clone();
         let (after, fx) = conductor_core::train::apply(before.clone(), &ev, self.now);
         for (id, c) in &after.cells {
@@ -202,6 +206,7 @@ impl World {
                         CellPhase::Pending
                             | CellPhase::Succeeded
                             | CellPhase::RolledBack
+                            | CellPhase::RollbackSkipped
                             | CellPhase::RollbackFailed
                             | CellPhase::Stopped { .. }
                     )
@@ -249,10 +254,12 @@ impl World {
                         detail: if *ok { "ok".into() } else { "boom".into() },
                         previous_version: Some("v1".into()),
                     },
+                    // A cell that a newer train changed meanwhile is skipped.
                     Effect::Rollback { cell, .. } => Event::RollbackFinished {
                         cell,
                         ok: true,
-                        detail: "restored".into(),
+                        detail: if *ok { "restored" } else { "skipped" }.into(),
+                        skipped: !*ok,
                     },
                     Effect::WakeAt { at, cell } => {
                         self.now = self.now.max(at);
@@ -372,6 +379,11 @@ proptest! {
                 CellPhase::Pending => prop_assert!(c.log.is_empty(), "{id} pending but touched"),
                 CellPhase::Succeeded => prop_assert!(c.deployed, "{id} succeeded without deploy"),
                 CellPhase::RolledBack => prop_assert!(!c.deployed),
+                CellPhase::RollbackSkipped => {
+                    // Only a rollback that ran skips, and the skip is in the log.
+                    prop_assert!(!c.deployed);
+                    prop_assert!(c.log.last().is_some_and(|r| r.kind == "rollback_skipped"), "{id}");
+                }
                 CellPhase::Stopped { .. } => prop_assert!(t.cancel_requested, "{id} stopped without a cancel"),
                 other => prop_assert!(false, "{id} left in {other:?}"),
             }
@@ -382,9 +394,18 @@ proptest! {
             TrainStatus::Failed => prop_assert!(t.failure.is_some()),
             _ => {}
         }
-        // Replaying the same events gives the same state (checked in the engine
-        // tests on real logs); here: resume of a finished train issues nothing.
+        // Replaying the persisted events gives the same state (a crash at any
+        // point loses nothing, rollback skips included), and resuming a
+        // finished train issues nothing.
+        let replayed = Train::replay(w.log.iter().map(|(e, at)| (e, *at)));
+        prop_assert_eq!(replayed.as_ref(), Some(t));
         prop_assert!(t.resume().is_empty());
+        // Every step the shell ran knows how long it took.
+        for c in t.cells.values() {
+            for r in c.log.iter().filter(|r| r.step != usize::MAX) {
+                prop_assert!(r.took().is_some(), "{r:?}");
+            }
+        }
     }
 }
 
@@ -498,4 +519,102 @@ fn happy_path_deploys_every_cell() {
         .values()
         .all(|c| c.deployed && c.log.len() == 2));
     assert_eq!(w.train.waves[1].approvals.len(), 2);
+}
+
+#[test]
+fn rollback_skips_cells_changed_since_and_replays() {
+    let s = Shape {
+        waves: vec![(1, 1, None), (3, 3, None)],
+        bake: false,
+        test: false,
+        rollback_train: false,
+    };
+    let mut w = World::new(&s);
+    w.drain();
+    assert_eq!(w.train.status, TrainStatus::Succeeded);
+    w.feed(Event::RollbackRequested { by: "ops".into() });
+    // Newest wave first: c02..c04 roll back; c03 was changed by a newer train.
+    let mut finished = Vec::new();
+    for _ in 0..100 {
+        let Some(pos) = w
+            .inflight
+            .iter()
+            .position(|e| matches!(e, Effect::AcquireLease { .. } | Effect::Rollback { .. }))
+        else {
+            break;
+        };
+        match w.inflight.remove(pos) {
+            Effect::AcquireLease { cell } => w.feed(Event::LeaseGranted { cell }),
+            Effect::Rollback { cell, key, .. } => {
+                // The engine re-issues an in-flight rollback with the same key.
+                let resumed = w.train.resume();
+                assert!(resumed
+                    .iter()
+                    .any(|e| matches!(e, Effect::Rollback { key: k, .. } if *k == key)));
+                let skipped = cell == "c03";
+                finished.push(cell.clone());
+                w.feed(Event::RollbackFinished {
+                    cell,
+                    ok: true,
+                    detail: if skipped {
+                        "c03 runs v3 now; left as it is".into()
+                    } else {
+                        "restored v1".into()
+                    },
+                    skipped,
+                });
+            }
+            _ => unreachable!(),
+        }
+    }
+    w.drain();
+    let t = &w.train;
+    assert_eq!(t.status, TrainStatus::RolledBack);
+    assert_eq!(finished.len(), 4, "{finished:?}");
+    assert_eq!(t.cells["c03"].phase, CellPhase::RollbackSkipped);
+    assert!(!t.cells["c03"].deployed);
+    assert_eq!(t.cell_summary().get("rollback_skipped"), Some(&1));
+    assert_eq!(t.cell_summary().get("rolled_back"), Some(&3));
+    // A rollback that already ran is reported the same after a replay.
+    let replayed = Train::replay(w.log.iter().map(|(e, at)| (e, *at))).expect("replay");
+    assert_eq!(&replayed, t);
+    // The skip is in the persisted event, and old events (no `skipped`) still read.
+    let skip = w
+        .log
+        .iter()
+        .find(|(e, _)| matches!(e, Event::RollbackFinished { skipped: true, .. }))
+        .expect("skip event");
+    let json = serde_json::to_value(&skip.0).expect("json");
+    assert_eq!(json["skipped"], true);
+    let old: Event = serde_json::from_str(
+        r#"{"type":"rollback_finished","cell":"c01","ok":true,"detail":"restored"}"#,
+    )
+    .expect("old event");
+    assert!(matches!(
+        old,
+        Event::RollbackFinished { skipped: false, .. }
+    ));
+}
+
+#[test]
+fn states_written_by_the_previous_release_still_read() {
+    // A cell mid-step and a step record as written before steps kept their start.
+    let run: conductor_core::train::CellRun = serde_json::from_str(
+        r#"{"wave":0,"phase":"running","step":1,"deployed":true,"previous_version":"v1","rollbacks":0,
+            "log":[{"step":0,"kind":"deploy","at":"2026-11-23T10:00:00Z","ok":true,"detail":"ok"}]}"#,
+    )
+    .expect("old cell run");
+    assert_eq!(
+        run.phase,
+        CellPhase::Running {
+            step: 1,
+            since: None
+        }
+    );
+    assert_eq!(run.log[0].started, None);
+    assert_eq!(run.log[0].took(), None);
+    // And what is written now reads back.
+    let again: conductor_core::train::CellRun =
+        serde_json::from_value(serde_json::to_value(&run).expect("json")).expect("new");
+    assert_eq!(again, run);
 }

@@ -44,6 +44,9 @@ pub struct Outcome {
     pub detail: String,
     /// For deploys: the version the cell ran before.
     pub previous_version: Option<String>,
+    /// For rollbacks: the cell was left as it was (`ok` is true); see
+    /// `CellPhase::RollbackSkipped`.
+    pub skipped: bool,
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
             ok: true,
             detail: detail.into(),
             previous_version: None,
+            skipped: false,
         }
     }
     pub fn failed(detail: impl Into<String>) -> Outcome {
@@ -59,6 +63,7 @@ impl Outcome {
             ok: false,
             detail: detail.into(),
             previous_version: None,
+            skipped: false,
         }
     }
 }
@@ -684,6 +689,7 @@ fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
                         cell,
                         ok: out.ok,
                         detail: out.detail,
+                        skipped: out.skipped,
                     },
                 );
             });

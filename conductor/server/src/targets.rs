@@ -19,7 +19,7 @@ use crate::store::Store;
 use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
 use conductor_core::pipeline::{Artifact, Step};
-use conductor_core::train::TrainSpec;
+use conductor_core::train::{step_key, TrainSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -601,6 +601,7 @@ impl CellExecutor {
                     ok: true,
                     detail: format!("{kind} already done (key {key})"),
                     previous_version: prev,
+                    skipped: false,
                 }
             }
             Ok(None) => {}
@@ -632,6 +633,7 @@ impl CellExecutor {
                     ok: true,
                     detail: format!("{} now runs {}", cell.id, to.unwrap_or("nothing")),
                     previous_version: prev,
+                    skipped: false,
                 },
                 Err(e) => Outcome::failed(format!("deployed but could not record it: {e}")),
             },
@@ -646,6 +648,7 @@ impl CellExecutor {
                     ok: false,
                     detail: e,
                     previous_version: prev,
+                    skipped: false,
                 }
             }
         }
@@ -746,6 +749,9 @@ impl Executor for CellExecutor {
                     _ => None,
                 })
                 .unwrap_or(Duration::from_secs(60));
+            if let Some(skip) = self.rollback_skip(&req).await {
+                return skip;
+            }
             self.change_version(
                 &req.train,
                 &req.cell,
@@ -760,6 +766,53 @@ impl Executor for CellExecutor {
 }
 
 impl CellExecutor {
+    /// A rollback leaves a cell as it is when the cell no longer runs the
+    /// version this train deployed there (a newer train changed it). Asked
+    /// under the cell's lease, so nothing changes it meanwhile. A rollback
+    /// that already ran under its key is done, not skipped (a replay after
+    /// a crash); a cell this train never changed (its deploy failed) is
+    /// rolled back as before.
+    async fn rollback_skip(&self, req: &RollbackRequest) -> Option<Outcome> {
+        let (train, cell) = (&req.train, &req.cell.id);
+        let failed =
+            |e: crate::store::StoreError| Some(Outcome::failed(format!("store unavailable: {e}")));
+        match self.store.deploy_done(&req.key).await {
+            Ok(Some(_)) => return None,
+            Ok(None) => {}
+            Err(e) => return failed(e),
+        }
+        let deploy = train
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Deploy(_)))?;
+        match self
+            .store
+            .deploy_done(&step_key(&train.id, cell, deploy, 1))
+            .await
+        {
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => return failed(e),
+        }
+        let now = match self.store.cell_version(cell, &train.artifact.name).await {
+            Ok(v) => v,
+            Err(e) => return failed(e),
+        };
+        if now.as_deref() == Some(train.version.as_str()) {
+            return None;
+        }
+        Some(Outcome {
+            ok: true,
+            detail: format!(
+                "skipped: {cell} runs {} now, not {} (changed after this train deployed it); left as it is",
+                now.as_deref().unwrap_or("nothing"),
+                train.version
+            ),
+            previous_version: None,
+            skipped: true,
+        })
+    }
+
     async fn command(
         &self,
         train: &TrainSpec,

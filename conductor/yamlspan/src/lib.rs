@@ -8,6 +8,9 @@
 
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+
+pub mod schema;
+pub use schema::Schema;
 use std::fmt;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
@@ -138,49 +141,143 @@ fn parent(path: &str) -> Option<String> {
     Some(path[..cut].to_string())
 }
 
+fn too_big(file: &str, len: usize) -> Diagnostics {
+    Diagnostics(vec![Diagnostic {
+        file: file.to_string(),
+        pos: Pos { line: 1, col: 1 },
+        message: format!("document is {len} bytes; the limit is {MAX_DOCUMENT_BYTES} bytes"),
+        hint: Some("split it into smaller files".into()),
+    }])
+}
+
+fn serde_diagnostic(file: &str, e: &serde_yaml::Error) -> Diagnostic {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            col: l.column(),
+        })
+        .unwrap_or(Pos { line: 1, col: 1 });
+    let (message, hint) = explain_serde_error(&e.to_string());
+    Diagnostic {
+        file: file.to_string(),
+        pos,
+        message,
+        hint,
+    }
+}
+
 /// Decode `text` (named `file` in diagnostics) into `T`, and record node positions.
+/// serde stops at the first problem: this reports only that one (see [`from_str_checked`]).
 pub fn from_str<T: DeserializeOwned>(file: &str, text: &str) -> Result<(T, Spans), Diagnostics> {
     if text.len() > MAX_DOCUMENT_BYTES {
-        return Err(Diagnostics(vec![Diagnostic {
-            file: file.to_string(),
-            pos: Pos { line: 1, col: 1 },
-            message: format!(
-                "document is {} bytes; the limit is {} bytes",
-                text.len(),
-                MAX_DOCUMENT_BYTES
-            ),
-            hint: Some("split it into smaller files".into()),
-        }]));
+        return Err(too_big(file, text.len()));
     }
     let spans = spans(file, text)?;
     match serde_yaml::from_str::<T>(text) {
         Ok(v) => Ok((v, spans)),
-        Err(e) => {
-            let pos = e
-                .location()
-                .map(|l| Pos {
-                    line: l.line(),
-                    col: l.column(),
-                })
-                .unwrap_or(Pos { line: 1, col: 1 });
-            let (message, hint) = explain_serde_error(&e.to_string());
-            Err(Diagnostics(vec![Diagnostic {
-                file: file.to_string(),
-                pos,
-                message,
-                hint,
-            }]))
+        Err(e) => Err(Diagnostics(vec![serde_diagnostic(file, &e)])),
+    }
+}
+
+/// Like [`from_str`], but when decoding fails, every mismatch with `schema`
+/// (which mirrors `T`) is reported at once, each at its own line and column.
+/// A document serde accepts is never refused here; serde's own error is
+/// always among those reported (unless another one is already on its line).
+pub fn from_str_checked<T: DeserializeOwned>(
+    file: &str,
+    text: &str,
+    schema: &Schema,
+) -> Result<(T, Spans), Diagnostics> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_big(file, text.len()));
+    }
+    let spans = spans(file, text)?;
+    let e = match serde_yaml::from_str::<T>(text) {
+        Ok(v) => return Ok((v, spans)),
+        Err(e) => e,
+    };
+    let first = serde_diagnostic(file, &e);
+    let mut all = match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(v) => schema::check(schema, &v, &spans),
+        Err(_) => Vec::new(),
+    };
+    if !all.iter().any(|d| d.pos.line == first.pos.line) {
+        all.push(first);
+    }
+    all.sort_by_key(|d| (d.pos.line, d.pos.col));
+    Err(Diagnostics(all))
+}
+
+/// Most invalid UTF-8 sequences reported for one file.
+const MAX_UTF8_ERRORS: usize = 20;
+
+/// The text of a file that must be UTF-8; every invalid byte sequence is
+/// reported at its line and column (in characters, 1-based).
+pub fn decode_utf8<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, Diagnostics> {
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_big(file, bytes.len()));
+    }
+    let first_err = match std::str::from_utf8(bytes) {
+        Ok(s) => return Ok(s),
+        Err(e) => e,
+    };
+    let mut out = Vec::new();
+    let (mut line, mut col) = (1usize, 1usize);
+    let mut at = 0usize;
+    let mut err = Some(first_err);
+    while let Some(e) = err.take() {
+        // Everything before the error is valid: count lines and characters.
+        let good = &bytes[at..at + e.valid_up_to()];
+        for ch in String::from_utf8_lossy(good).chars() {
+            if ch == '\n' {
+                line += 1;
+                col = 1;
+            } else {
+                col += 1;
+            }
         }
+        let bad_start = at + e.valid_up_to();
+        let bad_len = e.error_len().unwrap_or(bytes.len() - bad_start);
+        let shown: Vec<String> = bytes[bad_start..bad_start + bad_len]
+            .iter()
+            .map(|b| format!("0x{b:02X}"))
+            .collect();
+        if out.len() == MAX_UTF8_ERRORS {
+            out.push(Diagnostic {
+                file: file.to_string(),
+                pos: Pos { line, col },
+                message: "more invalid UTF-8 follows; not reported".into(),
+                hint: None,
+            });
+            break;
+        }
+        out.push(Diagnostic {
+            file: file.to_string(),
+            pos: Pos { line, col },
+            message: format!("invalid UTF-8: byte(s) {}", shown.join(" ")),
+            hint: Some("save the file as UTF-8 (from Latin-1: `iconv -f latin1 -t utf-8`)".into()),
+        });
+        // The invalid sequence counts as one character.
+        col += 1;
+        at = bad_start + bad_len;
+        err = std::str::from_utf8(&bytes[at..]).err();
+    }
+    Err(Diagnostics(out))
+}
+
+/// Drop serde_yaml's trailing " at line L column C" (we print the position in front).
+pub(crate) fn strip_location(raw: &str) -> String {
+    match raw.find(" at line ") {
+        Some(i) => raw[..i].to_string(),
+        None => raw.to_string(),
     }
 }
 
 /// serde_yaml messages end with " at line L column C"; drop that (we print it
 /// in front) and add a hint for the common cases.
 fn explain_serde_error(raw: &str) -> (String, Option<String>) {
-    let msg = match raw.find(" at line ") {
-        Some(i) => raw[..i].to_string(),
-        None => raw.to_string(),
-    };
+    let msg = strip_location(raw);
     let hint = if msg.contains("unknown field") {
         Some("remove the key or fix its spelling; the keys allowed here are listed above".into())
     } else if msg.contains("unknown variant") {
@@ -354,6 +451,51 @@ mod tests {
         let bad = "name: x\nwaves: [\n";
         let e = from_str::<Doc>("p.yaml", bad).expect_err("syntax");
         assert!(e.0[0].message.starts_with("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_located() {
+        // "é" in Latin-1 (0xE9) on line 2, after `name: caf` (col 10), and a
+        // stray 0xFF on line 3 after a valid two-byte character.
+        let bytes = b"waves: []\nname: caf\xE9 x\n\xC3\xA9\xFF: 1\n";
+        let e = decode_utf8("p.yaml", bytes).expect_err("invalid");
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert_eq!(e.0[0].pos, Pos { line: 2, col: 10 }, "{e}");
+        assert!(e.0[0].message.contains("0xE9"), "{e}");
+        assert!(
+            e.0[0].to_string().starts_with("p.yaml:2:10: invalid UTF-8"),
+            "{e}"
+        );
+        assert_eq!(e.0[1].pos, Pos { line: 3, col: 2 }, "{e}");
+        // Truncated sequence at the very end.
+        let e = decode_utf8("p.yaml", b"a: b\n\xE2\x82").expect_err("truncated");
+        assert_eq!(e.0[0].pos, Pos { line: 2, col: 1 }, "{e}");
+        assert_eq!(decode_utf8("p.yaml", "a: é".as_bytes()), Ok("a: é"));
+    }
+
+    static ITEM_SCHEMA: [schema::Field; 2] = [
+        schema::Field::required("name", Schema::Leaf(schema::leaf::<String>, "a string")),
+        schema::Field::optional("cells", Schema::Leaf(schema::leaf::<u32>, "a number")),
+    ];
+    static DOC_SCHEMA: [schema::Field; 2] = [
+        schema::Field::required("name", Schema::Leaf(schema::leaf::<String>, "a string")),
+        schema::Field::required("waves", Schema::Seq(&Schema::Struct(&ITEM_SCHEMA))),
+    ];
+
+    #[test]
+    fn checked_decoding_reports_every_error() {
+        let bad = "name: x\nwaves:\n  - name: a\n    cels: 1\n  - name: b\n    cells: many\n";
+        let e =
+            from_str_checked::<Doc>("p.yaml", bad, &Schema::Struct(&DOC_SCHEMA)).expect_err("bad");
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert_eq!(e.0[0].pos, Pos { line: 4, col: 5 }, "{e}");
+        assert!(e.0[0].message.contains("unknown field `cels`"), "{e}");
+        assert_eq!(e.0[1].pos, Pos { line: 6, col: 12 }, "{e}");
+        assert!(e.0[1].message.contains("expected u32"), "{e}");
+        // What serde accepts is accepted.
+        let (d, _) =
+            from_str_checked::<Doc>("p.yaml", DOC, &Schema::Struct(&DOC_SCHEMA)).expect("valid");
+        assert_eq!(d.waves.len(), 2);
     }
 
     #[test]

@@ -34,25 +34,23 @@ pub(super) async fn check_pipeline(
     Ok((p, pl))
 }
 
-fn plan_json(p: &pipeline::Pipeline, pl: &plan::Plan, now: chrono::DateTime<chrono::Utc>) -> Value {
-    let proj = plan::project(p, pl, &p.parsed_windows(), now, Estimates::default());
-    json!({
-        "pipeline": p.name,
-        "cells": pl.cell_count(),
-        "waves": pl.order.iter().zip(proj.iter()).map(|(i, w)| {
-            let pw = &pl.waves[*i];
-            json!({
-                "name": pw.name,
-                "cells": pw.cells,
-                "max_parallel": pw.max_parallel,
-                "approval": pw.approval,
-                "after": pw.after.iter().map(|a| pl.waves[*a].name.clone()).collect::<Vec<_>>(),
-                "projected_start": w.start,
-                "projected_end": w.end,
-            })
-        }).collect::<Vec<_>>(),
-        "projected_end": proj.iter().map(|w| w.end).max(),
-    })
+/// How many recent trains of a pipeline measure its step durations.
+const MEASURED_TRAINS: i64 = 10;
+
+/// The plan and its projection from now, with the step durations measured
+/// by the pipeline's recent trains (assumed where there are none).
+pub(super) async fn plan_json(
+    st: &AppState,
+    p: &pipeline::Pipeline,
+    pl: &plan::Plan,
+) -> ApiResult<Value> {
+    let history = st
+        .engine
+        .store()
+        .recent_trains(&p.name, MEASURED_TRAINS)
+        .await?;
+    let r = plan::report(p, pl, &history, st.engine.now(), Estimates::default());
+    Ok(json!(r))
 }
 
 async fn validate_pipeline(
@@ -62,7 +60,7 @@ async fn validate_pipeline(
 ) -> ApiResult<Json<Value>> {
     let (p, pl) = check_pipeline(&st, &file_name(&b), &b.yaml).await?;
     Ok(Json(
-        json!({ "valid": true, "plan": plan_json(&p, &pl, st.engine.now()) }),
+        json!({ "valid": true, "plan": plan_json(&st, &p, &pl).await? }),
     ))
 }
 
@@ -88,9 +86,7 @@ async fn submit_pipeline(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "name": p.name, "revision": rev, "plan": plan_json(&p, &pl, st.engine.now()) }),
-        ),
+        Json(json!({ "name": p.name, "revision": rev, "plan": plan_json(&st, &p, &pl).await? })),
     ))
 }
 
@@ -125,5 +121,5 @@ async fn plan_pipeline(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
     let (p, pl) = check_pipeline(&st, &format!("{name}.yaml"), &row.yaml).await?;
-    Ok(Json(plan_json(&p, &pl, st.engine.now())))
+    Ok(Json(plan_json(&st, &p, &pl).await?))
 }

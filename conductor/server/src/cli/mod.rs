@@ -28,12 +28,16 @@ pub use train::{status_exit, TrainCmd};
 /// Exit statuses of the CLI.
 pub mod exit {
     pub const OK: i32 = 0;
-    /// The train failed or was rolled back; or an error talking to the server.
+    /// The train failed or was rolled back; or the server failed the request.
     pub const FAILED: i32 = 1;
     /// Bad usage or input (also what clap uses).
     pub const USAGE: i32 = 2;
     /// The train was rejected, cancelled or superseded.
     pub const STOPPED: i32 = 3;
+    /// The Conductor could not be reached (not running, restarting, or a
+    /// proxy in front of it answering 502/503/504); with `--wait`, after
+    /// retrying for `--unreachable-timeout`.
+    pub const UNREACHABLE: i32 = 4;
 }
 
 /// An error with the exit status it should end the process with.

@@ -1,23 +1,54 @@
 //! `conductor train`: start, watch, approve, reject, cancel, roll back.
 
+use super::client::Patience;
 use super::*;
+use chrono::{DateTime, Utc};
+use conductor_core::duration::Dur;
+use std::collections::BTreeMap;
+
+/// How `--wait` copes with a Conductor it cannot reach.
+#[derive(Args, Clone, Copy)]
+pub struct WaitOpts {
+    /// With --wait: how long to keep retrying while the Conductor cannot be
+    /// reached (e.g. while it restarts) before giving up with exit status 4.
+    /// A duration such as 90s, 5m or 1h.
+    #[arg(long, default_value = "5m", value_parser = parse_bound)]
+    unreachable_timeout: Dur,
+}
+
+fn parse_bound(s: &str) -> Result<Dur, String> {
+    conductor_core::duration::parse(s)
+}
+
+impl WaitOpts {
+    fn patience(self) -> Patience {
+        Patience::new(self.unreachable_timeout.0)
+    }
+}
 
 #[derive(Subcommand)]
 pub enum TrainCmd {
-    /// Start a train. With --wait: exit 0 succeeded, 1 failed or rolled back, 3 rejected or cancelled.
+    /// Start a train. With --wait: exit 0 succeeded, 1 failed or rolled back,
+    /// 3 rejected, cancelled or superseded, 4 the Conductor could not be reached.
     Start {
+        /// A submitted pipeline's name.
         pipeline: String,
+        /// The artifact version to ship (pushed first for binary artifacts).
         #[arg(long)]
         version: String,
-        /// Follow the train until it ends.
+        /// Follow the train until it ends, riding out a Conductor restart.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        patience: WaitOpts,
         #[command(flatten)]
         conn: Conn,
     },
     /// Show a train.
     Status {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -25,8 +56,10 @@ pub enum TrainCmd {
     },
     /// List recent trains.
     List {
+        /// Only trains of this pipeline.
         #[arg(long)]
         pipeline: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -34,15 +67,21 @@ pub enum TrainCmd {
     },
     /// Follow a train until it ends (exit status as for `start --wait`).
     Wait {
+        /// The train's id (see `conductor train list`).
         id: String,
+        #[command(flatten)]
+        patience: WaitOpts,
         #[command(flatten)]
         conn: Conn,
     },
     /// Approve the wave waiting at a gate (never your own train).
     Approve {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// The gated wave's name.
         #[arg(long)]
         gate: String,
+        /// Why (kept in the train and the audit log).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -50,9 +89,12 @@ pub enum TrainCmd {
     },
     /// Reject the wave waiting at a gate; the train stops.
     Reject {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// The gated wave's name.
         #[arg(long)]
         gate: String,
+        /// Why (kept in the train and the audit log).
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
@@ -60,26 +102,35 @@ pub enum TrainCmd {
     },
     /// Cancel a train: no new cell starts; cells in flight stop after their step.
     Cancel {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Roll back every cell the train deployed, newest wave first.
+    /// Roll back every cell the train deployed, newest wave first. A cell
+    /// that no longer runs this train's version (a newer train changed it)
+    /// is left as it is and reported as skipped.
     Rollback {
+        /// The train's id (see `conductor train list`).
         id: String,
+        /// Follow the rollback until it ends (exit 0 rolled back, 1 failed, 4 unreachable).
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        patience: WaitOpts,
         #[command(flatten)]
         conn: Conn,
     },
     /// The train's event log.
     Events {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         conn: Conn,
     },
     /// Output kept from the train's command steps.
     Logs {
+        /// The train's id (see `conductor train list`).
         id: String,
         #[command(flatten)]
         conn: Conn,
@@ -95,7 +146,7 @@ pub fn status_exit(status: &str) -> i32 {
     }
 }
 
-pub(super) fn progress_line(t: &Value) -> String {
+pub(super) fn progress_line(t: &Value, now: DateTime<Utc>) -> String {
     let summary: Vec<String> = t["summary"]
         .as_object()
         .into_iter()
@@ -112,14 +163,144 @@ pub(super) fn progress_line(t: &Value) -> String {
         let names: Vec<String> = g.iter().map(s).collect();
         line.push_str(&format!(" — waiting for approval at {}", names.join(", ")));
     }
+    if let Some((cell, at)) = windows_waited(t).into_iter().min_by_key(|(_, at)| *at) {
+        line.push_str(&format!(
+            " — next deploy window opens {} for {cell}",
+            when(at, now)
+        ));
+    }
     line
 }
 
-pub(super) async fn wait_for(client: &Client, id: &str) -> CliResult {
+/// Cells waiting for their deploy window, with when it opens.
+fn windows_waited(t: &Value) -> Vec<(String, DateTime<Utc>)> {
+    t["cells"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, c)| c["phase"] == "waiting_window")
+        .filter_map(|(id, c)| {
+            let at = DateTime::parse_from_rfc3339(c["until"].as_str()?).ok()?;
+            Some((id.clone(), at.with_timezone(&Utc)))
+        })
+        .collect()
+}
+
+/// `2026-11-24 08:00:00 UTC (in 13h02m)`.
+fn when(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!(
+        "{} (in {})",
+        at.format("%Y-%m-%d %H:%M:%S UTC"),
+        human(at - now)
+    )
+}
+
+/// Cells a rollback left as they were, each with why.
+fn rollback_skips(t: &Value) -> Vec<(String, String)> {
+    t["cells"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, c)| c["phase"] == "rollback_skipped")
+        .map(|(id, c)| {
+            let why = c["log"]
+                .as_array()
+                .and_then(|l| l.last())
+                .map(|r| s(&r["detail"]))
+                .unwrap_or_default();
+            (id.clone(), why)
+        })
+        .collect()
+}
+
+fn skip_warning(t: &Value) -> Option<String> {
+    let skips = rollback_skips(t);
+    if skips.is_empty() {
+        return None;
+    }
+    let ids: Vec<&str> = skips.iter().map(|(id, _)| id.as_str()).collect();
+    Some(format!(
+        "warning: the rollback left {} cell(s) as they were, because a newer deploy changed them after this train: {}",
+        skips.len(),
+        ids.join(", ")
+    ))
+}
+
+/// What `train status` prints.
+pub(super) fn status_text(t: &Value, now: DateTime<Utc>) -> String {
+    let mut out = vec![
+        format!(
+            "train {} — pipeline {} version {} — {}",
+            s(&t["spec"]["id"]),
+            s(&t["spec"]["pipeline"]),
+            s(&t["spec"]["version"]),
+            s(&t["status"])
+        ),
+        format!(
+            "started by {} at {}",
+            s(&t["spec"]["started_by"]),
+            s(&t["created_at"])
+        ),
+    ];
+    if let Some(f) = t["failure"].as_str() {
+        out.push(format!("why: {f}"));
+    }
+    let waits: BTreeMap<String, DateTime<Utc>> = windows_waited(t).into_iter().collect();
+    let waves = t["spec"]["plan"]["waves"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (i, w) in waves.iter().enumerate() {
+        let ws = &t["waves"][i];
+        let approvals: Vec<String> = ws["approvals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| s(&a["by"]))
+            .collect();
+        out.push(format!(
+            "\nwave {} — {}{}",
+            s(&w["name"]),
+            s(&ws["status"]),
+            if approvals.is_empty() {
+                String::new()
+            } else {
+                format!(" (approved by {})", approvals.join(", "))
+            }
+        ));
+        for c in w["cells"].as_array().into_iter().flatten() {
+            let id = s(c);
+            let cell = &t["cells"][&id];
+            let last = match waits.get(&id) {
+                Some(at) => format!(
+                    "deploy window opens {} ({} time)",
+                    when(*at, now),
+                    s(&t["spec"]["plan"]["cell_tz"][&id])
+                ),
+                None => cell["log"]
+                    .as_array()
+                    .and_then(|l| l.last())
+                    .map(|r| s(&r["detail"]))
+                    .unwrap_or_default(),
+            };
+            out.push(format!("  {:<20} {:<16} {}", id, s(&cell["phase"]), last));
+        }
+    }
+    if let Some(w) = skip_warning(t) {
+        out.push(format!("\n{w}"));
+    }
+    out.join("\n")
+}
+
+/// Follow a train until it ends; its exit status. While the Conductor
+/// cannot be reached, polls keep retrying for `patience`'s bound.
+pub(super) async fn wait_for(client: &Client, id: &str, patience: Patience) -> CliResult {
     let mut last = String::new();
     loop {
-        let t = client.get(&format!("/trains/{}", enc(id))).await?;
-        let line = progress_line(&t);
+        let t = client
+            .get_patiently(&format!("/trains/{}", enc(id)), patience)
+            .await?;
+        let line = progress_line(&t, Utc::now());
         if line != last {
             println!("{line}");
             last = line;
@@ -128,6 +309,9 @@ pub(super) async fn wait_for(client: &Client, id: &str) -> CliResult {
         if !matches!(status.as_str(), "queued" | "running" | "rolling_back") {
             if let Some(f) = t["failure"].as_str() {
                 println!("{f}");
+            }
+            if let Some(w) = skip_warning(&t) {
+                println!("{w}");
             }
             return Ok(status_exit(&status));
         }
@@ -141,20 +325,30 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
             pipeline,
             version,
             wait,
+            patience,
             conn,
         } => {
             let client = Client::new(&conn)?;
-            let t = client
-                .post("/trains", json!({"pipeline": pipeline, "version": version}))
-                .await?;
+            let body = json!({"pipeline": pipeline, "version": version});
+            // With --wait, a Conductor that is restarting is waited for too
+            // (the start is re-sent only if it never reached the server).
+            let t = if wait {
+                client
+                    .post_patiently("/trains", body, patience.patience())
+                    .await?
+            } else {
+                client.post("/trains", body).await?
+            };
             let id = s(&t["spec"]["id"]);
             println!("started train {id} ({})", s(&t["status"]));
             if wait {
-                return wait_for(&client, &id).await;
+                return wait_for(&client, &id, patience.patience()).await;
             }
             Ok(exit::OK)
         }
-        TrainCmd::Wait { id, conn } => wait_for(&Client::new(&conn)?, &id).await,
+        TrainCmd::Wait { id, patience, conn } => {
+            wait_for(&Client::new(&conn)?, &id, patience.patience()).await
+        }
         TrainCmd::Status { id, json, conn } => {
             let t = Client::new(&conn)?
                 .get(&format!("/trains/{}", enc(&id)))
@@ -163,54 +357,7 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
                 print_json(&t);
                 return Ok(exit::OK);
             }
-            println!(
-                "train {} — pipeline {} version {} — {}",
-                s(&t["spec"]["id"]),
-                s(&t["spec"]["pipeline"]),
-                s(&t["spec"]["version"]),
-                s(&t["status"])
-            );
-            println!(
-                "started by {} at {}",
-                s(&t["spec"]["started_by"]),
-                s(&t["created_at"])
-            );
-            if let Some(f) = t["failure"].as_str() {
-                println!("why: {f}");
-            }
-            let waves = t["spec"]["plan"]["waves"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            for (i, w) in waves.iter().enumerate() {
-                let ws = &t["waves"][i];
-                let approvals: Vec<String> = ws["approvals"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| s(&a["by"]))
-                    .collect();
-                println!(
-                    "\nwave {} — {}{}",
-                    s(&w["name"]),
-                    s(&ws["status"]),
-                    if approvals.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (approved by {})", approvals.join(", "))
-                    }
-                );
-                for c in w["cells"].as_array().into_iter().flatten() {
-                    let id = s(c);
-                    let cell = &t["cells"][&id];
-                    let last = cell["log"]
-                        .as_array()
-                        .and_then(|l| l.last())
-                        .map(|r| s(&r["detail"]))
-                        .unwrap_or_default();
-                    println!("  {:<20} {:<14} {}", id, s(&cell["phase"]), last);
-                }
-            }
+            println!("{}", status_text(&t, Utc::now()));
             Ok(exit::OK)
         }
         TrainCmd::List {
@@ -254,7 +401,7 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
                     json!({"gate": gate, "reason": reason}),
                 )
                 .await?;
-            println!("approved {gate}; {}", progress_line(&t));
+            println!("approved {gate}; {}", progress_line(&t, Utc::now()));
             Ok(exit::OK)
         }
         TrainCmd::Reject {
@@ -269,24 +416,29 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
                     json!({"gate": gate, "reason": reason}),
                 )
                 .await?;
-            println!("rejected {gate}; {}", progress_line(&t));
+            println!("rejected {gate}; {}", progress_line(&t, Utc::now()));
             Ok(exit::OK)
         }
         TrainCmd::Cancel { id, conn } => {
             let t = Client::new(&conn)?
                 .post(&format!("/trains/{}/cancel", enc(&id)), json!({}))
                 .await?;
-            println!("cancel requested; {}", progress_line(&t));
+            println!("cancel requested; {}", progress_line(&t, Utc::now()));
             Ok(exit::OK)
         }
-        TrainCmd::Rollback { id, wait, conn } => {
+        TrainCmd::Rollback {
+            id,
+            wait,
+            patience,
+            conn,
+        } => {
             let client = Client::new(&conn)?;
             let t = client
                 .post(&format!("/trains/{}/rollback", enc(&id)), json!({}))
                 .await?;
-            println!("rollback requested; {}", progress_line(&t));
+            println!("rollback requested; {}", progress_line(&t, Utc::now()));
             if wait {
-                let code = wait_for(&client, &id).await?;
+                let code = wait_for(&client, &id, patience.patience()).await?;
                 // A rollback that ends rolled back is what was asked for.
                 return Ok(if code == exit::FAILED { exit::OK } else { code });
             }
@@ -320,5 +472,81 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
             }
             Ok(exit::OK)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|d| d.with_timezone(&Utc))
+            .expect("time")
+    }
+
+    fn train() -> Value {
+        json!({
+            "spec": {"id": "t1", "pipeline": "p", "version": "2", "started_by": "dana",
+                "plan": {"waves": [{"name": "all", "cells": ["euw1-a", "use1-a", "use1-b"]}],
+                    "cell_tz": {"euw1-a": "Europe/Dublin", "use1-a": "America/New_York", "use1-b": "America/New_York"}}},
+            "status": "running",
+            "created_at": "2026-11-23T19:00:00Z",
+            "waves": [{"status": "running", "approvals": []}],
+            "cells": {
+                "euw1-a": {"phase": "waiting_window", "until": "2026-11-24T08:00:00Z", "log": []},
+                "use1-a": {"phase": "running", "log": [{"detail": "use1-a now runs 2"}]},
+                "use1-b": {"phase": "pending", "log": []},
+            },
+            "summary": {"pending": 1, "running": 1, "waiting_window": 1},
+            "gates_waiting": [],
+        })
+    }
+
+    #[test]
+    fn a_waiting_cell_says_when_its_window_opens() {
+        let now = at("2026-11-23T19:00:00Z");
+        let text = status_text(&train(), now);
+        assert!(
+            text.contains("euw1-a               waiting_window   deploy window opens 2026-11-24 08:00:00 UTC (in 13h00m) (Europe/Dublin time)"),
+            "{text}"
+        );
+        assert!(text.contains("use1-a now runs 2"), "{text}");
+        let line = progress_line(&train(), now);
+        assert!(
+            line.ends_with(
+                "next deploy window opens 2026-11-24 08:00:00 UTC (in 13h00m) for euw1-a"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_rollback_skip_is_shown_and_warned_about() {
+        let mut t = train();
+        t["status"] = json!("rolled_back");
+        t["cells"]["euw1-a"] =
+            json!({"phase": "rolled_back", "log": [{"detail": "euw1-a now runs 1"}]});
+        t["cells"]["use1-a"] = json!({"phase": "rollback_skipped", "log": [
+            {"detail": "use1-a now runs 2"},
+            {"detail": "skipped: use1-a runs 3 now, not 2 (changed after this train deployed it); left as it is"}]});
+        let text = status_text(&t, at("2026-11-23T19:00:00Z"));
+        assert!(
+            text.contains("use1-a               rollback_skipped skipped: use1-a runs 3 now"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("warning: the rollback left 1 cell(s) as they were, because a newer deploy changed them after this train: use1-a"),
+            "{text}"
+        );
+        assert!(skip_warning(&train()).is_none());
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(status_exit("succeeded"), exit::OK);
+        assert_eq!(status_exit("rolled_back"), exit::FAILED);
+        assert_eq!(status_exit("superseded"), exit::STOPPED);
+        assert_eq!(exit::UNREACHABLE, 4);
     }
 }

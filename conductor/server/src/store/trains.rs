@@ -79,6 +79,21 @@ impl Store {
             .transpose()
     }
 
+    /// The `limit` most recent trains of a pipeline, newest first (their
+    /// step records measure the pipeline's step durations for plans).
+    pub async fn recent_trains(&self, pipeline: &str, limit: i64) -> Result<Vec<Train>> {
+        let rows = sqlx::query(
+            "SELECT state FROM trains WHERE pipeline = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+        )
+        .bind(pipeline)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(corrupt))
+            .collect()
+    }
+
     pub async fn list_trains(&self, pipeline: Option<&str>, limit: i64) -> Result<Vec<TrainRow>> {
         Ok(sqlx::query_as(
             "SELECT id, pipeline, version, status, started_by, created_at, updated_at FROM trains
