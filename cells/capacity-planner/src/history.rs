@@ -14,6 +14,8 @@ pub enum HistoryError {
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the SQLite database {path}: {message}")]
+    File { path: String, message: String },
 }
 
 /// One stored observation.
@@ -37,16 +39,72 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// The sqlx URL of a SQLite database given as `sqlite://PATH`,
+/// `sqlite:PATH` or a plain path, with its file created (0600) if missing.
+/// sqlx opens an existing file only unless told `mode=rwc`; the file is
+/// created here instead, so that it is private from the start.
+fn sqlite_url(given: &str) -> Result<String, HistoryError> {
+    let fail = |path: &str, message: String| HistoryError::File {
+        path: path.to_string(),
+        message,
+    };
+    let (path, query) = match given
+        .strip_prefix("sqlite://")
+        .or_else(|| given.strip_prefix("sqlite:"))
+    {
+        Some(rest) => match rest.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (rest, None),
+        },
+        None if given.contains(['?', '#']) => {
+            return Err(fail(
+                given,
+                "a plain path may not hold '?' or '#'; write it as a sqlite:// URL".into(),
+            ))
+        }
+        None => (given, None),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Ok(given.to_string());
+    }
+    let file = std::path::Path::new(path);
+    let fail = |message: String| fail(path, message);
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(fail(format!(
+                "its directory {} does not exist",
+                dir.display()
+            )));
+        }
+    }
+    if !query.is_some_and(|q| q.split('&').any(|kv| kv == "mode=ro")) {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(file)
+            .map_err(|e| fail(format!("cannot open or create it: {e}")))?;
+    }
+    crate::secrets::private_file(file).map_err(|e| fail(e.to_string()))?;
+    Ok(match query {
+        Some(q) => format!("sqlite://{path}?{q}"),
+        None => format!("sqlite://{path}"),
+    })
+}
+
 impl History {
-    /// Open `url` (`sqlite://PATH` or a file path, or `postgres://…`) and run
-    /// the migrations.
+    /// Open `url` (`sqlite://PATH`, `sqlite:PATH` or a file path, or
+    /// `postgres://…`) and run the migrations. A SQLite file that does not
+    /// exist is created (its directory must exist), private to its owner
+    /// (0600, and so are its WAL files); an existing one is made 0600.
     pub async fn connect(url: &str) -> Result<History, HistoryError> {
         sqlx::any::install_default_drivers();
         let postgres = is_postgres_url(url);
-        let url = if postgres || url.starts_with("sqlite:") {
+        let url = if postgres {
             url.to_string()
         } else {
-            format!("sqlite://{url}?mode=rwc")
+            sqlite_url(url)?
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 8 } else { 1 })

@@ -14,11 +14,14 @@
 
 pub mod history;
 pub mod pack;
+pub mod rebalance;
 pub mod report;
 pub mod scrape;
+pub mod secrets;
 pub mod service;
 
 use cells_inventory::Shape;
+pub use rebalance::{rebalance, Move, Rebalance, Unresolved};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -50,7 +53,8 @@ pub fn utilization(load: Vector, cap: Vector) -> Vector {
     [load[0] / cap[0], load[1] / cap[1], load[2] / cap[2]]
 }
 
-fn max3(v: Vector) -> f64 {
+/// The largest of the three dimensions.
+pub fn max3(v: Vector) -> f64 {
     v[0].max(v[1]).max(v[2])
 }
 
@@ -174,6 +178,16 @@ pub struct Cell {
     pub id: String,
     pub region: String,
     pub shape: String,
+    /// Whether new tenants may go to this cell: it is active (not draining)
+    /// and runs the FGA data plane. Placement and rebalancing only ever move
+    /// tenants to such cells; a cell that takes none and still hosts
+    /// tenants is emptied by rebalancing. Default: true.
+    #[serde(default = "yes")]
+    pub accepts_tenants: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The forecast peak of a series `(t, v)`: the highest value seen plus the
@@ -346,8 +360,9 @@ pub struct Placement {
 }
 
 /// Pick the cell for a new tenant in `region`: the best fit (least capacity
-/// left over) among cells that keep their headroom with it; if none can,
-/// the cheapest shape to stamp a new cell with.
+/// left over) among the cells that take tenants ([`Cell::accepts_tenants`])
+/// and keep their headroom with it; if none can, the cheapest shape to stamp
+/// a new cell with.
 pub fn place(
     shapes: &[Shape],
     cells: &[Cell],
@@ -359,9 +374,22 @@ pub fn place(
     let by_name: BTreeMap<&str, &Shape> = shapes.iter().map(|s| (s.name.as_str(), s)).collect();
     let (loads, _) = cell_loads(cells, usage, policy);
     let in_region: Vec<&Cell> = cells.iter().filter(|c| c.region == region).collect();
+    // Only cells that take tenants (active, running the FGA data plane).
+    let (open, closed): (Vec<&Cell>, Vec<&Cell>) =
+        in_region.iter().copied().partition(|c| c.accepts_tenants);
+    let closed_note = if closed.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<&str> = closed.iter().map(|c| c.id.as_str()).collect();
+        format!(
+            "; {} take no new tenants (draining or not running the FGA data plane): {}",
+            ids.len(),
+            ids.join(", ")
+        )
+    };
     let mut best: Option<(f64, &Cell, Vector)> = None;
     let mut full = 0;
-    for c in &in_region {
+    for c in &open {
         let Some(s) = by_name.get(c.shape.as_str()) else {
             continue;
         };
@@ -385,8 +413,8 @@ pub fn place(
             region: region.into(),
             utilization_after: u,
             reason: format!(
-                "best fit of {} cell(s) in {region} with room ({} without): {} ({}) stays under {:.0}% on every dimension at the forecast peak, {} highest at {:.0}%",
-                in_region.len() - full,
+                "best fit of {} cell(s) in {region} with room ({} without{closed_note}): {} ({}) stays under {:.0}% on every dimension at the forecast peak, {} highest at {:.0}%",
+                open.len() - full,
                 full,
                 c.id,
                 c.shape,
@@ -411,175 +439,20 @@ pub fn place(
         utilization_after: utilization(demand, capacity(s)),
         reason: if in_region.is_empty() {
             format!("{region} has no cells: stamp a new {} cell", s.name)
+        } else if open.is_empty() {
+            format!(
+                "no cell in {region} takes new tenants{closed_note}: stamp a new {} cell (the cheapest shape that holds it)",
+                s.name
+            )
         } else {
             format!(
-                "none of the {} cell(s) in {region} keeps {:.0}% headroom with this tenant: stamp a new {} cell (the cheapest shape that holds it)",
-                in_region.len(),
+                "none of the {} cell(s) in {region} that take tenants keeps {:.0}% headroom with this tenant{closed_note}: stamp a new {} cell (the cheapest shape that holds it)",
+                open.len(),
                 policy.headroom * 100.0,
                 s.name
             )
         },
     })
-}
-
-/// A proposed tenant move.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Move {
-    pub tenant: String,
-    pub from: String,
-    pub to: String,
-    /// What it achieves: relieves a hot cell or helps free one.
-    pub gain: String,
-}
-
-/// Moves that relieve hot cells (over the headroom at the forecast peak) and
-/// free lightly used cells whose tenants fit elsewhere in their region.
-pub fn rebalance(
-    shapes: &[Shape],
-    cells: &[Cell],
-    usage: &[TenantUsage],
-    policy: &Policy,
-) -> Vec<Move> {
-    let by_name: BTreeMap<&str, &Shape> = shapes.iter().map(|s| (s.name.as_str(), s)).collect();
-    let caps: BTreeMap<&str, Vector> = cells
-        .iter()
-        .filter_map(|c| Some((c.id.as_str(), capacity(by_name.get(c.shape.as_str())?))))
-        .collect();
-    let mut load: BTreeMap<String, Vector> = BTreeMap::new();
-    let mut tenants: BTreeMap<String, Vec<(String, Vector)>> = BTreeMap::new();
-    for t in usage {
-        if !caps.contains_key(t.cell.as_str()) {
-            continue;
-        }
-        let (_, fc) = tenant_demand(t, policy);
-        let l = load.entry(t.cell.clone()).or_default();
-        *l = add(*l, fc);
-        tenants
-            .entry(t.cell.clone())
-            .or_default()
-            .push((t.tenant.clone(), fc));
-    }
-    let region: BTreeMap<&str, &str> = cells
-        .iter()
-        .map(|c| (c.id.as_str(), c.region.as_str()))
-        .collect();
-    let mut moves = Vec::new();
-    // The best other cell in the region that keeps its headroom with `d`.
-    let target = |load: &BTreeMap<String, Vector>, from: &str, d: Vector, avoid: &[String]| {
-        cells
-            .iter()
-            .filter(|c| {
-                c.id != from
-                    && region.get(c.id.as_str()) == region.get(from)
-                    && !avoid.contains(&c.id)
-            })
-            .filter_map(|c| {
-                let cap = *caps.get(c.id.as_str())?;
-                let after = add(load.get(&c.id).copied().unwrap_or_default(), d);
-                policy.fits(after, cap).then(|| {
-                    let slack: f64 = (0..3).map(|k| policy.headroom - after[k] / cap[k]).sum();
-                    (slack, c.id.clone())
-                })
-            })
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|x| x.1)
-    };
-    // Relieve hot cells: move their largest tenants (on the hot dimension)
-    // that fit elsewhere until the cell is back under the headroom.
-    for c in cells {
-        let Some(&cap) = caps.get(c.id.as_str()) else {
-            continue;
-        };
-        let before = utilization(load.get(&c.id).copied().unwrap_or_default(), cap);
-        if policy.fits(load.get(&c.id).copied().unwrap_or_default(), cap) {
-            continue;
-        }
-        let mut ts = tenants.get(&c.id).cloned().unwrap_or_default();
-        ts.sort_by(|a, b| max3(utilization(b.1, cap)).total_cmp(&max3(utilization(a.1, cap))));
-        for (t, d) in ts {
-            let cur = load.get(&c.id).copied().unwrap_or_default();
-            if policy.fits(cur, cap) {
-                break;
-            }
-            if let Some(to) = target(&load, &c.id, d, &[]) {
-                let after = sub(cur, d);
-                load.insert(c.id.clone(), after);
-                let l = load.entry(to.clone()).or_default();
-                *l = add(*l, d);
-                if let Some(v) = tenants.get_mut(&c.id) {
-                    v.retain(|x| x.0 != t);
-                }
-                tenants.entry(to.clone()).or_default().push((t.clone(), d));
-                moves.push(Move {
-                    tenant: t,
-                    from: c.id.clone(),
-                    to,
-                    gain: format!(
-                        "relieves {}: peak utilization {:.0}% -> {:.0}%",
-                        c.id,
-                        max3(before) * 100.0,
-                        max3(utilization(after, cap)) * 100.0
-                    ),
-                });
-            }
-        }
-    }
-    // Free lightly used cells (under a third of the headroom everywhere),
-    // least used first, when all of their tenants fit elsewhere in the
-    // region; a cell that takes tenants is not freed itself.
-    let mut freed: Vec<String> = Vec::new();
-    let mut received: Vec<String> = Vec::new();
-    let mut light: Vec<(f64, &Cell)> = cells
-        .iter()
-        .filter_map(|c| {
-            let cap = *caps.get(c.id.as_str())?;
-            let u = max3(utilization(
-                load.get(&c.id).copied().unwrap_or_default(),
-                cap,
-            ));
-            (u <= policy.headroom / 3.0).then_some((u, c))
-        })
-        .collect();
-    light.sort_by(|a, b| a.0.total_cmp(&b.0));
-    for (_, c) in light {
-        if received.contains(&c.id) {
-            continue;
-        }
-        let ts = tenants.get(&c.id).cloned().unwrap_or_default();
-        let mut trial = load.clone();
-        let mut planned = Vec::new();
-        let mut avoid = freed.clone();
-        avoid.push(c.id.clone());
-        let ok = ts
-            .iter()
-            .all(|(t, d)| match target(&trial, &c.id, *d, &avoid) {
-                Some(to) => {
-                    let e = trial.entry(to.clone()).or_default();
-                    *e = add(*e, *d);
-                    planned.push((t.clone(), *d, to));
-                    true
-                }
-                None => false,
-            });
-        if ok && !ts.is_empty() {
-            let cost = by_name.get(c.shape.as_str()).map_or(0.0, |s| s.cost);
-            trial.insert(c.id.clone(), [0.0; 3]);
-            load = trial;
-            freed.push(c.id.clone());
-            tenants.remove(&c.id);
-            for (t, d, to) in planned {
-                received.push(to.clone());
-                tenants.entry(to.clone()).or_default().push((t.clone(), d));
-                moves.push(Move {
-                    tenant: t,
-                    from: c.id.clone(),
-                    to,
-                    gain: format!("frees {} (saves cost {cost})", c.id),
-                });
-            }
-        }
-    }
-    moves
 }
 
 /// A tenant's rate limit, as pushed to its cell's data plane.

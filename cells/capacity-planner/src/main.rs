@@ -13,7 +13,7 @@
 //! ```
 
 use anyhow::{anyhow, Context, Result};
-use capacity_planner::{report, Cell, Policy, TenantUsage};
+use capacity_planner::{report, secrets, Cell, Policy, TenantUsage};
 use cells_inventory::Shape;
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -79,23 +79,55 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct DbArgs {
-    /// The usage history: `sqlite://PATH`, a file path, or
-    /// `postgres://USER:PASSWORD@HOST/DB` (also CAPACITY_DATABASE_URL).
+    /// The usage history: `sqlite://PATH` (created if missing) or a file
+    /// path, or `postgres://USER@HOST/DB`. A URL holding a password is
+    /// refused here (arguments show in `ps`): set CAPACITY_DATABASE_URL,
+    /// use --database-url-file, or give the password in PGPASSWORD.
     /// Default: DATA_DIR/capacity.db.
-    #[arg(long, env = "CAPACITY_DATABASE_URL", hide_env_values = true)]
+    #[arg(long)]
     database_url: Option<String>,
-    /// Where the default SQLite database lives.
+    /// A file (mode 0600) holding the database URL (passwords allowed).
+    #[arg(long, conflicts_with = "database_url")]
+    database_url_file: Option<PathBuf>,
+    /// Where the default SQLite database lives (made 0700).
     #[arg(long, default_value = ".capacity-data")]
     data_dir: PathBuf,
 }
 
+/// Does a database URL carry a password (`user:password@` or `password=`)?
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let userinfo = authority.rsplit_once('@').map(|(u, _)| u);
+    userinfo.is_some_and(|u| u.contains(':'))
+        || url
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("password=")))
+}
+
 impl DbArgs {
+    /// The database URL: --database-url, --database-url-file or
+    /// CAPACITY_DATABASE_URL; `None`: the default SQLite file.
+    fn url(&self) -> Result<Option<String>> {
+        if let Some(u) = self.database_url.as_deref().filter(|u| !u.is_empty()) {
+            if has_password(u) {
+                return Err(anyhow!(
+                    "--database-url holds a password, which every user sees in `ps`: set CAPACITY_DATABASE_URL, use --database-url-file FILE (mode 0600), or put the password in PGPASSWORD"
+                ));
+            }
+            return Ok(Some(u.to_string()));
+        }
+        Ok(secrets::secret_from(
+            self.database_url_file.as_deref(),
+            "CAPACITY_DATABASE_URL",
+        )?)
+    }
+
     async fn open(&self) -> Result<capacity_planner::history::History> {
-        let url = match self.database_url.clone().filter(|u| !u.is_empty()) {
+        let url = match self.url()? {
             Some(u) => u,
             None => {
-                std::fs::create_dir_all(&self.data_dir)
-                    .with_context(|| format!("creating {}", self.data_dir.display()))?;
+                secrets::private_dir(&self.data_dir)?;
                 self.data_dir.join("capacity.db").display().to_string()
             }
         };
@@ -135,11 +167,20 @@ struct ServeArgs {
     /// Usage older than this many days is deleted.
     #[arg(long, default_value_t = 35.0)]
     retention_days: f64,
-    /// Bearer token callers must send (also CAPACITY_TOKEN); required.
-    #[arg(long, env = "CAPACITY_TOKEN", hide_env_values = true)]
+    /// A file (mode 0600) holding the bearer token every API call must
+    /// present (at least 16 characters); without it, CAPACITY_TOKEN.
+    /// Required.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A file (mode 0600) holding the data planes' admin key, to read and
+    /// push rate limits; without it, FGA_ADMIN_KEY.
+    #[arg(long)]
+    fga_admin_key_file: Option<PathBuf>,
+    /// Refused (arguments show in `ps`): use CAPACITY_TOKEN or --token-file.
+    #[arg(long, hide = true)]
     token: Option<String>,
-    /// The data planes' admin key, to read and push rate limits (also FGA_ADMIN_KEY).
-    #[arg(long, env = "FGA_ADMIN_KEY", hide_env_values = true)]
+    /// Refused (arguments show in `ps`): use FGA_ADMIN_KEY or --fga-admin-key-file.
+    #[arg(long, hide = true)]
     fga_admin_key: Option<String>,
 }
 
@@ -198,6 +239,7 @@ fn run(cli: Cli) -> Result<()> {
             id: c.id,
             region: c.region,
             shape: c.shape,
+            accepts_tenants: true,
         })
         .collect();
     let usage = load_usage(cli.usage.as_deref())?;
@@ -234,8 +276,8 @@ fn run(cli: Cli) -> Result<()> {
             out(report::placement(&p), serde_json::to_string_pretty(&p))?;
         }
         Cmd::Rebalance => {
-            let m = capacity_planner::rebalance(&shapes, &cells, &usage, &policy);
-            out(report::moves(&m), serde_json::to_string_pretty(&m))?;
+            let r = capacity_planner::rebalance(&shapes, &cells, &usage, &policy);
+            out(report::rebalance(&r), serde_json::to_string_pretty(&r))?;
         }
         Cmd::Limits => {
             let mut l =
@@ -279,12 +321,28 @@ async fn serve(a: ServeArgs, shapes: Vec<Shape>) -> Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let token = a
-        .token
-        .clone()
-        .map(|t| t.trim().to_string())
+    for (flag, given, instead) in [
+        (
+            "--token",
+            a.token.is_some(),
+            "CAPACITY_TOKEN or --token-file FILE",
+        ),
+        (
+            "--fga-admin-key",
+            a.fga_admin_key.is_some(),
+            "FGA_ADMIN_KEY or --fga-admin-key-file FILE",
+        ),
+    ] {
+        if given {
+            return Err(anyhow!(
+                "{flag} is not accepted: a secret on the command line is seen by every user in `ps`; use {instead} (mode 0600)"
+            ));
+        }
+    }
+    let token = secrets::secret_from(a.token_file.as_deref(), "CAPACITY_TOKEN")?
         .filter(|t| t.len() >= 16)
-        .ok_or_else(|| anyhow!("set a token of at least 16 characters with --token or CAPACITY_TOKEN; every API call must present it"))?;
+        .ok_or_else(|| anyhow!("set a token of at least 16 characters in CAPACITY_TOKEN or a file named by --token-file; every API call must present it"))?;
+    let fga_admin_key = secrets::secret_from(a.fga_admin_key_file.as_deref(), "FGA_ADMIN_KEY")?;
     for (name, v, lo, hi) in [
         ("--interval-secs", a.interval_secs, 0.05, 86_400.0),
         ("--window-days", a.window_days, 0.0, 3650.0),
@@ -305,7 +363,7 @@ async fn serve(a: ServeArgs, shapes: Vec<Shape>) -> Result<()> {
         window_secs: a.window_days * 86_400.0,
         retention_secs: a.retention_days * 86_400.0,
         token,
-        fga_admin_key: a.fga_admin_key.clone().filter(|k| !k.is_empty()),
+        fga_admin_key,
     });
     if a.routes.is_some() {
         tokio::spawn(capacity_planner::service::scrape_loop(cfg.clone()));

@@ -1,7 +1,7 @@
 //! Text rendering of the planner's answers, shared by `capacity-planner`
 //! and `conductor plan|tenants` so that both print the same tables.
 
-use crate::{FleetReport, Move, Placement, TenantLimit};
+use crate::{FleetReport, Placement, Rebalance, TenantLimit};
 use std::fmt::Write;
 
 fn pct(v: [f64; 3]) -> String {
@@ -74,14 +74,30 @@ pub fn placement(p: &Placement) -> String {
     format!("{head}\nwhy: {}\n", p.reason)
 }
 
-pub fn moves(moves: &[Move]) -> String {
-    if moves.is_empty() {
-        return "no moves: every cell is within its headroom and none can be freed\n".into();
+/// The moves, each with its gain; then every cell the moves leave over
+/// the headroom (or hosting tenants it should not), with why and the remedy.
+pub fn rebalance(r: &Rebalance) -> String {
+    let mut o = String::new();
+    if r.moves.is_empty() && r.unresolved.is_empty() {
+        return "no moves: every cell is within its headroom, no draining cell hosts tenants, and none can be freed\n".into();
     }
-    moves
-        .iter()
-        .map(|m| format!("move {} {} -> {}: {}\n", m.tenant, m.from, m.to, m.gain))
-        .collect()
+    if r.moves.is_empty() {
+        let _ = writeln!(o, "no moves help:");
+    }
+    for m in &r.moves {
+        let _ = writeln!(o, "move {} {} -> {}: {}", m.tenant, m.from, m.to, m.gain);
+    }
+    for u in &r.unresolved {
+        let _ = writeln!(
+            o,
+            "unresolved {} ({}, peak {:.0}% at the forecast): {}",
+            u.cell,
+            u.region,
+            u.peak_utilization * 100.0,
+            u.reason
+        );
+    }
+    o
 }
 
 /// Tenants near their limit first, then by how close they are.
@@ -114,4 +130,82 @@ pub fn limits(limits: &[TenantLimit]) -> String {
         );
     }
     o
+}
+
+/// What a limits push achieved, from the planner's per-tenant results
+/// (`{tenant, cell, ok, detail}`; an entry without a tenant is a failure of
+/// the whole push, such as a missing admin key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushOutcome {
+    /// `succeeded` (every limit pushed), `partly` or `failed` (none).
+    pub outcome: &'static str,
+    pub pushed: usize,
+    pub limits: usize,
+    /// What failed: `tenant on cell: why`.
+    pub failures: Vec<String>,
+}
+
+/// Most failures named in [`PushOutcome::summary`].
+const MAX_NAMED_FAILURES: usize = 20;
+
+/// Fail closed: an entry is pushed only if it says `"ok": true`.
+pub fn push_outcome(results: &[serde_json::Value]) -> PushOutcome {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let (mut pushed, mut limits, mut whole) = (0, 0, false);
+    let mut failures = Vec::new();
+    for r in results {
+        let ok = r["ok"] == serde_json::Value::Bool(true);
+        if r.get("tenant").is_some_and(|t| !t.is_null()) {
+            limits += 1;
+            if ok {
+                pushed += 1;
+                continue;
+            }
+            failures.push(format!(
+                "{} on {}: {}",
+                text(&r["tenant"]),
+                text(&r["cell"]),
+                text(&r["detail"])
+            ));
+        } else if !ok {
+            whole = true;
+            failures.push(text(&r["detail"]));
+        }
+    }
+    let outcome = if failures.is_empty() {
+        "succeeded"
+    } else if pushed == 0 || whole {
+        "failed"
+    } else {
+        "partly"
+    };
+    PushOutcome {
+        outcome,
+        pushed,
+        limits,
+        failures,
+    }
+}
+
+impl PushOutcome {
+    /// One line for the audit log: the outcome first, then what failed.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{}: {} of {} limits pushed",
+            self.outcome, self.pushed, self.limits
+        );
+        if !self.failures.is_empty() {
+            let named: Vec<&str> = self
+                .failures
+                .iter()
+                .take(MAX_NAMED_FAILURES)
+                .map(String::as_str)
+                .collect();
+            let _ = write!(s, "; failed: {}", named.join("; "));
+            if self.failures.len() > MAX_NAMED_FAILURES {
+                let _ = write!(s, "; and {} more", self.failures.len() - MAX_NAMED_FAILURES);
+            }
+        }
+        s
+    }
 }

@@ -18,6 +18,15 @@ fn cell(id: &str, region: &str, shape: &str) -> Cell {
         id: id.into(),
         region: region.into(),
         shape: shape.into(),
+        accepts_tenants: true,
+    }
+}
+
+/// A cell that takes no new tenants (draining, or without the data plane).
+fn closed(id: &str, region: &str, shape: &str) -> Cell {
+    Cell {
+        accepts_tenants: false,
+        ..cell(id, region, shape)
     }
 }
 
@@ -164,7 +173,9 @@ fn rebalancing_relieves_hot_cells_and_frees_idle_ones() {
         flat("tiny", "idle", 450.0, 0.0),
         flat("base", "roomy", 1000.0, 0.0),
     ];
-    let moves = rebalance(&s, &cells, &usage, &Policy::default());
+    let r = rebalance(&s, &cells, &usage, &Policy::default());
+    assert!(r.unresolved.is_empty(), "{r:?}");
+    let moves = r.moves;
     // The hot cell (1,600 of 1,400 usable) sheds its largest tenant to the
     // only cell in its region with room for it; nothing goes to another region.
     assert!(moves.iter().all(|m| m.to != "far"));
@@ -176,6 +187,106 @@ fn rebalancing_relieves_hot_cells_and_frees_idle_ones() {
     assert!(moves
         .iter()
         .any(|m| m.tenant == "tiny" && m.gain.contains("frees idle")));
+}
+
+#[test]
+fn placement_only_picks_cells_that_take_tenants() {
+    let s = shapes();
+    // `cmd` (a command-target cell without the data plane) is the tighter
+    // fit; it must never be picked, nor a draining cell.
+    let cells = vec![
+        closed("cmd", "r1", "small"),
+        cell("fga", "r1", "large"),
+        closed("old", "r2", "large"),
+    ];
+    let p = Policy::default();
+    let pl = place(&s, &cells, &[], "r1", [100.0, 1000.0, 1.0], &p).expect("placed");
+    assert_eq!(pl.cell.as_deref(), Some("fga"));
+    assert!(
+        pl.reason.contains("take no new tenants") && pl.reason.contains("cmd"),
+        "{}",
+        pl.reason
+    );
+    // A region whose only cell takes no tenants: stamp one, and say why.
+    let pl = place(&s, &cells, &[], "r2", [100.0, 1000.0, 1.0], &p).expect("placed");
+    assert_eq!((pl.cell, pl.new_shape.as_deref()), (None, Some("small")));
+    assert!(
+        pl.reason.contains("no cell in r2 takes new tenants") && pl.reason.contains("old"),
+        "{}",
+        pl.reason
+    );
+}
+
+#[test]
+fn rebalancing_names_the_hot_cells_it_cannot_relieve() {
+    let s = shapes();
+    // r1: two hot small cells and nowhere to go; r2: a cell whose tenant
+    // no shape holds.
+    let cells = vec![
+        cell("a", "r1", "small"),
+        cell("b", "r1", "small"),
+        cell("c", "r2", "small"),
+    ];
+    let usage = vec![
+        flat("ta", "a", 1500.0, 0.0),
+        flat("tb", "b", 1600.0, 0.0),
+        flat("huge", "c", 30_000.0, 0.0),
+    ];
+    let p = Policy::default();
+    let plan = plan_capacity(&s, &cells, &usage, &p);
+    assert_eq!(plan.at_risk.len(), 3);
+    let r = rebalance(&s, &cells, &usage, &p);
+    assert!(r.moves.is_empty(), "{r:?}");
+    let names: Vec<&str> = r.unresolved.iter().map(|u| u.cell.as_str()).collect();
+    assert_eq!(names, vec!["a", "b", "c"]);
+    assert!(r.unresolved[0].reason.contains("grow it"), "{r:?}");
+    assert!(r.unresolved[2].reason.contains("split it"), "{r:?}");
+    let text = report::rebalance(&r);
+    assert!(!text.contains("within its headroom"), "{text}");
+    assert!(text.contains("unresolved a (r1, peak 75%"), "{text}");
+}
+
+#[test]
+fn rebalancing_empties_cells_that_take_no_tenants_and_never_fills_them() {
+    let s = shapes();
+    let cells = vec![
+        closed("draining", "r1", "medium"),
+        cell("hot", "r1", "small"),
+        cell("roomy", "r1", "large"),
+        closed("cmd", "r2", "xlarge"),
+        cell("hot2", "r2", "small"),
+    ];
+    let usage = vec![
+        flat("leaving", "draining", 200.0, 0.0),
+        flat("big", "hot", 1000.0, 0.0),
+        flat("small1", "hot", 600.0, 0.0),
+        flat("base", "roomy", 3000.0, 0.0),
+        flat("stuck", "hot2", 1500.0, 0.0),
+    ];
+    let r = rebalance(&s, &cells, &usage, &Policy::default());
+    assert!(
+        r.moves.iter().all(|m| m.to != "draining" && m.to != "cmd"),
+        "{r:?}"
+    );
+    assert!(
+        r.moves
+            .iter()
+            .any(|m| m.tenant == "leaving" && m.gain.contains("empties draining")),
+        "{r:?}"
+    );
+    // hot2's only neighbour takes no tenants: unresolved, not moved there.
+    assert_eq!(r.unresolved.len(), 1, "{r:?}");
+    assert_eq!(r.unresolved[0].cell, "hot2");
+    // A cell that takes no tenants and keeps some, for want of room, is named.
+    let cells = vec![closed("d", "r1", "small"), cell("full", "r1", "small")];
+    let usage = vec![flat("t1", "d", 500.0, 0.0), flat("t2", "full", 1200.0, 0.0)];
+    let r = rebalance(&s, &cells, &usage, &Policy::default());
+    assert!(r.moves.is_empty(), "{r:?}");
+    assert_eq!(r.unresolved.len(), 1, "{r:?}");
+    assert!(
+        r.unresolved[0].reason.contains("still hosts 1: t1"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -220,6 +331,67 @@ fn the_bound_the_plan_and_the_baseline_on_a_small_case() {
 }
 
 proptest! {
+    /// Rebalancing is honest: every cell the plan calls at risk is back
+    /// under the headroom after the moves or listed as unresolved; every
+    /// cell that takes no tenants is emptied or listed; no move goes to a
+    /// cell that takes no tenants or to another region.
+    #[test]
+    fn rebalancing_accounts_for_every_cell_at_risk(
+        fleet in proptest::collection::vec((0usize..4, 0usize..2, any::<bool>()), 1..8),
+        tenants in proptest::collection::vec((0usize..8, 0.0f64..3000.0, 0.0f64..3e6), 0..20),
+    ) {
+        let s = shapes();
+        let p = Policy::default();
+        let cells: Vec<Cell> = fleet
+            .iter()
+            .enumerate()
+            .map(|(i, (shape, region, open))| Cell {
+                accepts_tenants: *open,
+                ..cell(&format!("c{i}"), &format!("r{region}"), &s[*shape].name)
+            })
+            .collect();
+        let usage: Vec<TenantUsage> = tenants
+            .iter()
+            .enumerate()
+            .map(|(i, (c, rps, tuples))| flat(&format!("t{i}"), &format!("c{}", c % cells.len()), *rps, *tuples))
+            .collect();
+        let plan = plan_capacity(&s, &cells, &usage, &p);
+        let r = rebalance(&s, &cells, &usage, &p);
+        let by_id: BTreeMap<&str, &Cell> = cells.iter().map(|c| (c.id.as_str(), c)).collect();
+        let mut load: BTreeMap<String, Vector> = BTreeMap::new();
+        let mut home: BTreeMap<String, String> = BTreeMap::new();
+        for t in &usage {
+            let (_, fc) = tenant_demand(t, &p);
+            let l = load.entry(t.cell.clone()).or_default();
+            *l = add(*l, fc);
+            home.insert(t.tenant.clone(), t.cell.clone());
+        }
+        for m in &r.moves {
+            prop_assert!(by_id[m.to.as_str()].accepts_tenants, "{m:?}");
+            prop_assert_eq!(&by_id[m.to.as_str()].region, &by_id[m.from.as_str()].region);
+            prop_assert_eq!(home.get(&m.tenant), Some(&m.from));
+            let t = usage.iter().find(|t| t.tenant == m.tenant).map(|t| tenant_demand(t, &p).1).unwrap_or_default();
+            let f = load.entry(m.from.clone()).or_default();
+            *f = sub(*f, t);
+            let to = load.entry(m.to.clone()).or_default();
+            *to = add(*to, t);
+            home.insert(m.tenant.clone(), m.to.clone());
+        }
+        let unresolved: Vec<&str> = r.unresolved.iter().map(|u| u.cell.as_str()).collect();
+        for c in &plan.at_risk {
+            let cap = capacity(s.iter().find(|x| x.name == by_id[c.as_str()].shape).expect("shape"));
+            let after = load.get(c).copied().unwrap_or_default();
+            prop_assert!(
+                unresolved.contains(&c.as_str()) || p.fits(after, cap),
+                "{} at risk, neither relieved nor unresolved: {:?}", c, r
+            );
+        }
+        for c in cells.iter().filter(|c| !c.accepts_tenants) {
+            let keeps = home.values().any(|h| *h == c.id);
+            prop_assert!(!keeps || unresolved.contains(&c.id.as_str()), "{} keeps tenants: {:?}", c.id, r);
+        }
+    }
+
     /// Every packing keeps every cell within the headroom, places every
     /// tenant that fits exactly once, and never costs less than the bound.
     #[test]
@@ -244,4 +416,30 @@ proptest! {
             prop_assert!(packing.cost + 1e-9 >= lb);
         }
     }
+}
+
+#[test]
+fn a_limits_push_reports_its_real_outcome() {
+    use serde_json::json;
+    let ok = json!({"tenant": "a", "cell": "c1", "ok": true, "detail": "10 rps"});
+    let bad = json!({"tenant": "b", "cell": "c2", "ok": false, "detail": "no running data plane workers found for the cell"});
+    let all = report::push_outcome(&[ok.clone(), ok.clone()]);
+    assert_eq!(all.outcome, "succeeded");
+    assert_eq!(all.summary(), "succeeded: 2 of 2 limits pushed");
+    let some = report::push_outcome(&[ok.clone(), bad.clone()]);
+    assert_eq!(some.outcome, "partly");
+    assert_eq!(
+        some.summary(),
+        "partly: 1 of 2 limits pushed; failed: b on c2: no running data plane workers found for the cell"
+    );
+    let none = report::push_outcome(&[bad.clone(), bad]);
+    assert_eq!((none.outcome, none.pushed, none.limits), ("failed", 0, 2));
+    // No admin key: nothing pushed at all.
+    let nokey = report::push_outcome(&[json!({"ok": false, "detail": "no data plane admin key"})]);
+    assert_eq!(nokey.outcome, "failed");
+    assert!(nokey.summary().contains("no data plane admin key"));
+    // Fail closed: an entry that does not say ok is not pushed.
+    let odd = report::push_outcome(&[json!({"tenant": "a", "cell": "c"})]);
+    assert_eq!(odd.outcome, "failed");
+    assert_eq!(report::push_outcome(&[]).outcome, "succeeded");
 }

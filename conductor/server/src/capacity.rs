@@ -4,19 +4,30 @@
 //!
 //! Plans come from the capacity planner service; the Conductor sends it the
 //! inventory, and turns its answers into audited operations.
+//!
+//! Every handler that changes something checks the caller's role before it
+//! reads the request body (`read_json`, `import`): a caller who may not act
+//! cannot make the Conductor buffer anything.
 
-use crate::api::{audit, require, ApiError, ApiResult, AppState, JsonBody};
-use crate::auth::{Action, Identity};
+use crate::api::{audit, require, ApiError, ApiResult, AppState, JsonBody, MAX_JSON_BODY};
+use crate::auth::{Action, Identity, Role};
 use crate::resizer::{ResizeError, ResizeRequest};
+use crate::store::CellRow;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use capacity_planner::FleetReport;
-use cells_inventory::valid_id;
+use cells_inventory::{valid_id, TargetSpec};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
+
+/// The artifact that makes a cell host tenants (FGA stores): the planner
+/// scrapes it, places tenants on cells that run it, and pushes it limits.
+pub const FGA_ARTIFACT: &str = "fga-dataplane";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -25,10 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/capacity/limits", get(limits))
         .route("/capacity/limits/push", post(push_limits))
         .route("/capacity/rebalance", get(rebalance))
-        .route(
-            "/capacity/usage",
-            post(import).layer(axum::extract::DefaultBodyLimit::max(MAX_USAGE)),
-        )
+        .route("/capacity/usage", post(import))
         .route("/tenants/place", post(place))
         .route("/cells", post(add_cell))
         .route("/cells/{id}/drain", post(drain_cell))
@@ -42,30 +50,81 @@ struct PolicyQuery {
     horizon_days: Option<f64>,
 }
 
-/// The cells the planner plans for: all but retired ones; `placeable`:
-/// only active ones (a draining cell takes no new tenants).
-async fn planner_cells(st: &AppState, placeable: bool) -> ApiResult<Vec<Value>> {
+/// The version of the FGA data plane a cell runs: `None` if it never ran
+/// it, `Some(None)` if it ran it and was rolled back to nothing.
+fn fga_version(c: &CellRow) -> Option<Option<&str>> {
+    c.versions
+        .iter()
+        .find(|v| v.artifact == FGA_ARTIFACT)
+        .map(|v| v.version.as_deref())
+}
+
+/// The cells the planner plans for: all but retired ones. Only active
+/// cells where the Conductor runs the FGA data plane take tenants: a
+/// draining cell takes no new ones, and a cell without the data plane (a
+/// command-target cell, whatever its scripts deployed) cannot be scraped,
+/// limited or placed on.
+async fn planner_cells(st: &AppState) -> ApiResult<Vec<Value>> {
     Ok(st
         .engine
         .store()
         .list_cells()
         .await?
         .into_iter()
-        .filter(|c| {
-            if placeable {
-                c.status == "active"
-            } else {
-                c.status != "retired"
-            }
+        .filter(|c| c.status != "retired")
+        .map(|c| {
+            let runs_fga = st
+                .supervisor
+                .worker_counts(&c.spec.id)
+                .get(FGA_ARTIFACT)
+                .is_some_and(|n| *n > 0);
+            let accepts = c.status == "active" && runs_fga;
+            json!({"id": c.spec.id, "region": c.spec.region, "shape": c.spec.shape, "accepts_tenants": accepts})
         })
-        .map(|c| json!({"id": c.spec.id, "region": c.spec.region, "shape": c.spec.shape}))
         .collect())
 }
 
-async fn ask(st: &AppState, path: &str, mut body: Value, placeable: bool) -> ApiResult<Value> {
+async fn ask(st: &AppState, path: &str, mut body: Value) -> ApiResult<Value> {
     let planner = st.planner.as_ref().ok_or_else(no_planner)?;
-    body["cells"] = Value::Array(planner_cells(st, placeable).await?);
+    body["cells"] = Value::Array(planner_cells(st).await?);
     Ok(planner.call(path, &body).await?)
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("request body over {limit} bytes"),
+    )
+}
+
+/// Read a body of at most `limit` bytes: refused at once when its declared
+/// length is larger. Call only once the caller is allowed to act.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body over {limit} bytes, or cut short"),
+        )
+    })
+}
+
+/// A JSON body (an empty one is `T::default()`), read after the role check.
+async fn read_json<T: DeserializeOwned + Default>(headers: &HeaderMap, body: Body) -> ApiResult<T> {
+    let bytes = read_body(headers, body, MAX_JSON_BODY).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 fn no_planner() -> ApiError {
@@ -85,7 +144,7 @@ async fn plan(
     _id: Identity,
     Query(q): Query<PolicyQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(ask(&st, "/plan", policy_body(&q), false).await?))
+    Ok(Json(ask(&st, "/plan", policy_body(&q)).await?))
 }
 
 /// Turn the plan's recommendations into resize operations; shrinks wait
@@ -93,10 +152,12 @@ async fn plan(
 async fn apply(
     State(st): State<AppState>,
     id: Identity,
-    JsonBody(q): JsonBody<PolicyQuery>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::ManageCells)?;
-    let v = ask(&st, "/plan", policy_body(&q), false).await?;
+    let q: PolicyQuery = read_json(&headers, body).await?;
+    let v = ask(&st, "/plan", policy_body(&q)).await?;
     let report: FleetReport = serde_json::from_value(v["plan"].clone()).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -163,53 +224,62 @@ async fn limits(
     _id: Identity,
     Query(q): Query<PolicyQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(ask(&st, "/limits", policy_body(&q), false).await?))
+    Ok(Json(ask(&st, "/limits", policy_body(&q)).await?))
 }
 
+/// Push the limits to the cells' data planes; audited with the real
+/// outcome: succeeded, partly or failed, and what failed.
 async fn push_limits(
     State(st): State<AppState>,
     id: Identity,
-    JsonBody(q): JsonBody<PolicyQuery>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     require(&id, Action::ManageCells)?;
+    let q: PolicyQuery = read_json(&headers, body).await?;
     let mut body = policy_body(&q);
     body["push"] = json!(true);
-    let v = ask(&st, "/limits", body, false).await?;
-    let pushed = v["pushed"].as_array().map_or(0, Vec::len);
-    let failed = v["pushed"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["ok"] != json!(true))
-        .count();
+    let mut v = match ask(&st, "/limits", body).await {
+        Ok(v) => v,
+        Err(e) => {
+            let detail = format!("failed: nothing pushed: {}", e.message);
+            audit(&st, &id, "capacity.limits.push", "fleet", &detail).await?;
+            return Err(e);
+        }
+    };
+    let outcome = match v["pushed"].as_array() {
+        Some(results) => capacity_planner::report::push_outcome(results),
+        // Fail closed: a push the planner does not account for failed.
+        None => capacity_planner::report::push_outcome(&[json!({
+            "ok": false, "detail": "the planner did not report what it pushed"
+        })]),
+    };
     audit(
         &st,
         &id,
         "capacity.limits.push",
         "fleet",
-        &format!("{pushed} limits pushed, {failed} failed"),
+        &outcome.summary(),
     )
     .await?;
+    v["outcome"] = json!(outcome.outcome);
     Ok(Json(v))
 }
 
 /// Largest usage file accepted.
 const MAX_USAGE: usize = 64 * 1024 * 1024;
 
+/// Import a usage file. The role is checked before a byte of the body is
+/// read; a body declared larger than the limit is refused at once.
 async fn import(
     State(st): State<AppState>,
     id: Identity,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     require(&id, Action::ManageCells)?;
-    let body = body.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("usage file over {MAX_USAGE} bytes"),
-        )
-    })?;
-    let planner = st.planner.as_ref().ok_or_else(no_planner)?;
+    let planner = st.planner.clone().ok_or_else(no_planner)?;
+    let body = read_body(&headers, body, MAX_USAGE).await?;
     let v = planner.import(body).await?;
     audit(
         &st,
@@ -227,7 +297,7 @@ async fn rebalance(
     _id: Identity,
     Query(q): Query<PolicyQuery>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(ask(&st, "/rebalance", policy_body(&q), false).await?))
+    Ok(Json(ask(&st, "/rebalance", policy_body(&q)).await?))
 }
 
 #[derive(Deserialize)]
@@ -260,7 +330,7 @@ async fn place(
         "region": b.region, "expected_rps": b.expected_rps, "expected_tuples": b.expected_tuples,
         "expected_connections": b.expected_connections, "headroom": b.headroom, "horizon_days": b.horizon_days,
     });
-    let mut v = ask(&st, "/place", body, true).await?;
+    let mut v = ask(&st, "/place", body).await?;
     let new_shape = v["placement"]["new_shape"].as_str().map(String::from);
     if let (true, None, Some(shape)) = (b.stamp, v["placement"]["cell"].as_str(), new_shape) {
         let cell = stamp(&st, &id, &b.region, &shape).await?;
@@ -296,7 +366,7 @@ async fn stamp(st: &AppState, id: &Identity, region: &str, shape: &str) -> ApiRe
     Ok(json!(cell))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct AddBody {
     region: String,
@@ -306,9 +376,11 @@ struct AddBody {
 async fn add_cell(
     State(st): State<AppState>,
     id: Identity,
-    JsonBody(b): JsonBody<AddBody>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::ManageCells)?;
+    let b: AddBody = read_json(&headers, body).await?;
     if b.region.len() > 63 || !valid_id(&b.shape) {
         return Err(ApiError::bad_request("invalid region or shape"));
     }
@@ -357,14 +429,74 @@ async fn drain_cell(
 /// Longest a retire waits for the cell's lease.
 const RETIRE_WAIT: Duration = Duration::from_secs(120);
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetireBody {
+    /// Retire even though tenants remain (or cannot be ruled out); admin only.
+    #[serde(default)]
+    force: bool,
+}
+
+/// The tenants a cell still hosts, by name; `Err` says why they cannot be
+/// known (then only a forced retire goes ahead). A cell that never ran the
+/// FGA data plane hosts none; for any other, the planner answers (from its
+/// usage history and a live scrape of the cell's workers).
+async fn tenants_on(st: &AppState, cell: &CellRow) -> Result<Vec<String>, String> {
+    let Some(version) = fga_version(cell) else {
+        return Ok(Vec::new());
+    };
+    let planner = st
+        .planner
+        .as_ref()
+        .ok_or("no capacity planner runs beside the Conductor")?;
+    let v = planner
+        .call("/tenants", &json!({"cell": cell.spec.id}))
+        .await
+        .map_err(|e| e.to_string())?;
+    let unreachable = v["workers_unreachable"].as_u64().unwrap_or(0);
+    if unreachable > 0 {
+        return Err(format!(
+            "{unreachable} of the cell's data plane workers did not answer the planner"
+        ));
+    }
+    let running_locally = version.is_some() && cell.spec.target == TargetSpec::Local;
+    if running_locally && v["workers_scraped"].as_u64() == Some(0) {
+        return Err("the cell's data plane did not answer the planner".into());
+    }
+    let list = v["tenants"]
+        .as_array()
+        .ok_or("the planner's answer lists no tenants")?;
+    list.iter()
+        .map(|t| {
+            t["tenant"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| "the planner's answer names a tenant without a name".to_string())
+        })
+        .collect()
+}
+
 /// Retire a drained cell: under its lease (so no train or resize is on it),
-/// stop its processes and take it out of the inventory for good.
+/// stop its processes and take it out of the inventory for good. Refused
+/// while the cell still hosts tenants (named), or when that cannot be
+/// ruled out, unless an admin forces it (audited as `cell.retire.force`
+/// with the tenants lost).
 async fn retire_cell(
     State(st): State<AppState>,
     id: Identity,
     Path(cell): Path<String>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<Value>> {
     require(&id, Action::ManageCells)?;
+    let b: RetireBody = read_json(&headers, body).await?;
+    if b.force && id.role != Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin may force a retire (the tenants left on the cell are lost)",
+        ));
+    }
     match cell_status(&st, &cell).await?.as_str() {
         "draining" => {}
         "retired" => return Ok(Json(json!({"cell": cell, "status": "retired"}))),
@@ -378,6 +510,39 @@ async fn retire_cell(
             ))
         }
     }
+    let row = st
+        .engine
+        .store()
+        .list_cells()
+        .await?
+        .into_iter()
+        .find(|c| c.spec.id == cell)
+        .ok_or_else(|| ApiError::not_found(format!("no cell {cell:?} in the inventory")))?;
+    let refuse = |message: String| ApiError::new(StatusCode::CONFLICT, "conflict", message);
+    let (forced, lost) = match tenants_on(&st, &row).await {
+        Ok(t) if t.is_empty() => (None, Vec::new()),
+        Ok(t) if !b.force => {
+            return Err(refuse(format!(
+                "cell {cell} still hosts {} tenant(s): {}; move them away first (conductor plan rebalance says where), or, as an admin, conductor cells retire {cell} --force (they are lost)",
+                t.len(),
+                t.join(", ")
+            )))
+        }
+        Ok(t) => (
+            Some(format!(
+                "forced with {} tenant(s) on the cell, lost: {}",
+                t.len(),
+                t.join(", ")
+            )),
+            t,
+        ),
+        Err(why) if !b.force => {
+            return Err(refuse(format!(
+                "cannot tell whether cell {cell} still hosts tenants ({why}); try again, or, as an admin, conductor cells retire {cell} --force"
+            )))
+        }
+        Err(why) => (Some(format!("forced; its tenants are unknown: {why}")), Vec::new()),
+    };
     let holder = format!("retire:{cell}");
     let (tx, rx) = tokio::sync::oneshot::channel();
     st.engine.leases().acquire(&cell, &holder, move || {
@@ -400,6 +565,11 @@ async fn retire_cell(
     st.engine.leases().release(&cell, &holder);
     r?;
     st.engine.refresh_cells().await?;
-    audit(&st, &id, "cell.retire", &cell, "").await?;
-    Ok(Json(json!({"cell": cell, "status": "retired"})))
+    match &forced {
+        Some(detail) => audit(&st, &id, "cell.retire.force", &cell, detail).await?,
+        None => audit(&st, &id, "cell.retire", &cell, "no tenants left").await?,
+    }
+    Ok(Json(
+        json!({"cell": cell, "status": "retired", "forced": forced.is_some(), "tenants_lost": lost}),
+    ))
 }

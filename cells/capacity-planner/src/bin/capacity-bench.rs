@@ -48,6 +48,7 @@ fn main() -> anyhow::Result<()> {
             id: format!("cell-{i:04}"),
             region: regions[i % regions.len()].to_string(),
             shape: shapes[rng.gen_range(0..shapes.len())].name.clone(),
+            accepts_tenants: true,
         })
         .collect();
     // Heavy-tailed tenants: Pareto(alpha 1.3) request rates from 20 rps,

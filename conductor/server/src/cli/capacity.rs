@@ -67,7 +67,9 @@ pub enum PlanCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Tenant moves that relieve hot cells or free lightly used ones, each with its gain.
+    /// Tenant moves that empty draining cells, relieve hot cells or free lightly
+    /// used ones, each with its gain; then every cell the moves leave at risk
+    /// (or still hosting tenants while draining), with why and what to do.
     Rebalance {
         #[command(flatten)]
         policy: PolicyArgs,
@@ -215,8 +217,8 @@ pub(super) async fn plan_cmd(c: PlanCmd) -> CliResult {
                 print_json(&v);
                 return Ok(exit::OK);
             }
-            let m: Vec<capacity_planner::Move> = decode(&v["moves"])?;
-            print!("{}", report::moves(&m));
+            let r: capacity_planner::Rebalance = decode(&v)?;
+            print!("{}", report::rebalance(&r));
             Ok(exit::OK)
         }
     }

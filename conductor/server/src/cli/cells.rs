@@ -27,8 +27,13 @@ pub enum CellsCmd {
         conn: Conn,
     },
     /// Retire a drained cell: stop its processes under its lease and take it out for good.
+    /// Refused while the cell still hosts tenants (it names them) or when the
+    /// planner cannot tell.
     Retire {
         cell: String,
+        /// Retire even so (role admin; audited with the tenants lost).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -167,11 +172,27 @@ pub(super) async fn cells_cmd(c: CellsCmd) -> CliResult {
             println!("cell {cell} is draining: it takes no new tenants; move its tenants away (conductor plan rebalance), then retire it");
             Ok(exit::OK)
         }
-        CellsCmd::Retire { cell, conn } => {
-            Client::new(&conn)?
-                .post(&format!("/cells/{}/retire", enc(&cell)), json!({}))
+        CellsCmd::Retire { cell, force, conn } => {
+            let v = Client::new(&conn)?
+                .post(
+                    &format!("/cells/{}/retire", enc(&cell)),
+                    json!({ "force": force }),
+                )
                 .await?;
-            println!("cell {cell} is retired");
+            let lost: Vec<String> = v["tenants_lost"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            if lost.is_empty() {
+                println!("cell {cell} is retired");
+            } else {
+                println!(
+                    "cell {cell} is retired (forced); tenants lost: {}",
+                    lost.join(", ")
+                );
+            }
             Ok(exit::OK)
         }
         CellsCmd::Resize {

@@ -120,10 +120,16 @@ pub enum Cmd {
         cell_template: PathBuf,
         /// The capacity planner: `auto` starts `capacity-planner serve` from
         /// beside this binary; `off`; or the URL of one that runs elsewhere
-        /// (its token in CONDUCTOR_PLANNER_TOKEN).
+        /// (its token in CONDUCTOR_PLANNER_TOKEN or --planner-token-file).
         #[arg(long, default_value = "auto")]
         planner: String,
-        #[arg(long, env = "CONDUCTOR_PLANNER_TOKEN", hide_env_values = true)]
+        /// A file (mode 0600) holding the token of the planner at --planner
+        /// URL; without it, CONDUCTOR_PLANNER_TOKEN.
+        #[arg(long)]
+        planner_token_file: Option<PathBuf>,
+        /// Refused (arguments show in `ps`): use CONDUCTOR_PLANNER_TOKEN or
+        /// --planner-token-file.
+        #[arg(long, hide = true)]
         planner_token: Option<String>,
         /// Seconds between the started planner's scrapes of the cells.
         #[arg(long, default_value_t = 15.0)]
@@ -191,9 +197,15 @@ pub async fn run(cli: Cli) -> CliResult {
             shapes,
             cell_template,
             planner,
+            planner_token_file,
             planner_token,
             planner_interval_secs,
         } => {
+            if planner_token.is_some() {
+                return Err(CliError::usage(
+                    "--planner-token is not accepted: a secret on the command line is seen by every user in `ps`; use CONDUCTOR_PLANNER_TOKEN or --planner-token-file FILE (mode 0600)",
+                ));
+            }
             if !(planner_interval_secs.is_finite()
                 && (0.1..=3600.0).contains(&planner_interval_secs))
             {
@@ -207,9 +219,14 @@ pub async fn run(cli: Cli) -> CliResult {
                 },
                 "off" => PlannerMode::Off,
                 u if u.starts_with("http://") || u.starts_with("https://") => {
-                    let t = planner_token.ok_or_else(|| {
+                    let t = capacity_planner::secrets::secret_from(
+                        planner_token_file.as_deref(),
+                        "CONDUCTOR_PLANNER_TOKEN",
+                    )
+                    .map_err(|e| CliError::usage(e.to_string()))?
+                    .ok_or_else(|| {
                         CliError::usage(
-                            "--planner URL needs the planner's token in CONDUCTOR_PLANNER_TOKEN",
+                            "--planner URL needs the planner's token in CONDUCTOR_PLANNER_TOKEN or a file named by --planner-token-file",
                         )
                     })?;
                     PlannerMode::Url(u.to_string(), t)

@@ -2,26 +2,30 @@
 //! history, and answer plans over HTTP (the Conductor asks on behalf of
 //! `conductor plan|tenants`).
 //!
-//! Every `/v1` call needs `Authorization: Bearer <token>`. The caller sends
-//! the cells (the Conductor owns the inventory); the planner adds the usage
-//! it has seen. Errors are JSON `{code, message}`.
+//! Every `/v1` call needs `Authorization: Bearer <token>`, checked before
+//! any of the request body is read (a caller without the token cannot make
+//! the planner buffer anything). The caller sends the cells (the Conductor
+//! owns the inventory); the planner adds the usage it has seen. Errors are
+//! JSON `{code, message}`.
 
 use crate::history::History;
-use crate::scrape::{reading, targets_from_routes, RateKeeper, Target};
-use crate::{Cell, Policy, TenantLimit};
+use crate::{Cell, Policy};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cells_inventory::{valid_id, Shape};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod cells;
+pub use cells::scrape_loop;
 
 /// Largest request body (a usage import).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -95,6 +99,15 @@ fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The bearer token, checked before the handler (and so before any of the
+/// body is read).
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match authorize(&st, req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 fn authorize(st: &AppState, headers: &HeaderMap) -> ApiResult<()> {
@@ -196,35 +209,22 @@ async fn usage_for(st: &AppState) -> ApiResult<Vec<crate::TenantUsage>> {
         .await?)
 }
 
-async fn prepare(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> ApiResult<(PlanBody, Policy)> {
-    authorize(st, headers)?;
+fn prepare(st: &AppState, body: &Bytes) -> ApiResult<(PlanBody, Policy)> {
     let b: PlanBody = json_body(body)?;
     b.check_cells(&st.cfg.shapes)?;
     let p = b.policy()?;
     Ok((b, p))
 }
 
-async fn plan(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let (b, policy) = prepare(&st, &headers, &body).await?;
+async fn plan(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &body)?;
     let usage = usage_for(&st).await?;
     let r = crate::plan_capacity(&st.cfg.shapes, &b.cells, &usage, &policy);
     Ok(Json(json!({ "plan": r })))
 }
 
-async fn place(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let (b, policy) = prepare(&st, &headers, &body).await?;
+async fn place(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &body)?;
     let region = b
         .region
         .clone()
@@ -243,128 +243,16 @@ async fn place(
     Ok(Json(json!({ "placement": p })))
 }
 
-async fn rebalance(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let (b, policy) = prepare(&st, &headers, &body).await?;
+async fn rebalance(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let (b, policy) = prepare(&st, &body)?;
     let usage = usage_for(&st).await?;
-    let m = crate::rebalance(&st.cfg.shapes, &b.cells, &usage, &policy);
-    Ok(Json(json!({ "moves": m })))
+    let r = crate::rebalance(&st.cfg.shapes, &b.cells, &usage, &policy);
+    Ok(Json(
+        json!({ "moves": r.moves, "unresolved": r.unresolved }),
+    ))
 }
 
-/// The workers of each cell, from the routing table.
-fn workers(st: &AppState) -> BTreeMap<String, Vec<Target>> {
-    let mut m: BTreeMap<String, Vec<Target>> = BTreeMap::new();
-    if let Some(f) = &st.cfg.routes_file {
-        if let Some(routes) = std::fs::read_to_string(f)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        {
-            for t in targets_from_routes(&routes, &st.cfg.artifact) {
-                m.entry(t.cell.clone()).or_default().push(t);
-            }
-        }
-    }
-    m
-}
-
-/// The limits the cells enforce now, by tenant: the sum over a cell's
-/// workers (each enforces its share).
-async fn limits_in_force(
-    st: &AppState,
-    cells: &BTreeMap<String, Vec<Target>>,
-) -> BTreeMap<String, f64> {
-    let mut out: BTreeMap<String, f64> = BTreeMap::new();
-    let Some(key) = &st.cfg.fga_admin_key else {
-        return out;
-    };
-    for ws in cells.values() {
-        for w in ws {
-            let url = format!("http://127.0.0.1:{}/admin/rate-limits", w.port);
-            let Ok(r) = st.http.get(&url).bearer_auth(key).send().await else {
-                continue;
-            };
-            let Ok(v) = r.json::<Value>().await else {
-                continue;
-            };
-            for (store, l) in v["stores"].as_object().into_iter().flatten() {
-                if let Some(rate) = l["rate"].as_f64() {
-                    *out.entry(store.clone()).or_default() += rate;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Push each limit to every worker of its cell (each gets its share).
-async fn push_limits(
-    st: &AppState,
-    limits: &[TenantLimit],
-    cells: &BTreeMap<String, Vec<Target>>,
-) -> Vec<Value> {
-    let Some(key) = &st.cfg.fga_admin_key else {
-        return vec![
-            json!({"ok": false, "detail": "no data plane admin key (--fga-admin-key / FGA_ADMIN_KEY); nothing pushed"}),
-        ];
-    };
-    let mut out = Vec::new();
-    for l in limits {
-        let Some(ws) = cells.get(&l.cell).filter(|w| !w.is_empty()) else {
-            out.push(json!({"tenant": l.tenant, "cell": l.cell, "ok": false, "detail": "no running data plane workers found for the cell"}));
-            continue;
-        };
-        let n = ws.len() as f64;
-        let body = json!({"rate": (l.rate / n).max(0.001), "burst": (l.burst / n).ceil().max(1.0)});
-        let mut failed = Vec::new();
-        for w in ws {
-            let url = format!("http://127.0.0.1:{}/admin/rate-limits/{}", w.port, l.tenant);
-            match st.http.put(&url).bearer_auth(key).json(&body).send().await {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => failed.push(format!(
-                    "worker port {}: HTTP {}",
-                    w.port,
-                    r.status().as_u16()
-                )),
-                Err(e) => failed.push(format!("worker port {}: {e}", w.port)),
-            }
-        }
-        out.push(json!({
-            "tenant": l.tenant, "cell": l.cell, "workers": ws.len(),
-            "ok": failed.is_empty(),
-            "detail": if failed.is_empty() { format!("{} rps, burst {} over {} workers", l.rate, l.burst, ws.len()) } else { failed.join("; ") },
-        }));
-    }
-    out
-}
-
-async fn limits(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let (b, policy) = prepare(&st, &headers, &body).await?;
-    let usage = usage_for(&st).await?;
-    let cells = workers(&st);
-    let in_force = limits_in_force(&st, &cells).await;
-    let mut l = crate::rate_limits(&st.cfg.shapes, &b.cells, &usage, &in_force, &policy);
-    crate::report::sort_limits(&mut l);
-    let pushed = if b.push {
-        push_limits(&st, &l, &cells).await
-    } else {
-        Vec::new()
-    };
-    Ok(Json(json!({ "limits": l, "pushed": pushed })))
-}
-
-async fn import(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    authorize(&st, &headers)?;
+async fn import(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad("the usage file is not UTF-8"))?;
     let tenants = crate::parse_usage("request body", text).map_err(ApiError::bad)?;
@@ -386,8 +274,7 @@ async fn import(
     Ok(Json(json!({ "imported": n, "tenants": tenants.len() })))
 }
 
-async fn summary(State(st): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    authorize(&st, &headers)?;
+async fn summary(State(st): State<AppState>) -> ApiResult<Json<Value>> {
     let usage = usage_for(&st).await?;
     Ok(Json(json!({
         "backend": st.cfg.history.backend(),
@@ -405,12 +292,18 @@ pub fn router(cfg: Arc<Config>) -> Router {
         .unwrap_or_default();
     let st = AppState { cfg, http };
     Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/usage", get(summary).post(import))
         .route("/v1/plan", post(plan))
         .route("/v1/place", post(place))
         .route("/v1/rebalance", post(rebalance))
-        .route("/v1/limits", post(limits))
+        .route("/v1/limits", post(cells::limits))
+        .route("/v1/tenants", post(cells::tenants))
+        // Every route above: the token before the body.
+        .route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            require_token,
+        ))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -420,52 +313,4 @@ pub fn router(cfg: Arc<Config>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(st)
-}
-
-/// Scrape every worker once per interval, forever.
-pub async fn scrape_loop(cfg: Arc<Config>) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .unwrap_or_default();
-    let st = AppState {
-        cfg: cfg.clone(),
-        http,
-    };
-    let mut keeper = RateKeeper::default();
-    let mut tick = tokio::time::interval(cfg.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let targets: Vec<Target> = workers(&st).into_values().flatten().collect();
-        let mut round = Vec::new();
-        for t in targets {
-            let url = format!("http://127.0.0.1:{}/metrics", t.port);
-            match st.http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => {
-                    if let Ok(text) = r.text().await {
-                        round.push((t, reading(&text)));
-                    }
-                }
-                Ok(r) => {
-                    tracing::debug!(cell = %t.cell, port = t.port, status = r.status().as_u16(), "scrape refused")
-                }
-                Err(e) => {
-                    tracing::debug!(cell = %t.cell, port = t.port, error = %e, "scrape failed")
-                }
-            }
-        }
-        let now = now_secs();
-        let rows = keeper.observe(now, &round);
-        if !rows.is_empty() {
-            match cfg.history.record(&rows, "scrape").await {
-                Ok(n) => tracing::debug!(samples = n, "usage recorded"),
-                Err(e) => tracing::warn!(error = %e, "could not record usage"),
-            }
-        }
-        if let Err(e) = cfg.history.prune(now - cfg.retention_secs).await {
-            tracing::warn!(error = %e, "could not prune old usage");
-        }
-    }
 }
