@@ -5,7 +5,7 @@
 //! Plans come from the capacity planner service; the Conductor sends it the
 //! inventory, and turns its answers into audited operations.
 
-use crate::api::{audit, require, ApiError, ApiResult, AppState, JsonBody};
+use crate::api::{audit, entry, require, ApiError, ApiResult, AppState, JsonBody};
 use crate::auth::{Action, Identity};
 use crate::resizer::{ResizeError, ResizeRequest};
 use axum::extract::{Path, Query, State};
@@ -120,28 +120,10 @@ async fn apply(
             reason: format!("plan capacity --apply: {} ({} -> {to})", c.action, c.shape),
             needs_approval: shrink,
         };
+        // The resizer audits each resize (cell.resize, with the plan's
+        // reason) in the transaction that creates it.
         match st.resizer.create(req).await {
-            Ok(rz) => {
-                audit(
-                    &st,
-                    &id,
-                    "cell.resize",
-                    &rz.cell,
-                    &format!(
-                        "{}: {} -> {} (plan; {})",
-                        rz.id,
-                        rz.from_shape,
-                        rz.to_shape,
-                        if shrink {
-                            "awaits approval"
-                        } else {
-                            "runs now"
-                        }
-                    ),
-                )
-                .await?;
-                created.push(rz);
-            }
+            Ok(rz) => created.push(rz),
             Err(
                 e @ (ResizeError::Busy { .. }
                 | ResizeError::NotActive(..)
@@ -283,16 +265,17 @@ async fn stamp(st: &AppState, id: &Identity, region: &str, shape: &str) -> ApiRe
         .template
         .stamp(region, shape, st.resizer.shapes(), &existing)
         .map_err(ApiError::bad_request)?;
-    st.engine.store().add_cell(&cell, st.engine.now()).await?;
-    st.engine.refresh_cells().await?;
-    audit(
-        st,
+    let audit = entry(
         id,
         "cell.add",
         &cell.id,
         &format!("{} {} from the template", cell.region, cell.shape),
-    )
-    .await?;
+    );
+    st.engine
+        .store()
+        .add_cell(&cell, st.engine.now(), &audit)
+        .await?;
+    st.engine.refresh_cells().await?;
     Ok(json!(cell))
 }
 
@@ -348,9 +331,13 @@ async fn drain_cell(
     }
     st.engine
         .store()
-        .set_cell_status(&cell, "draining", st.engine.now())
+        .set_cell_status(
+            &cell,
+            "draining",
+            st.engine.now(),
+            &entry(&id, "cell.drain", &cell, ""),
+        )
         .await?;
-    audit(&st, &id, "cell.drain", &cell, "").await?;
     Ok(Json(json!({"cell": cell, "status": "draining"})))
 }
 
@@ -395,11 +382,15 @@ async fn retire_cell(
     let r = st
         .engine
         .store()
-        .set_cell_status(&cell, "retired", st.engine.now())
+        .set_cell_status(
+            &cell,
+            "retired",
+            st.engine.now(),
+            &entry(&id, "cell.retire", &cell, ""),
+        )
         .await;
     st.engine.leases().release(&cell, &holder);
     r?;
     st.engine.refresh_cells().await?;
-    audit(&st, &id, "cell.retire", &cell, "").await?;
     Ok(Json(json!({"cell": cell, "status": "retired"})))
 }
