@@ -103,7 +103,7 @@ async fn push_artifact(
         .prefix(".upload-")
         .tempfile_in(&dir)
         .map_err(write_failed)?;
-    let (sha, size) = receive(body, &tmp).await?;
+    let (sha, size) = receive(body, &tmp, MAX_ARTIFACT as u64).await?;
     if size == 0 {
         return Err(ApiError::bad_request("empty artifact"));
     }
@@ -143,9 +143,13 @@ async fn push_artifact(
     Ok((StatusCode::CREATED, Json(json!(row))))
 }
 
-/// Stream `body` into `tmp`, hashing it; refuse it past the limit. Returns
-/// the SHA-256 and the size once the file is synced.
-async fn receive(mut body: Body, tmp: &tempfile::NamedTempFile) -> ApiResult<(String, u64)> {
+/// Stream `body` into `tmp`, hashing it; refuse it past `limit` bytes.
+/// Returns the SHA-256 and the size once the file is synced.
+async fn receive(
+    mut body: Body,
+    tmp: &tempfile::NamedTempFile,
+    limit: u64,
+) -> ApiResult<(String, u64)> {
     let file = tmp.as_file().try_clone().map_err(write_failed)?;
     let mut file = tokio::fs::File::from_std(file);
     let mut hasher = Sha256::new();
@@ -159,7 +163,7 @@ async fn receive(mut body: Body, tmp: &tempfile::NamedTempFile) -> ApiResult<(St
             continue; // trailers
         };
         size += chunk.len() as u64;
-        if size > MAX_ARTIFACT as u64 {
+        if size > limit {
             return Err(too_large());
         }
         hasher.update(&chunk);
@@ -168,4 +172,31 @@ async fn receive(mut body: Body, tmp: &tempfile::NamedTempFile) -> ApiResult<(St
     file.flush().await.map_err(write_failed)?;
     file.sync_all().await.map_err(write_failed)?;
     Ok((hex::encode(hasher.finalize()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_while_it_streams() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Many small frames, no declared length: counted as they come.
+        let frames = (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 1000])));
+        let tmp = tempfile::NamedTempFile::new_in(dir.path()).expect("tmp");
+        let path = tmp.path().to_path_buf();
+        let body = Body::from_stream(futures::stream::iter(frames));
+        let e = receive(body, &tmp, 4096).await.expect_err("over the limit");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(std::fs::metadata(&path).expect("tmp").len() <= 4096);
+        drop(tmp);
+        assert!(!path.exists(), "the partial file is removed");
+        // At the limit: taken, hashed.
+        let tmp = tempfile::NamedTempFile::new_in(dir.path()).expect("tmp");
+        let (sha, size) = receive(Body::from(vec![1u8; 4096]), &tmp, 4096)
+            .await
+            .expect("at the limit");
+        assert_eq!(size, 4096);
+        assert_eq!(sha, hex::encode(Sha256::digest(vec![1u8; 4096])));
+    }
 }

@@ -280,3 +280,17 @@ fn print_verify(v: &Value, anchor: Option<&str>) {
         println!("keep the head elsewhere; `conductor audit verify --anchor {head}` later shows whether the log was rewritten since");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn tokens_are_not_taken_on_the_command_line() {
+        let argv = ["conductor", "pipeline", "list", "--token", "cdt_secret"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        let argv = ["conductor", "pipeline", "list", "--token-file", "/run/t"];
+        assert!(Cli::try_parse_from(argv).is_ok());
+    }
+}

@@ -11,15 +11,24 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) fn new(c: &Conn) -> Result<Client, CliError> {
-        let token = c
-            .token
-            .clone()
+        let from_file = match &c.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| CliError::usage(format!("--token-file {}: {e}", f.display())))?,
+            ),
+            None => None,
+        };
+        let token = from_file
+            .or_else(|| c.token.clone())
             .or_else(|| {
                 std::fs::read_to_string(".data/admin.token")
                     .ok()
                     .map(|s| s.trim().to_string())
             })
-            .ok_or_else(|| CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token)"))?;
+            .ok_or_else(|| {
+                CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token-file)")
+            })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
             .build()

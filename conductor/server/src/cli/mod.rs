@@ -91,8 +91,13 @@ pub struct Conn {
         global = true
     )]
     pub url: String,
-    /// Bearer token (see `conductor token create`).
-    #[arg(long, env = "CONDUCTOR_TOKEN", hide_env_values = true, global = true)]
+    /// A file holding the bearer token (see `conductor token create`).
+    /// Default: the token in $CONDUCTOR_TOKEN. A token is never taken on
+    /// the command line, where other users of the machine can read it.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// $CONDUCTOR_TOKEN (from the environment only).
+    #[arg(skip = std::env::var("CONDUCTOR_TOKEN").ok().filter(|t| !t.is_empty()))]
     pub token: Option<String>,
 }
 
