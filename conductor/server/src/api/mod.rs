@@ -99,11 +99,17 @@ pub const ROUTES: &[(&str, &str, Action)] = {
     ]
 };
 
-/// The action a route needs (None: the route has no rule).
+/// The action a route needs (None: the route has no rule). HEAD is
+/// served by the GET route, and needs what GET needs.
 pub fn route_action(method: &Method, route: &str) -> Option<Action> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
     ROUTES
         .iter()
-        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .find(|(m, r, _)| *m == method && *r == route)
         .map(|(_, _, a)| *a)
 }
 

@@ -193,6 +193,23 @@ async fn every_route_for_every_role() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_needs_what_get_needs() {
+    let app = TestApp::new().await;
+    assert_eq!(
+        app.as_role("ci", "HEAD", "/trains", Value::Null).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.as_role("ci", "HEAD", "/audit", Value::Null).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.call("HEAD", "/trains", None, Value::Null).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[test]
 fn the_table_covers_every_route_of_the_api() {
     let ours: BTreeSet<(String, String)> = TABLE
