@@ -5,6 +5,7 @@
 //!   the wave graph, projected durations).
 //! - [`train`]: the release-train state machine, `apply(state, event, now)`.
 //! - [`resize`]: resize operations (approval, the cell lease, one actuation).
+//! - [`safety`]: whether a pipeline revision weakens its pipeline's safety.
 //! - [`window`] and [`duration`]: deploy windows and human durations.
 //!
 //! Nothing here does I/O, reads a clock, or knows about tokio, sqlx or HTTP.
@@ -13,5 +14,6 @@ pub mod duration;
 pub mod pipeline;
 pub mod plan;
 pub mod resize;
+pub mod safety;
 pub mod train;
 pub mod window;

@@ -48,22 +48,30 @@ impl fmt::Display for Role {
     }
 }
 
-/// What a caller may do.
+/// What a caller may do. Every API route needs exactly one of these
+/// (`api::ROUTES`); handlers may check more (an approver's group, a
+/// self-approval).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Read trains, pipelines, cells, artifacts (not tokens or the audit log).
     Read,
     SubmitPipeline,
     StartTrain,
     PushArtifact,
+    /// Approve or reject a train's gate or a pipeline revision.
     Approve,
     CancelOrRollback,
+    /// Resize, add, drain and retire cells; apply capacity plans.
     ManageCells,
+    /// Approve or reject a gated resize (approvers and SREs).
+    DecideResize,
     ManageTokens,
     ReadAudit,
 }
 
 impl Role {
-    /// The role rules. Admin may do everything.
+    /// The role rules: least privilege. Admin may do everything; CI may
+    /// only start trains and push artifacts (and read, to wait for them).
     pub fn may(self, a: Action) -> bool {
         use Action::*;
         match self {
@@ -72,9 +80,9 @@ impl Role {
                 a,
                 Read | SubmitPipeline | StartTrain | PushArtifact | CancelOrRollback
             ),
-            Role::Ci => matches!(a, Read | StartTrain | PushArtifact | CancelOrRollback),
-            Role::Approver => matches!(a, Read | Approve),
-            Role::Sre => matches!(a, Read | ManageCells | CancelOrRollback),
+            Role::Ci => matches!(a, Read | StartTrain | PushArtifact),
+            Role::Approver => matches!(a, Read | Approve | DecideResize),
+            Role::Sre => matches!(a, Read | ManageCells | DecideResize | CancelOrRollback),
         }
     }
 }
@@ -111,6 +119,11 @@ mod tests {
         assert!(!Role::Approver.may(Action::StartTrain));
         assert!(Role::Sre.may(Action::ManageCells));
         assert!(!Role::Ci.may(Action::SubmitPipeline));
+        assert!(
+            !Role::Ci.may(Action::CancelOrRollback),
+            "CI cannot stop trains"
+        );
+        assert!(Role::Ci.may(Action::StartTrain) && Role::Ci.may(Action::PushArtifact));
         assert!(Role::Admin.may(Action::ManageTokens));
         assert!("root".parse::<Role>().is_err());
     }

@@ -9,7 +9,7 @@
 //! reads the request body (`read_json`, `import`): a caller who may not act
 //! cannot make the Conductor buffer anything.
 
-use crate::api::{audit, require, ApiError, ApiResult, AppState, JsonBody, MAX_JSON_BODY};
+use crate::api::{audit, entry, require, ApiError, ApiResult, AppState, JsonBody, MAX_JSON_BODY};
 use crate::auth::{Action, Identity, Role};
 use crate::resizer::{ResizeError, ResizeRequest};
 use crate::store::CellRow;
@@ -181,28 +181,10 @@ async fn apply(
             reason: format!("plan capacity --apply: {} ({} -> {to})", c.action, c.shape),
             needs_approval: shrink,
         };
+        // The resizer audits each resize (cell.resize, with the plan's
+        // reason) in the transaction that creates it.
         match st.resizer.create(req).await {
-            Ok(rz) => {
-                audit(
-                    &st,
-                    &id,
-                    "cell.resize",
-                    &rz.cell,
-                    &format!(
-                        "{}: {} -> {} (plan; {})",
-                        rz.id,
-                        rz.from_shape,
-                        rz.to_shape,
-                        if shrink {
-                            "awaits approval"
-                        } else {
-                            "runs now"
-                        }
-                    ),
-                )
-                .await?;
-                created.push(rz);
-            }
+            Ok(rz) => created.push(rz),
             Err(
                 e @ (ResizeError::Busy { .. }
                 | ResizeError::NotActive(..)
@@ -353,16 +335,17 @@ async fn stamp(st: &AppState, id: &Identity, region: &str, shape: &str) -> ApiRe
         .template
         .stamp(region, shape, st.resizer.shapes(), &existing)
         .map_err(ApiError::bad_request)?;
-    st.engine.store().add_cell(&cell, st.engine.now()).await?;
-    st.engine.refresh_cells().await?;
-    audit(
-        st,
+    let audit = entry(
         id,
         "cell.add",
         &cell.id,
         &format!("{} {} from the template", cell.region, cell.shape),
-    )
-    .await?;
+    );
+    st.engine
+        .store()
+        .add_cell(&cell, st.engine.now(), &audit)
+        .await?;
+    st.engine.refresh_cells().await?;
     Ok(json!(cell))
 }
 
@@ -420,9 +403,13 @@ async fn drain_cell(
     }
     st.engine
         .store()
-        .set_cell_status(&cell, "draining", st.engine.now())
+        .set_cell_status(
+            &cell,
+            "draining",
+            st.engine.now(),
+            &entry(&id, "cell.drain", &cell, ""),
+        )
         .await?;
-    audit(&st, &id, "cell.drain", &cell, "").await?;
     Ok(Json(json!({"cell": cell, "status": "draining"})))
 }
 
@@ -560,15 +547,19 @@ async fn retire_cell(
     let r = st
         .engine
         .store()
-        .set_cell_status(&cell, "retired", st.engine.now())
+        .set_cell_status(
+            &cell,
+            "retired",
+            st.engine.now(),
+            &match &forced {
+                Some(detail) => entry(&id, "cell.retire.force", &cell, detail),
+                None => entry(&id, "cell.retire", &cell, "no tenants left"),
+            },
+        )
         .await;
     st.engine.leases().release(&cell, &holder);
     r?;
     st.engine.refresh_cells().await?;
-    match &forced {
-        Some(detail) => audit(&st, &id, "cell.retire.force", &cell, detail).await?,
-        None => audit(&st, &id, "cell.retire", &cell, "no tenants left").await?,
-    }
     Ok(Json(
         json!({"cell": cell, "status": "retired", "forced": forced.is_some(), "tenants_lost": lost}),
     ))

@@ -12,7 +12,7 @@
 
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditEntry, Store, StoreError};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::{Effect, Event, Refusal, Train, TrainSpec, TrainStatus};
@@ -111,13 +111,17 @@ enum Msg {
         train: String,
         event: Event,
     },
+    /// A caller's command; its audit row is committed with its event, and
+    /// only if the event is accepted.
     Command {
         train: String,
         event: Event,
+        audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<Train, EngineError>>,
     },
     Start {
         spec: TrainSpec,
+        audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<Train, EngineError>>,
     },
     /// The committed state of an active train (None: not active).
@@ -259,23 +263,36 @@ impl Engine {
     }
 
     /// Create a train (queued behind a running train of the same pipeline).
-    pub async fn start_train(&self, spec: TrainSpec) -> Result<Train, EngineError> {
+    /// `audit` (the caller's audit row) is committed in the same transaction
+    /// as the train's first events.
+    pub async fn start_train(
+        &self,
+        spec: TrainSpec,
+        audit: Option<AuditEntry>,
+    ) -> Result<Train, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .tx
-            .send(Msg::Start { spec, reply })
+            .send(Msg::Start { spec, audit, reply })
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
     /// Apply a command (approve, reject, cancel, rollback) to a train.
-    pub async fn command(&self, train: &str, event: Event) -> Result<Train, EngineError> {
+    /// `audit` is committed with the command's event, if it is accepted.
+    pub async fn command(
+        &self,
+        train: &str,
+        event: Event,
+        audit: Option<AuditEntry>,
+    ) -> Result<Train, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .tx
             .send(Msg::Command {
                 train: train.to_string(),
                 event,
+                audit,
                 reply,
             })
             .map_err(|_| EngineError::Stopped)?;
@@ -307,6 +324,8 @@ struct Batch {
     events: Vec<(String, Event, DateTime<Utc>)>,
     effects: Vec<(String, Effect)>,
     replies: Vec<(Reply, Result<String, EngineError>)>,
+    /// Audit rows of the accepted commands, committed with their events.
+    audit: Vec<(AuditEntry, DateTime<Utc>)>,
 }
 
 impl Batch {
@@ -480,6 +499,7 @@ async fn run(
             events: Vec::new(),
             effects: Vec::new(),
             replies: Vec::new(),
+            audit: Vec::new(),
         };
         for m in msgs {
             match m {
@@ -490,6 +510,7 @@ async fn run(
                 Msg::Command {
                     train,
                     event,
+                    audit,
                     reply,
                 } => {
                     // Finished trains are not kept in memory; a command such as
@@ -501,15 +522,21 @@ async fn run(
                     }
                     b.touched.insert(train.clone());
                     let r = b.apply(&mut trains, &train, event, now).map(|_| train);
+                    if let (Ok(_), Some(a)) = (&r, audit) {
+                        b.audit.push((a, now));
+                    }
                     b.replies.push((reply, r));
                 }
                 Msg::Get { train, reply } => {
                     // Committed state only: what this batch stages is not durable yet.
                     let _ = reply.send(trains.get(&train).map(|t| Train::clone(t)));
                 }
-                Msg::Start { spec, reply } => {
+                Msg::Start { spec, audit, reply } => {
                     b.touched.insert(spec.id.clone());
                     let r = b.start(&mut trains, spec, now);
+                    if let (Ok(_), Some(a)) = (&r, audit) {
+                        b.audit.push((a, now));
+                    }
                     b.replies.push((reply, r));
                 }
             }
@@ -540,7 +567,7 @@ async fn run(
             .collect();
         let mut attempt = 0u32;
         while !b.events.is_empty() {
-            match shared.store.commit(&b.events, &changed).await {
+            match shared.store.commit(&b.events, &changed, &b.audit).await {
                 Ok(()) => break,
                 Err(e) if attempt < 20 => {
                     attempt += 1;

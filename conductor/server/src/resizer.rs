@@ -9,7 +9,7 @@
 
 use crate::engine::{BoxFut, Engine};
 use crate::leases::Leases;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditEntry, Store, StoreError};
 use crate::targets::Supervisor;
 use cells_inventory::{CellSpec, Shape, TargetSpec};
 use conductor_core::resize::{Resize, ResizeEffect, ResizeEvent, ResizeRefusal};
@@ -75,7 +75,8 @@ pub enum ResizeError {
     Store(#[from] StoreError),
 }
 
-/// What a caller asks for.
+/// What a caller asks for. The resize is audited as `cell.resize` by `by`,
+/// with its reason, in the transaction that creates it.
 pub struct ResizeRequest {
     pub cell: String,
     pub shape: String,
@@ -194,22 +195,51 @@ impl Resizer {
             req.needs_approval,
             self.inner.engine.now(),
         );
-        store.put_resize(&rz).await?;
+        let audit = AuditEntry::new(
+            &rz.requested_by,
+            "cell.resize",
+            &rz.cell,
+            format!(
+                "{}: {} -> {}{}; reason: {}",
+                rz.id,
+                rz.from_shape,
+                rz.to_shape,
+                if req.needs_approval {
+                    " (awaits approval)"
+                } else {
+                    ""
+                },
+                if rz.reason.is_empty() {
+                    "-"
+                } else {
+                    &rz.reason
+                }
+            ),
+        );
+        store.put_resize(&rz, Some(&audit)).await?;
         self.execute(&rz, fx);
         Ok(rz)
     }
 
-    /// Approve or reject a resize that waits for an approval.
-    pub async fn command(&self, id: &str, event: ResizeEvent) -> Result<Resize, ResizeError> {
-        self.transition(id, event, None).await
+    /// Approve or reject a resize that waits for an approval; `audit` is
+    /// written with the new state, if the command is accepted.
+    pub async fn command(
+        &self,
+        id: &str,
+        event: ResizeEvent,
+        audit: AuditEntry,
+    ) -> Result<Resize, ResizeError> {
+        self.transition(id, event, None, Some(&audit)).await
     }
 
-    /// Apply `event` to resize `id`, persist it, then run its effects.
+    /// Apply `event` to resize `id`, persist it (with its audit row), then
+    /// run its effects.
     async fn transition(
         &self,
         id: &str,
         event: ResizeEvent,
         new_shape_of: Option<&CellSpec>,
+        audit: Option<&AuditEntry>,
     ) -> Result<Resize, ResizeError> {
         let _g = self.inner.lock.lock().await;
         let mut rz = self
@@ -220,8 +250,13 @@ impl Resizer {
             .ok_or_else(|| ResizeError::NotFound(id.to_string()))?;
         let fx = rz.apply(&event, self.inner.engine.now())?;
         match new_shape_of {
-            Some(cell) => self.inner.store.finish_resize(&rz, Some(cell)).await?,
-            None => self.inner.store.put_resize(&rz).await?,
+            Some(cell) => {
+                self.inner
+                    .store
+                    .finish_resize(&rz, Some(cell), audit)
+                    .await?
+            }
+            None => self.inner.store.put_resize(&rz, audit).await?,
         }
         self.execute(&rz, fx);
         Ok(rz)
@@ -236,7 +271,7 @@ impl Resizer {
                     let rt = tokio::runtime::Handle::current();
                     self.inner.leases.acquire(&rz.cell, &rz.holder(), move || {
                         rt.spawn(async move {
-                            if let Err(e) = me.transition(&id, ResizeEvent::LeaseGranted, None).await {
+                            if let Err(e) = me.transition(&id, ResizeEvent::LeaseGranted, None, None).await {
                                 tracing::warn!(resize = %id, error = %e, "a lease grant did not apply");
                             }
                         });
@@ -283,30 +318,26 @@ impl Resizer {
             ok,
             detail: detail.clone(),
         };
-        match self.transition(&rz.id, ev, new_spec.as_ref()).await {
+        let audit = AuditEntry::new(
+            "conductor",
+            if ok {
+                "resize.succeeded"
+            } else {
+                "resize.failed"
+            },
+            &rz.cell,
+            format!("{}: {} -> {}: {detail}", rz.id, rz.from_shape, rz.to_shape),
+        );
+        // The outcome and its audit row are one transaction, whether or not
+        // the shape changed.
+        match self
+            .transition(&rz.id, ev, new_spec.as_ref(), Some(&audit))
+            .await
+        {
             Ok(done) => {
                 if let Err(e) = self.inner.engine.refresh_cells().await {
                     tracing::warn!(error = %e, "could not refresh the cell inventory");
                 }
-                let action = if ok {
-                    "resize.succeeded"
-                } else {
-                    "resize.failed"
-                };
-                let _ = self
-                    .inner
-                    .store
-                    .audit(
-                        "conductor",
-                        action,
-                        &done.cell,
-                        &format!(
-                            "{}: {} -> {}: {detail}",
-                            done.id, done.from_shape, done.to_shape
-                        ),
-                        self.inner.engine.now(),
-                    )
-                    .await;
                 tracing::info!(resize = %done.id, cell = %done.cell, ok, %detail, "resize finished");
             }
             // The outcome could not be recorded; the lease stays held and the

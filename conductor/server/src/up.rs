@@ -144,13 +144,21 @@ async fn admin_token(store: &Store, data_dir: &Path) -> Result<Option<String>> {
     let file = data_dir.join("admin.token");
     if store.count_tokens().await? == 0 {
         let token = new_token();
+        let audit = crate::store::AuditEntry::new(
+            "conductor",
+            "token.create",
+            "admin",
+            "role admin (the first token, written to admin.token)",
+        );
         store
             .create_token(
                 "admin",
                 "admin",
                 &[],
                 &hash_token(&token),
+                None,
                 chrono::Utc::now(),
+                &audit,
             )
             .await?;
         write_private(&file, &token).context("writing the admin token")?;

@@ -71,7 +71,9 @@ async fn replaying_stored_events_gives_the_final_state() {
     });
     let e = engine(&store, sim.clone()).await;
     let mut done = e.finished();
-    e.start_train(spec("t1", YAML, &cs)).await.expect("start");
+    e.start_train(spec("t1", YAML, &cs), None)
+        .await
+        .expect("start");
     let (id, status) = done.recv().await.expect("finished");
     assert_eq!((id.as_str(), status), ("t1", TrainStatus::Succeeded));
     let stored = store.get_train("t1").await.expect("get").expect("train");
@@ -106,7 +108,7 @@ async fn a_restarted_engine_finishes_what_the_first_left() {
     });
     let first = engine(&store, stuck).await;
     first
-        .start_train(spec("t2", YAML, &cs))
+        .start_train(spec("t2", YAML, &cs), None)
         .await
         .expect("start");
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,7 +1,7 @@
 //! The SQLite store on its own.
 
 use chrono::Utc;
-use conductor::store::Store;
+use conductor::store::{AuditEntry, Store};
 
 #[tokio::test]
 async fn versions_keep_their_previous_and_their_key() {
@@ -53,9 +53,12 @@ async fn versions_keep_their_previous_and_their_key() {
 async fn the_audit_log_is_append_only() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = Store::open(&dir.path().join("s.db")).await.expect("open");
-    s.audit("alice", "train.approve", "t1", "gate rest", Utc::now())
-        .await
-        .expect("append");
+    s.audit(
+        &AuditEntry::new("alice", "train.approve", "t1", "gate rest"),
+        Utc::now(),
+    )
+    .await
+    .expect("append");
     let pool =
         sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
             .await
@@ -77,17 +80,20 @@ async fn tokens_are_found_by_hash_only() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = Store::open(&dir.path().join("s.db")).await.expect("open");
     let t = conductor::auth::new_token();
+    let audit = AuditEntry::new("admin", "token.create", "ci", "");
     s.create_token(
         "ci",
         "ci",
         &["builders".into()],
         &conductor::auth::hash_token(&t),
+        None,
         Utc::now(),
+        &audit,
     )
     .await
     .expect("create");
     assert!(
-        s.create_token("ci", "ci", &[], "other", Utc::now())
+        s.create_token("ci", "ci", &[], "other", None, Utc::now(), &audit)
             .await
             .is_err(),
         "names are unique"

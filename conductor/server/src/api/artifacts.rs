@@ -1,35 +1,70 @@
 //! The artifact store.
+//!
+//! A push is authorized before its body is read (see `authorize`), then
+//! streamed to a temporary file beside its final place, hashed on the way,
+//! and refused past [`MAX_ARTIFACT`]. Only a complete, synced file is
+//! renamed into place, and only together with its index row and audit row;
+//! a failed or interrupted upload leaves nothing behind.
 
 use super::*;
+use axum::body::{Body, HttpBody};
+use axum::http::HeaderMap;
+use std::pin::Pin;
+use tokio::io::AsyncWriteExt;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/artifacts", get(list_artifacts))
         .route(
             "/artifacts/{name}/{version}",
-            put(push_artifact).layer(DefaultBodyLimit::max(MAX_ARTIFACT)),
+            // The handler streams the body and enforces MAX_ARTIFACT itself.
+            put(push_artifact).layer(DefaultBodyLimit::disable()),
         )
 }
+
+/// One push at a time puts its file in place and indexes it, so that two
+/// pushes of the same version cannot both rename their file.
+static PUBLISH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn list_artifacts(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
     Ok(Json(
         json!({ "artifacts": st.engine.store().list_artifacts().await? }),
     ))
 }
 
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("artifact over {MAX_ARTIFACT} bytes"),
+    )
+}
+
+fn write_failed(e: std::io::Error) -> ApiError {
+    tracing::error!(error = %e, "cannot write an artifact");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "could not store the artifact; see the server log",
+    )
+}
+
+fn exists(name: &str, version: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("artifact {name} {version} already exists; versions are immutable"),
+    )
+}
+
 async fn push_artifact(
     State(st): State<AppState>,
     id: Identity,
     Path((name, version)): Path<(String, String)>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::PushArtifact)?;
-    let body = body.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("artifact over {MAX_ARTIFACT} bytes"),
-        )
-    })?;
     if !valid_id(&name) {
         return Err(ApiError::bad_request(format!(
             "invalid artifact name {name:?}"
@@ -40,70 +75,128 @@ async fn push_artifact(
             "invalid version {version:?}"
         )));
     }
-    if body.is_empty() {
+    // A declared length over the limit is refused before reading anything.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ARTIFACT as u64) {
+        return Err(too_large());
+    }
+    if declared == Some(0) {
         return Err(ApiError::bad_request("empty artifact"));
     }
-    if st
-        .engine
-        .store()
-        .get_artifact(&name, &version)
-        .await?
-        .is_some()
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("artifact {name} {version} already exists; versions are immutable"),
-        ));
+    let store = st.engine.store();
+    if store.get_artifact(&name, &version).await?.is_some() {
+        return Err(exists(&name, &version));
     }
-    let sha = hex::encode(Sha256::digest(&body));
     let path = st.artifacts.path(&name, &version);
-    let write = |path: std::path::PathBuf, body: Bytes| -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = path
-            .parent()
-            .ok_or_else(|| std::io::Error::other("no parent"))?;
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, &body)?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    let size = body.len() as i64;
-    tokio::task::spawn_blocking(move || write(path, body))
+    let dir = path
+        .parent()
+        .ok_or_else(|| write_failed(std::io::Error::other("artifact path has no parent")))?
+        .to_path_buf();
+    tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "artifact write failed",
-            )
-        })?
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot write an artifact");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "could not store the artifact; see the server log",
-            )
-        })?;
+        .map_err(write_failed)?;
+    // Removed when dropped: on every error below, nothing is left behind.
+    let tmp = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(&dir)
+        .map_err(write_failed)?;
+    let (sha, size) = receive(body, &tmp, MAX_ARTIFACT as u64).await?;
+    if size == 0 {
+        return Err(ApiError::bad_request("empty artifact"));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(write_failed)?;
+    }
     let row = ArtifactRow {
         name: name.clone(),
         version: version.clone(),
         sha256: sha.clone(),
-        size,
+        size: size as i64,
         pushed_by: id.name.clone(),
         pushed_at: st.engine.now().to_rfc3339(),
     };
-    st.engine.store().put_artifact(&row).await?;
-    audit(
-        &st,
+    let audit = entry(
         &id,
         "artifact.push",
         &format!("{name}:{version}"),
         &format!("sha256 {sha} size {size}"),
-    )
-    .await?;
+    );
+    let _publishing = PUBLISH.lock().await;
+    // Checked again under the lock: a file in place without an index row
+    // is the remains of a push that failed, and is replaced.
+    if store.get_artifact(&name, &version).await?.is_some() {
+        return Err(exists(&name, &version));
+    }
+    tmp.persist(&path).map_err(|e| write_failed(e.error))?;
+    if let Err(e) = store.put_artifact(&row, &audit, st.engine.now()).await {
+        // Not indexed, so never used; do not leave it looking pushed.
+        if let Err(rm) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %rm, path = %path.display(), "could not remove an unindexed artifact");
+        }
+        return Err(e.into());
+    }
     Ok((StatusCode::CREATED, Json(json!(row))))
+}
+
+/// Stream `body` into `tmp`, hashing it; refuse it past `limit` bytes.
+/// Returns the SHA-256 and the size once the file is synced.
+async fn receive(
+    mut body: Body,
+    tmp: &tempfile::NamedTempFile,
+    limit: u64,
+) -> ApiResult<(String, u64)> {
+    let file = tmp.as_file().try_clone().map_err(write_failed)?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| {
+            tracing::warn!(error = %e, "an artifact upload was interrupted");
+            ApiError::bad_request("the upload was interrupted")
+        })?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large());
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(write_failed)?;
+    }
+    file.flush().await.map_err(write_failed)?;
+    file.sync_all().await.map_err(write_failed)?;
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_body_past_the_limit_is_refused_while_it_streams() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Many small frames, no declared length: counted as they come.
+        let frames = (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 1000])));
+        let tmp = tempfile::NamedTempFile::new_in(dir.path()).expect("tmp");
+        let path = tmp.path().to_path_buf();
+        let body = Body::from_stream(futures::stream::iter(frames));
+        let e = receive(body, &tmp, 4096).await.expect_err("over the limit");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(std::fs::metadata(&path).expect("tmp").len() <= 4096);
+        drop(tmp);
+        assert!(!path.exists(), "the partial file is removed");
+        // At the limit: taken, hashed.
+        let tmp = tempfile::NamedTempFile::new_in(dir.path()).expect("tmp");
+        let (sha, size) = receive(Body::from(vec![1u8; 4096]), &tmp, 4096)
+            .await
+            .expect("at the limit");
+        assert_eq!(size, 4096);
+        assert_eq!(sha, hex::encode(Sha256::digest(vec![1u8; 4096])));
+    }
 }

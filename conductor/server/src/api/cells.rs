@@ -92,6 +92,8 @@ async fn resize_cell(
     if !valid_id(&cell) || !valid_id(&b.shape) {
         return Err(ApiError::bad_request("invalid cell or shape name"));
     }
+    // Audited as cell.resize, with its reason, in the transaction that
+    // creates it.
     let rz = st
         .resizer
         .create(ResizeRequest {
@@ -102,14 +104,6 @@ async fn resize_cell(
             needs_approval: false,
         })
         .await?;
-    audit(
-        &st,
-        &id,
-        "cell.resize",
-        &cell,
-        &format!("{}: {} -> {}", rz.id, rz.from_shape, rz.to_shape),
-    )
-    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "resize": rz }))))
 }
 
@@ -154,15 +148,7 @@ struct DecisionBody {
 
 /// Approvers, SREs and admins decide on gated resizes (never their own).
 fn require_resize_decision(id: &Identity) -> ApiResult<()> {
-    if id.role.may(Action::Approve) || id.role.may(Action::ManageCells) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("role {} may not approve or reject resizes", id.role),
-        ))
-    }
+    require(id, Action::DecideResize)
 }
 
 async fn approve_resize(
@@ -180,9 +166,9 @@ async fn approve_resize(
             conductor_core::resize::ResizeEvent::Approved {
                 by: id.name.clone(),
             },
+            entry(&id, "resize.approve", &rid, &b.reason),
         )
         .await?;
-    audit(&st, &id, "resize.approve", &rid, &b.reason).await?;
     Ok(Json(json!({ "resize": rz })))
 }
 
@@ -205,9 +191,9 @@ async fn reject_resize(
                 by: id.name.clone(),
                 reason: b.reason.clone(),
             },
+            entry(&id, "resize.reject", &rid, &b.reason),
         )
         .await?;
-    audit(&st, &id, "resize.reject", &rid, &b.reason).await?;
     Ok(Json(json!({ "resize": rz })))
 }
 

@@ -1,19 +1,22 @@
 //! The Conductor's HTTP API (JSON), the dashboard and `/metrics`.
 //!
-//! Every `/api/v1` call needs a bearer token; roles decide what it may do;
-//! every mutating call is written to the audit log. Errors are JSON
-//! `{"code", "message"}` with a stable code.
+//! Every `/api/v1` call needs a bearer token, and every route needs an
+//! action its caller's role may do ([`ROUTES`]); both are checked before a
+//! handler runs, so no body is read for a caller who may not send it. Every
+//! mutating call is written to the audit log in the same transaction as the
+//! change. Errors are JSON `{"code", "message"}` with a stable code.
 
 use crate::auth::{hash_token, new_token, Action, Identity, Role};
 use crate::engine::{Engine, EngineError};
 use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
-use crate::store::{ArtifactRow, StoreError};
+use crate::store::{ArtifactRow, AuditEntry, StoreError};
 use crate::targets::{valid_version, ArtifactDir, Supervisor};
 use axum::body::Bytes;
+use axum::extract::MatchedPath;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::http::{header, request::Parts, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -31,6 +34,7 @@ use yamlspan::Diagnostics;
 mod artifacts;
 mod cells;
 mod pipelines;
+mod revisions;
 mod tokens;
 mod trains;
 
@@ -38,6 +42,76 @@ mod trains;
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 /// Largest artifact accepted.
 pub const MAX_ARTIFACT: usize = 512 * 1024 * 1024;
+
+/// Every route of the API (under `/api/v1`) and the action it needs; the
+/// role rules (`Role::may`) say who may do it. Checked, with the token,
+/// before the handler runs. A route missing here is refused to everyone.
+pub const ROUTES: &[(&str, &str, Action)] = {
+    use Action::*;
+    &[
+        ("GET", "/whoami", Read),
+        ("GET", "/pipelines", Read),
+        ("POST", "/pipelines", SubmitPipeline),
+        ("POST", "/pipelines/validate", Read),
+        ("GET", "/pipelines/{name}", Read),
+        ("GET", "/pipelines/{name}/plan", Read),
+        ("GET", "/pipelines/{name}/revisions", Read),
+        ("GET", "/pipelines/{name}/revisions/{rev}", Read),
+        ("POST", "/pipelines/{name}/revisions/{rev}/approve", Approve),
+        ("POST", "/pipelines/{name}/revisions/{rev}/reject", Approve),
+        ("GET", "/trains", Read),
+        ("POST", "/trains", StartTrain),
+        ("GET", "/trains/{id}", Read),
+        ("GET", "/trains/{id}/events", Read),
+        ("GET", "/trains/{id}/logs", Read),
+        ("POST", "/trains/{id}/approve", Approve),
+        ("POST", "/trains/{id}/reject", Approve),
+        ("POST", "/trains/{id}/cancel", CancelOrRollback),
+        ("POST", "/trains/{id}/rollback", CancelOrRollback),
+        ("GET", "/cells", Read),
+        ("POST", "/cells", ManageCells),
+        ("GET", "/cells/deploys", Read),
+        ("POST", "/cells/{id}/resize", ManageCells),
+        ("POST", "/cells/{id}/drain", ManageCells),
+        ("POST", "/cells/{id}/retire", ManageCells),
+        ("GET", "/resizes", Read),
+        ("GET", "/resizes/{id}", Read),
+        ("POST", "/resizes/{id}/approve", DecideResize),
+        ("POST", "/resizes/{id}/reject", DecideResize),
+        ("GET", "/leases", Read),
+        ("GET", "/routes", Read),
+        ("GET", "/artifacts", Read),
+        ("PUT", "/artifacts/{name}/{version}", PushArtifact),
+        ("GET", "/tokens", ManageTokens),
+        ("POST", "/tokens", ManageTokens),
+        ("POST", "/tokens/{name}/revoke", ManageTokens),
+        ("GET", "/audit", ReadAudit),
+        ("GET", "/audit/verify", ReadAudit),
+        ("GET", "/capacity/plan", Read),
+        ("POST", "/capacity/apply", ManageCells),
+        ("GET", "/capacity/limits", Read),
+        ("POST", "/capacity/limits/push", ManageCells),
+        ("GET", "/capacity/rebalance", Read),
+        ("POST", "/capacity/usage", ManageCells),
+        // Placing is a question; stamping a cell (`stamp: true`) needs
+        // ManageCells, which the handler checks.
+        ("POST", "/tenants/place", Read),
+    ]
+};
+
+/// The action a route needs (None: the route has no rule). HEAD is
+/// served by the GET route, and needs what GET needs.
+pub fn route_action(method: &Method, route: &str) -> Option<Action> {
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTES
+        .iter()
+        .find(|(m, r, _)| *m == method && *r == route)
+        .map(|(_, _, a)| *a)
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -107,6 +181,7 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{what} already exists"),
             ),
+            StoreError::Changed(what) => ApiError::new(StatusCode::CONFLICT, "conflict", what),
             other => {
                 // Logged once here; the caller gets no internals.
                 tracing::error!(error = %other, "store error while serving a request");
@@ -165,38 +240,130 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The caller: set by [`authorize`] before the handler runs (a handler
+/// outside it authenticates here, the same way).
 impl FromRequestParts<AppState> for Identity {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let unauth = || {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "a valid bearer token is required",
-            )
-        };
-        let h = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(unauth)?;
-        let token = h.strip_prefix("Bearer ").ok_or_else(unauth)?.trim();
-        if token.is_empty() || token.len() > 256 {
-            return Err(unauth());
+        if let Some(id) = parts.extensions.get::<Identity>() {
+            return Ok(id.clone());
         }
-        let row = app
-            .engine
-            .store()
-            .token_by_hash(&hash_token(token))
-            .await?
-            .ok_or_else(unauth)?;
-        let role: Role = row.role.parse().map_err(|_| unauth())?;
-        Ok(Identity {
-            name: row.name,
-            role,
-            groups: row.groups,
-        })
+        authenticate(parts, app).await
     }
+}
+
+/// Who presents this request's bearer token. A refusal is logged with its
+/// reason and, when known, the token's name; never the token.
+pub(crate) async fn authenticate(parts: &Parts, app: &AppState) -> ApiResult<Identity> {
+    let refuse = |reason: &str, name: Option<&str>, message: &str| {
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or(parts.uri.path(), |m| m.as_str());
+        tracing::warn!(
+            method = %parts.method,
+            route,
+            reason,
+            token_name = name.unwrap_or("-"),
+            "refused authentication"
+        );
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    };
+    const NEED: &str = "a valid bearer token is required";
+    let Some(h) = parts.headers.get(header::AUTHORIZATION) else {
+        return Err(refuse("no Authorization header", None, NEED));
+    };
+    let Some(token) = h.to_str().ok().and_then(|h| h.strip_prefix("Bearer ")) else {
+        return Err(refuse("not a bearer token", None, NEED));
+    };
+    let token = token.trim();
+    if token.is_empty() || token.len() > 256 {
+        return Err(refuse("malformed token", None, NEED));
+    }
+    let Some(row) = app.engine.store().token_by_hash(&hash_token(token)).await? else {
+        return Err(refuse("unknown token", None, NEED));
+    };
+    if row.revoked {
+        return Err(refuse(
+            "revoked token",
+            Some(&row.name),
+            "this token was revoked",
+        ));
+    }
+    if row.expires_at.is_some_and(|t| t <= app.engine.now()) {
+        return Err(refuse(
+            "expired token",
+            Some(&row.name),
+            "this token has expired",
+        ));
+    }
+    // A role this build does not know grants nothing.
+    let Ok(role) = row.role.parse::<Role>() else {
+        return Err(refuse("unknown role", Some(&row.name), NEED));
+    };
+    Ok(Identity {
+        name: row.name,
+        role,
+        groups: row.groups,
+    })
+}
+
+/// Authenticate and authorize every API request before its handler (and
+/// so before any body is read): the route's action from [`ROUTES`] must be
+/// one the caller's role may do. The identity rides on to the handler.
+async fn authorize(
+    State(st): State<AppState>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| {
+        m.as_str()
+            .strip_prefix("/api/v1")
+            .unwrap_or(m.as_str())
+            .to_string()
+    });
+    let sends_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let (mut parts, body) = req.into_parts();
+    let id = match authenticate(&parts, &st).await {
+        Ok(id) => id,
+        Err(e) => return refused_unread(e.into_response(), sends_body),
+    };
+    let Some(action) = route
+        .as_deref()
+        .and_then(|r| route_action(&parts.method, r))
+    else {
+        tracing::error!(method = %parts.method, route = ?route, "a route without an access rule was called; refused");
+        let e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this route has no access rule",
+        );
+        return refused_unread(e.into_response(), sends_body);
+    };
+    if let Err(e) = require(&id, action) {
+        return refused_unread(e.into_response(), sends_body);
+    }
+    parts.extensions.insert(id);
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    refused_unread(resp, sends_body)
+}
+
+/// A refusal may leave the request's body unread on the connection: close
+/// it after the answer, so that no client sends its next request into the
+/// rest of that body.
+fn refused_unread(mut resp: Response, sends_body: bool) -> Response {
+    let s = resp.status();
+    if sends_body && (s.is_client_error() || s.is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 pub(crate) fn require(id: &Identity, a: Action) -> ApiResult<()> {
@@ -211,6 +378,15 @@ pub(crate) fn require(id: &Identity, a: Action) -> ApiResult<()> {
     }
 }
 
+/// The audit row of a call by `id`, to be written with its change.
+pub(crate) fn entry(id: &Identity, action: &str, target: &str, detail: &str) -> AuditEntry {
+    AuditEntry::new(&id.name, action, target, detail)
+}
+
+/// Write an audit row on its own: only for calls whose one write is the
+/// row (a push to another service). Calls that change the Conductor's
+/// database pass [`entry`] to the store, which writes both in one
+/// transaction.
 pub(crate) async fn audit(
     st: &AppState,
     id: &Identity,
@@ -220,7 +396,7 @@ pub(crate) async fn audit(
 ) -> ApiResult<()> {
     st.engine
         .store()
-        .audit(&id.name, action, target, detail, st.engine.now())
+        .audit(&entry(id, action, target, detail), st.engine.now())
         .await?;
     Ok(())
 }
@@ -229,11 +405,16 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/whoami", get(whoami))
         .merge(pipelines::routes())
+        .merge(revisions::routes())
         .merge(trains::routes())
         .merge(cells::routes())
         .merge(artifacts::routes())
         .merge(tokens::routes())
         .merge(crate::capacity::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     Router::new()
         .nest("/api/v1", api)

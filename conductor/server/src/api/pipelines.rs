@@ -71,28 +71,24 @@ async fn submit_pipeline(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     require(&id, Action::SubmitPipeline)?;
     let (p, pl) = check_pipeline(&st, &file_name(&b), &b.yaml).await?;
-    let rev = st
-        .engine
-        .store()
-        .put_pipeline(&p.name, &b.yaml, &id.name, st.engine.now())
-        .await?;
-    audit(
-        &st,
-        &id,
-        "pipeline.submit",
-        &p.name,
-        &format!("revision {rev}"),
-    )
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "name": p.name, "revision": rev, "plan": plan_json(&st, &p, &pl).await? })),
-    ))
+    // Reviewed against what is in effect; audited with the revision.
+    let (status, mut v) = super::revisions::submit(&st, &id, &b.yaml, &p, &pl).await?;
+    v["plan"] = plan_json(&st, &p, &pl).await?;
+    Ok((status, Json(v)))
 }
 
 async fn list_pipelines(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
     let rows = st.engine.store().list_pipelines().await?;
-    Ok(Json(json!({ "pipelines": rows })))
+    // Revisions waiting for an approval (not in effect yet).
+    let pending: Vec<Value> = st
+        .engine
+        .store()
+        .pending_revisions()
+        .await?
+        .into_iter()
+        .map(|r| json!({"name": r.name, "revision": r.revision, "submitted_by": r.submitted_by, "submitted_at": r.submitted_at}))
+        .collect();
+    Ok(Json(json!({ "pipelines": rows, "pending": pending })))
 }
 
 async fn get_pipeline(

@@ -77,8 +77,18 @@ async fn start_train(
             ));
         }
     }
+    let tid = train_id(&p.name);
+    let audit = entry(
+        &id,
+        "train.start",
+        &tid,
+        &format!(
+            "pipeline {} revision {} version {}",
+            p.name, row.revision, b.version
+        ),
+    );
     let spec = TrainSpec {
-        id: train_id(&p.name),
+        id: tid,
         pipeline: p.name.clone(),
         artifact: p.artifact.clone(),
         version: b.version.clone(),
@@ -88,15 +98,8 @@ async fn start_train(
         windows: p.parsed_windows(),
         plan: pl,
     };
-    let t = st.engine.start_train(spec).await?;
-    audit(
-        &st,
-        &id,
-        "train.start",
-        &t.spec.id,
-        &format!("pipeline {} version {}", p.name, b.version),
-    )
-    .await?;
+    // The audit row is committed with the train's first events.
+    let t = st.engine.start_train(spec, Some(audit)).await?;
     Ok((StatusCode::CREATED, Json(json!(t))))
 }
 
@@ -204,20 +207,19 @@ async fn decide(
             reason,
         }
     };
-    let t = st.engine.command(tid, ev).await?;
     let action = if approve {
         "train.approve"
     } else {
         "train.reject"
     };
-    audit(
-        st,
+    let audit = entry(
         id,
         action,
         tid,
         &format!("gate {} reason {:?}", b.gate, b.reason.unwrap_or_default()),
-    )
-    .await?;
+    );
+    // Committed with the event, and only if the engine accepts it.
+    let t = st.engine.command(tid, ev, Some(audit)).await?;
     Ok(Json(json!(t)))
 }
 
@@ -239,7 +241,8 @@ async fn reject(
     decide(&st, &id, &tid, b, false).await
 }
 
-/// Cancel or roll back a train on behalf of `id`, and audit it.
+/// Cancel or roll back a train on behalf of `id`; the audit row is
+/// committed with the event.
 async fn stop_train(
     st: &AppState,
     id: &Identity,
@@ -248,8 +251,10 @@ async fn stop_train(
     action: &str,
 ) -> ApiResult<Json<Value>> {
     require(id, Action::CancelOrRollback)?;
-    let t = st.engine.command(tid, event).await?;
-    audit(st, id, action, tid, "").await?;
+    let t = st
+        .engine
+        .command(tid, event, Some(entry(id, action, tid, "")))
+        .await?;
     Ok(Json(json!(t)))
 }
 

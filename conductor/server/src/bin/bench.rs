@@ -95,7 +95,7 @@ async fn main() -> Result<()> {
             plan: pl.clone(),
         };
         let t0 = Instant::now();
-        engine.start_train(spec).await?;
+        engine.start_train(spec, None).await?;
         let (_, status) = finished.recv().await?;
         let wall = t0.elapsed();
         let events = store.count_events().await?;

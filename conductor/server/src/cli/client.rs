@@ -49,15 +49,24 @@ fn unreachable(base: &str, why: impl std::fmt::Display) -> CliError {
 
 impl Client {
     pub(super) fn new(c: &Conn) -> Result<Client, CliError> {
-        let token = c
-            .token
-            .clone()
+        let from_file = match &c.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| CliError::usage(format!("--token-file {}: {e}", f.display())))?,
+            ),
+            None => None,
+        };
+        let token = from_file
+            .or_else(|| c.token.clone())
             .or_else(|| {
                 std::fs::read_to_string(".data/admin.token")
                     .ok()
                     .map(|s| s.trim().to_string())
             })
-            .ok_or_else(|| CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token)"))?;
+            .ok_or_else(|| {
+                CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token-file)")
+            })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
             .connect_timeout(Duration::from_secs(10))
@@ -220,6 +229,7 @@ mod tests {
         Client::new(&Conn {
             url: format!("http://127.0.0.1:{port}"),
             token: Some("t".into()),
+            token_file: None,
         })
         .expect("client")
     }

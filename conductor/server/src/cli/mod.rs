@@ -16,9 +16,10 @@ mod capacity;
 mod cells;
 mod client;
 mod pipeline_cmd;
+mod revisions;
 mod train;
 
-pub use admin::{ArtifactCmd, TokenCmd};
+pub use admin::{ArtifactCmd, AuditArgs, AuditCmd, TokenCmd};
 pub use capacity::{PlanCmd, PolicyArgs, TenantsCmd};
 pub use cells::{CellsCmd, ResizesCmd};
 use client::Client;
@@ -94,8 +95,13 @@ pub struct Conn {
         global = true
     )]
     pub url: String,
-    /// Bearer token (see `conductor token create`).
-    #[arg(long, env = "CONDUCTOR_TOKEN", hide_env_values = true, global = true)]
+    /// A file holding the bearer token (see `conductor token create`).
+    /// Default: the token in $CONDUCTOR_TOKEN. A token is never taken on
+    /// the command line, where other users of the machine can read it.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// $CONDUCTOR_TOKEN (from the environment only).
+    #[arg(skip = std::env::var("CONDUCTOR_TOKEN").ok().filter(|t| !t.is_empty()))]
     pub token: Option<String>,
 }
 
@@ -159,13 +165,8 @@ pub enum Cmd {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// The audit log of every mutating call (admin).
-    Audit {
-        #[command(flatten)]
-        conn: Conn,
-        #[arg(long)]
-        json: bool,
-    },
+    /// The audit log of every mutating call (admin); `audit verify` checks its hash chain.
+    Audit(AuditArgs),
 }
 
 pub(super) fn read_file(p: &Path) -> Result<String, CliError> {
@@ -261,7 +262,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Cmd::Tenants(c) => capacity::tenants_cmd(c).await,
         Cmd::Artifact(c) => admin::artifact_cmd(c).await,
         Cmd::Token(c) => admin::token_cmd(c).await,
-        Cmd::Audit { conn, json } => admin::audit_cmd(conn, json).await,
+        Cmd::Audit(a) => admin::audit_cmd(a).await,
     }
 }
 

@@ -1,4 +1,5 @@
-//! `conductor pipeline`: validate, plan, submit, list.
+//! `conductor pipeline`: validate, plan, submit, list; revisions (diff,
+//! approve, reject) in `revisions`.
 
 use super::*;
 
@@ -40,15 +41,57 @@ pub enum PipelineCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Submit a pipeline to the Conductor.
+    /// Submit a pipeline to the Conductor. A revision that weakens the
+    /// pipeline's safety (an approval gate removed or loosened, deploy
+    /// windows removed or widened, on_failure rolling back less) waits for
+    /// an approver; until then trains use the revision in effect.
     Submit {
         /// A pipeline file.
         file: PathBuf,
         #[command(flatten)]
         conn: Conn,
     },
-    /// List submitted pipelines.
+    /// List submitted pipelines (and revisions waiting for an approval).
     List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show what a revision changes: what it weakens, who may approve it,
+    /// and its YAML against the revision it was reviewed against.
+    Diff {
+        name: String,
+        /// The revision (default: the newest pending one, else the one in effect).
+        #[arg(long)]
+        revision: Option<i64>,
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a pipeline's revisions and their status.
+    Revisions {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending revision (an approver of the pipeline's gate
+    /// groups, or an admin; never its author): it takes effect.
+    Approve {
+        name: String,
+        revision: i64,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Reject a pending revision (same approvers); a reason is required.
+    Reject {
+        name: String,
+        revision: i64,
+        #[arg(long)]
+        reason: String,
         #[command(flatten)]
         conn: Conn,
     },
@@ -149,14 +192,55 @@ pub(super) async fn pipeline_cmd(c: PipelineCmd) -> CliResult {
             let v = Client::new(&conn)?
                 .post("/pipelines", json!({"yaml": text, "file": name}))
                 .await?;
-            println!(
-                "submitted {} (revision {}, {} cells)",
-                s(&v["name"]),
-                v["revision"],
-                v["plan"]["cells"]
-            );
+            if v["status"] == "pending" {
+                println!(
+                    "submitted {} revision {}: waiting for an approval; trains still use {}",
+                    s(&v["name"]),
+                    v["revision"],
+                    match v["in_effect"].as_i64() {
+                        Some(r) => format!("revision {r}"),
+                        None => "nothing (the pipeline cannot start trains yet)".into(),
+                    }
+                );
+                revisions::print_findings(&json!({
+                    "findings": v["findings"],
+                    "approver_groups": v["approver_groups"],
+                    "submitted_by": "you",
+                }));
+                println!(
+                    "see `conductor pipeline diff {} --revision {}`",
+                    s(&v["name"]),
+                    v["revision"]
+                );
+            } else {
+                println!(
+                    "submitted {} (revision {}, {} cells)",
+                    s(&v["name"]),
+                    v["revision"],
+                    v["plan"]["cells"]
+                );
+            }
             Ok(exit::OK)
         }
+        PipelineCmd::Diff {
+            name,
+            revision,
+            conn,
+            json,
+        } => revisions::diff(name, revision, conn, json).await,
+        PipelineCmd::Revisions { name, conn, json } => revisions::list(name, conn, json).await,
+        PipelineCmd::Approve {
+            name,
+            revision,
+            reason,
+            conn,
+        } => revisions::decide(name, revision, reason, true, conn).await,
+        PipelineCmd::Reject {
+            name,
+            revision,
+            reason,
+            conn,
+        } => revisions::decide(name, revision, Some(reason), false, conn).await,
         PipelineCmd::List { conn } => {
             let v = Client::new(&conn)?.get("/pipelines").await?;
             for p in v["pipelines"].as_array().into_iter().flatten() {
@@ -166,6 +250,16 @@ pub(super) async fn pipeline_cmd(c: PipelineCmd) -> CliResult {
                     p["revision"],
                     s(&p["submitted_by"]),
                     s(&p["submitted_at"])
+                );
+            }
+            for p in v["pending"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<28} rev {:<4} by {:<16} {}  (waiting for an approval: conductor pipeline diff {})",
+                    s(&p["name"]),
+                    p["revision"],
+                    s(&p["submitted_by"]),
+                    s(&p["submitted_at"]),
+                    s(&p["name"])
                 );
             }
             Ok(exit::OK)

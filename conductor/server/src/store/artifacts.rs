@@ -3,7 +3,15 @@
 use super::*;
 
 impl Store {
-    pub async fn put_artifact(&self, a: &ArtifactRow) -> Result<()> {
+    /// Index a pushed artifact (its file is in place) and audit the push,
+    /// in one transaction. A version is pushed once.
+    pub async fn put_artifact(
+        &self,
+        a: &ArtifactRow,
+        audit: &AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "INSERT INTO artifacts (name, version, sha256, size, pushed_by, pushed_at) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (name, version) DO NOTHING",
@@ -14,7 +22,7 @@ impl Store {
         .bind(a.size)
         .bind(&a.pushed_by)
         .bind(&a.pushed_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
@@ -22,6 +30,8 @@ impl Store {
                 a.name, a.version
             )));
         }
+        append_audit(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 

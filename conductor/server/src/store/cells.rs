@@ -72,19 +72,28 @@ impl Store {
         Ok(out)
     }
 
-    /// Add one new cell (`cells add`); a taken id is a conflict.
-    pub async fn add_cell(&self, c: &CellSpec, now: DateTime<Utc>) -> Result<()> {
+    /// Add one new cell (`cells add`) and audit it, in one transaction; a
+    /// taken id is a conflict.
+    pub async fn add_cell(
+        &self,
+        c: &CellSpec,
+        now: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query(
             "INSERT INTO cells (id, spec, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&c.id)
         .bind(serde_json::to_string(c).map_err(corrupt)?)
         .bind(ts(now))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("cell {}", c.id)));
         }
+        append_audit(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -98,30 +107,53 @@ impl Store {
             .transpose()?)
     }
 
-    pub async fn set_cell_status(&self, id: &str, status: &str, now: DateTime<Utc>) -> Result<()> {
+    /// Change a cell's lifecycle status and audit it, in one transaction.
+    pub async fn set_cell_status(
+        &self,
+        id: &str,
+        status: &str,
+        now: DateTime<Utc>,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE cells SET status = ?, updated_at = ? WHERE id = ?")
             .bind(status)
             .bind(ts(now))
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        append_audit(&mut tx, audit, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     // ---- resizes ----------------------------------------------------------
 
-    /// Insert or update a resize operation.
-    pub async fn put_resize(&self, r: &Resize) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    /// Insert or update a resize operation (and audit it, if it was a
+    /// caller's command), in one transaction.
+    pub async fn put_resize(&self, r: &Resize, audit: Option<&AuditEntry>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         write_resize(&mut tx, r).await?;
+        if let Some(a) = audit {
+            append_audit(&mut tx, a, r.updated_at).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Record a successful resize and the cell's new shape, atomically.
-    pub async fn finish_resize(&self, r: &Resize, cell: Option<&CellSpec>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    /// Record a resize's outcome, the cell's new shape if it succeeded,
+    /// and its audit row, atomically.
+    pub async fn finish_resize(
+        &self,
+        r: &Resize,
+        cell: Option<&CellSpec>,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
         write_resize(&mut tx, r).await?;
+        if let Some(a) = audit {
+            append_audit(&mut tx, a, r.updated_at).await?;
+        }
         if let Some(c) = cell {
             sqlx::query("UPDATE cells SET spec = ?, updated_at = ? WHERE id = ?")
                 .bind(serde_json::to_string(c).map_err(corrupt)?)

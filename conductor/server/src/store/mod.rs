@@ -25,11 +25,20 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// What a request was based on changed before it could be written.
+    #[error("{0}")]
+    Changed(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+pub(crate) use audit::append_audit;
+pub use audit::{row_hash, AuditEntry, AuditReport, AuditRow, BrokenLink, ChainCheck, GENESIS};
+pub use pipelines::{Decided, NewRevision, RevisionRow};
+pub use tokens::{Revoke, TokenInfo};
+
 mod artifacts;
+mod audit;
 mod cells;
 mod deploys;
 mod pipelines;
@@ -113,21 +122,15 @@ pub struct ArtifactRow {
     pub pushed_at: String,
 }
 
+/// A token as authentication sees it (the caller decides about revoked
+/// and expired tokens, with its clock, and logs why it refused one).
 #[derive(Debug, Clone)]
 pub struct TokenRow {
     pub name: String,
     pub role: String,
     pub groups: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct AuditRow {
-    pub seq: i64,
-    pub at: String,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub detail: String,
+    pub revoked: bool,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -160,9 +163,25 @@ impl Store {
             .run(&pool)
             .await?;
         let writer = sqlx::ConnectOptions::connect(&opts).await?;
-        Ok(Store {
+        let store = Store {
             pool,
             writer: std::sync::Arc::new(tokio::sync::Mutex::new(writer)),
-        })
+        };
+        // Audit rows written by an earlier release join the hash chain.
+        let chained = store.chain_unchained_audit().await?;
+        if chained > 0 {
+            tracing::info!(
+                rows = chained,
+                "chained the audit rows of an earlier release"
+            );
+        }
+        Ok(store)
+    }
+
+    /// A write transaction that takes SQLite's write lock at once, so that
+    /// what it reads (the audit chain's head, a pipeline's current revision)
+    /// cannot change before it commits.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }

@@ -3,22 +3,25 @@
 use super::*;
 
 impl Store {
-    /// Append events and write the snapshots of the trains they change, in
-    /// one transaction. Returns when the transaction is committed.
+    /// Append events, write the snapshots of the trains they change, and
+    /// the audit rows of the commands among them, in one transaction.
+    /// Returns when the transaction is committed.
     pub async fn commit(
         &self,
         events: &[(String, Event, DateTime<Utc>)],
         trains: &[&Train],
+        audit: &[(AuditEntry, DateTime<Utc>)],
     ) -> Result<()> {
         let mut conn = self.writer.lock().await;
         let rows = event_rows(events)?;
         // One statement is atomic on its own: most batches (events only, no
         // snapshot) need no BEGIN/COMMIT round trips.
-        if trains.is_empty() && rows.len() <= EVENT_CHUNK {
+        if trains.is_empty() && audit.is_empty() && rows.len() <= EVENT_CHUNK {
             insert_events(&mut conn, &rows).await?;
             return Ok(());
         }
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // IMMEDIATE: the audit chain's head cannot move before this commits.
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
         for t in trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
             sqlx::query(
@@ -40,6 +43,9 @@ impl Store {
         }
         for chunk in rows.chunks(EVENT_CHUNK) {
             insert_events(&mut tx, chunk).await?;
+        }
+        for (entry, at) in audit {
+            append_audit(&mut tx, entry, *at).await?;
         }
         tx.commit().await?;
         Ok(())

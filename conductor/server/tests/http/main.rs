@@ -1,0 +1,10 @@
+//! The HTTP API in process: the real router, store and engine (simulated
+//! cells), called without a socket.
+
+mod artifacts;
+mod audit;
+mod common;
+mod revisions;
+mod roles;
+mod tokens;
+mod upgrade;
