@@ -190,13 +190,22 @@ fn yes() -> bool {
     true
 }
 
+/// The shortest history (seconds between the first and last sample) whose
+/// trend the forecast trusts. A slope fitted to a few scrapes seconds apart
+/// is noise, and projected over a horizon of days it would call any cell
+/// at risk; until a series spans this long its forecast is its peak.
+pub const MIN_TREND_SPAN_SECS: f64 = 3600.0;
+
 /// The forecast peak of a series `(t, v)`: the highest value seen plus the
-/// upward trend (least-squares slope, never negative) over the horizon.
+/// upward trend (least-squares slope, never negative) over the horizon,
+/// once the series spans at least [`MIN_TREND_SPAN_SECS`].
 pub fn forecast(series: &[(f64, f64)], horizon_secs: f64) -> f64 {
     let Some(peak) = series.iter().map(|p| p.1).reduce(f64::max) else {
         return 0.0;
     };
-    if series.len() < 2 {
+    let first = series.iter().map(|p| p.0).reduce(f64::min).unwrap_or(0.0);
+    let last = series.iter().map(|p| p.0).reduce(f64::max).unwrap_or(0.0);
+    if series.len() < 2 || last - first < MIN_TREND_SPAN_SECS {
         return peak;
     }
     let n = series.len() as f64;

@@ -52,11 +52,23 @@ fn forecast_is_the_peak_plus_the_upward_trend() {
     assert_eq!(forecast(&[(0.0, 5.0)], 100.0), 5.0);
     // Flat: the peak.
     assert_eq!(forecast(&[(0.0, 5.0), (1.0, 7.0), (2.0, 5.0)], 100.0), 7.0);
-    // Growing 1 per second: the last value plus 10 over a 10 s horizon.
-    let f = forecast(&[(0.0, 0.0), (1.0, 1.0), (2.0, 2.0), (3.0, 3.0)], 10.0);
+    // Growing 1 per hour over three hours: the last value plus 10 over a
+    // 10 h horizon.
+    let h = 3600.0;
+    let f = forecast(&[(0.0, 0.0), (h, 1.0), (2.0 * h, 2.0), (3.0 * h, 3.0)], 10.0 * h);
     assert!((f - 13.0).abs() < 1e-9, "{f}");
     // Shrinking: never below the peak seen.
-    assert_eq!(forecast(&[(0.0, 9.0), (1.0, 5.0)], 10.0), 9.0);
+    assert_eq!(forecast(&[(0.0, 9.0), (h, 5.0)], 10.0 * h), 9.0);
+}
+
+#[test]
+fn a_few_scrapes_seconds_apart_make_no_trend() {
+    // Noise over 45 s of scrapes, projected over 7 days, would call the
+    // cell at risk: until the history spans an hour the forecast is the peak.
+    let series = [(0.0, 100.0), (15.0, 110.0), (30.0, 120.0), (45.0, 130.0)];
+    assert_eq!(forecast(&series, 7.0 * 86_400.0), 130.0);
+    let hour = [(0.0, 100.0), (MIN_TREND_SPAN_SECS, 110.0)];
+    assert!(forecast(&hour, 7.0 * 86_400.0) > 110.0);
 }
 
 #[test]
