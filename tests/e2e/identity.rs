@@ -17,7 +17,7 @@ fn stderr(o: &std::process::Output) -> String {
 #[test]
 fn tokens_roles_revisions_and_the_audit_chain_from_the_cli() {
     // No cell is deployed to: the ports are never bound.
-    let c = Conductor::start_with(&cells_yaml(23700, 1), &["--planner", "off"]);
+    let c = Conductor::start_with(&cells_yaml(23900, 1), &["--planner", "off"]);
     let dana = c.token("dana", "developer", &[]);
     let dev2 = c.token("dev2", "developer", &[]);
     let alice = c.token("alice", "approver", &["release-managers"]);

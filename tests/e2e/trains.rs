@@ -299,3 +299,43 @@ fn pipeline_validate_and_plan_tell_everything_at_once() {
     assert_eq!(plan["step_durations"][2]["basis"], "written", "{plan:#}");
     assert_eq!(plan["trains_measured"], 1, "{plan:#}");
 }
+
+#[test]
+fn scripts_get_the_train_id_and_can_wait_for_a_gate() {
+    let c = Conductor::start(&cells_yaml(24700, 1));
+    let dev = c.token("dev", "developer", &[]);
+    let alice = c.token("alice", "approver", &["release-managers"]);
+    c.push_sample("1.0.0");
+    let waves = "  - { name: canary, cells: 1 }\n  - { name: rest, percent: 100, max_parallel: 2, approval: { group: release-managers } }\n";
+    let p = c.file(
+        "g.yaml",
+        &sample_pipeline("gated", waves, "rollback_cell_and_halt", "200ms"),
+    );
+    c.cli_ok(&c.admin, &["pipeline", "submit", &p], 0);
+
+    // --quiet: the id alone, ready for TRAIN=$(...).
+    let out = c.cli_ok(
+        &dev,
+        &["train", "start", "gated", "--version", "1.0.0", "--quiet"],
+        0,
+    );
+    let id = out.trim().to_string();
+    assert!(
+        !id.contains(char::is_whitespace) && c.train(&id)["spec"]["id"] == id.as_str(),
+        "{out:?}"
+    );
+    // A wave without a gate is a usage error.
+    assert_eq!(
+        c.cli(&dev, &["train", "wait", &id, "--gate", "canary"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // Returns once the gate waits, and the approval is then accepted.
+    c.cli_ok(&dev, &["train", "wait", &id, "--gate", "rest"], 0);
+    assert_eq!(c.train(&id)["gates_waiting"], serde_json::json!(["rest"]));
+    c.cli_ok(&alice, &["train", "approve", &id, "--gate", "rest"], 0);
+    // Past the gate it returns at once; the train then succeeds.
+    c.cli_ok(&dev, &["train", "wait", &id, "--gate", "rest"], 0);
+    c.cli_ok(&dev, &["train", "wait", &id], 0);
+}

@@ -55,7 +55,10 @@ fn forecast_is_the_peak_plus_the_upward_trend() {
     // Growing 1 per hour over three hours: the last value plus 10 over a
     // 10 h horizon.
     let h = 3600.0;
-    let f = forecast(&[(0.0, 0.0), (h, 1.0), (2.0 * h, 2.0), (3.0 * h, 3.0)], 10.0 * h);
+    let f = forecast(
+        &[(0.0, 0.0), (h, 1.0), (2.0 * h, 2.0), (3.0 * h, 3.0)],
+        10.0 * h,
+    );
     assert!((f - 13.0).abs() < 1e-9, "{f}");
     // Shrinking: never below the peak seen.
     assert_eq!(forecast(&[(0.0, 9.0), (h, 5.0)], 10.0 * h), 9.0);

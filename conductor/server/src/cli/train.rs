@@ -39,6 +39,11 @@ pub enum TrainCmd {
         /// Follow the train until it ends, riding out a Conductor restart.
         #[arg(long)]
         wait: bool,
+        /// Print only the train's id on standard output (for scripts:
+        /// `TRAIN=$(conductor train start ... --quiet)`); with --wait,
+        /// progress goes to standard error.
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         patience: WaitOpts,
         #[command(flatten)]
@@ -65,10 +70,16 @@ pub enum TrainCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Follow a train until it ends (exit status as for `start --wait`).
+    /// Follow a train until it ends (exit status as for `start --wait`), or
+    /// with --gate until that gate waits for an approval.
     Wait {
         /// The train's id (see `conductor train list`).
         id: String,
+        /// Return (exit 0) as soon as this gated wave waits for an approval,
+        /// or has been approved already; a train that ends first exits as
+        /// for `start --wait`.
+        #[arg(long)]
+        gate: Option<String>,
         #[command(flatten)]
         patience: WaitOpts,
         #[command(flatten)]
@@ -292,9 +303,59 @@ pub(super) fn status_text(t: &Value, now: DateTime<Utc>) -> String {
     out.join("\n")
 }
 
-/// Follow a train until it ends; its exit status. While the Conductor
-/// cannot be reached, polls keep retrying for `patience`'s bound.
-pub(super) async fn wait_for(client: &Client, id: &str, patience: Patience) -> CliResult {
+/// How `wait_for` reports and when it returns.
+#[derive(Default)]
+pub(super) struct Follow<'a> {
+    /// Progress on standard error instead of standard output.
+    pub(super) quiet: bool,
+    /// Return once this gated wave waits for an approval (or was approved).
+    pub(super) gate: Option<&'a str>,
+}
+
+/// Has the gated wave `gate` reached its gate (waiting, or approved)?
+fn gate_reached(t: &Value, gate: &str) -> Result<bool, CliError> {
+    let waves = t["spec"]["plan"]["waves"].as_array();
+    let Some(i) = waves
+        .into_iter()
+        .flatten()
+        .position(|w| w["name"].as_str() == Some(gate))
+    else {
+        return Err(CliError::usage(format!(
+            "train {} has no wave {gate:?}",
+            s(&t["spec"]["id"])
+        )));
+    };
+    if waves
+        .and_then(|w| w.get(i))
+        .is_none_or(|w| w["approval"].is_null())
+    {
+        return Err(CliError::usage(format!(
+            "wave {gate:?} has no approval gate"
+        )));
+    }
+    // Waiting at the gate, or past it (approved and running or done).
+    Ok(matches!(
+        t["waves"][i]["status"].as_str(),
+        Some("awaiting_approval" | "running" | "done")
+    ))
+}
+
+/// Follow a train until it ends (or reaches `follow.gate`); its exit
+/// status. While the Conductor cannot be reached, polls keep retrying for
+/// `patience`'s bound.
+pub(super) async fn wait_for(
+    client: &Client,
+    id: &str,
+    patience: Patience,
+    follow: Follow<'_>,
+) -> CliResult {
+    let say = |line: &str| {
+        if follow.quiet {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let mut last = String::new();
     loop {
         let t = client
@@ -302,16 +363,21 @@ pub(super) async fn wait_for(client: &Client, id: &str, patience: Patience) -> C
             .await?;
         let line = progress_line(&t, Utc::now());
         if line != last {
-            println!("{line}");
+            say(&line);
             last = line;
+        }
+        if let Some(gate) = follow.gate {
+            if gate_reached(&t, gate)? {
+                return Ok(exit::OK);
+            }
         }
         let status = s(&t["status"]);
         if !matches!(status.as_str(), "queued" | "running" | "rolling_back") {
             if let Some(f) = t["failure"].as_str() {
-                println!("{f}");
+                say(f);
             }
             if let Some(w) = skip_warning(&t) {
-                println!("{w}");
+                say(&w);
             }
             return Ok(status_exit(&status));
         }
@@ -325,6 +391,7 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
             pipeline,
             version,
             wait,
+            quiet,
             patience,
             conn,
         } => {
@@ -340,14 +407,28 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
                 client.post("/trains", body).await?
             };
             let id = s(&t["spec"]["id"]);
-            println!("started train {id} ({})", s(&t["status"]));
+            if quiet {
+                println!("{id}");
+            } else {
+                println!("started train {id} ({})", s(&t["status"]));
+            }
             if wait {
-                return wait_for(&client, &id, patience.patience()).await;
+                let follow = Follow { quiet, gate: None };
+                return wait_for(&client, &id, patience.patience(), follow).await;
             }
             Ok(exit::OK)
         }
-        TrainCmd::Wait { id, patience, conn } => {
-            wait_for(&Client::new(&conn)?, &id, patience.patience()).await
+        TrainCmd::Wait {
+            id,
+            gate,
+            patience,
+            conn,
+        } => {
+            let follow = Follow {
+                quiet: false,
+                gate: gate.as_deref(),
+            };
+            wait_for(&Client::new(&conn)?, &id, patience.patience(), follow).await
         }
         TrainCmd::Status { id, json, conn } => {
             let t = Client::new(&conn)?
@@ -438,7 +519,7 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
                 .await?;
             println!("rollback requested; {}", progress_line(&t, Utc::now()));
             if wait {
-                let code = wait_for(&client, &id, patience.patience()).await?;
+                let code = wait_for(&client, &id, patience.patience(), Follow::default()).await?;
                 // A rollback that ends rolled back is what was asked for.
                 return Ok(if code == exit::FAILED { exit::OK } else { code });
             }
