@@ -11,14 +11,11 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) fn new(c: &Conn) -> Result<Client, CliError> {
+        // No fallback to a token file: the admin token is not kept in the
+        // data directory (`conductor up --write-admin-token FILE` writes it).
         let token = c
             .token
             .clone()
-            .or_else(|| {
-                std::fs::read_to_string(".data/admin.token")
-                    .ok()
-                    .map(|s| s.trim().to_string())
-            })
             .ok_or_else(|| CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token)"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
