@@ -511,4 +511,32 @@ mod tests {
             assert!(e.contains("cannot reach"), "{e}");
         }
     }
+
+    #[test]
+    fn a_cells_data_kept_by_an_earlier_release_moves_out_of_the_data_dir() {
+        let t = tempfile::tempdir().expect("tmp");
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        let data = t.path().join("data");
+        let old = data.join("cells/c1/data");
+        std::fs::create_dir_all(&old).expect("old");
+        std::fs::write(old.join("fga.db"), "tenants").expect("db");
+        let data = data.canonicalize().expect("canon");
+        let cells = is_root().then(|| resolve_user("61184").expect("numeric"));
+        let sb = Sandbox::new(&t.path().join("run"), &data, None, cells).expect("sandbox");
+        assert!(sb.adopt_cell_data("c1", &old).expect("move"));
+        let moved = sb.run_dir().join("cells/c1/data/fga.db");
+        assert_eq!(std::fs::read_to_string(&moved).expect("moved"), "tenants");
+        assert!(!old.exists());
+        if is_root() {
+            assert_eq!(std::fs::metadata(&moved).expect("stat").uid(), 61184);
+        }
+        let dir = sb.cell_dir("c1").expect("cell dir");
+        assert_eq!(
+            std::fs::metadata(&dir).expect("stat").permissions().mode() & 0o777,
+            0o700
+        );
+        // Once only: nothing left to move, nothing overwritten.
+        assert!(!sb.adopt_cell_data("c1", &old).expect("again"));
+        assert!(sb.cell_dir("../x").is_err());
+    }
 }
