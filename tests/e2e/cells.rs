@@ -557,3 +557,22 @@ fn deploy_sample_pushed(c: &Conductor) {
     c.push_sample("1.0.0");
     deploy_sample(c, "svc", "1.0.0");
 }
+
+#[test]
+fn a_worker_that_dies_at_start_fails_the_deploy_with_what_it_said() {
+    let c = Conductor::start(&cells_yaml(23500, 1));
+    c.push_sample("1.0.0");
+    let yaml = "name: broken\nartifact: { kind: binary, name: sample-service, args: [\"--port\", \"not-a-port\"] }\ncells: { labels: { service: fga } }\nsteps:\n  - deploy: { health_timeout: 10s }\nwaves:\n  - { name: canary, cells: 1 }\n  - { name: rest, percent: 100 }\n";
+    let p = c.file("broken.yaml", yaml);
+    c.cli_ok(&c.admin, &["pipeline", "submit", &p], 0);
+    let out = c.cli_ok(
+        &c.admin,
+        &["train", "start", "broken", "--version", "1.0.0", "--wait"],
+        1,
+    );
+    assert!(
+        out.contains("before it was healthy: usage: sample-service --port N"),
+        "{out}"
+    );
+    assert!(c.cell_pids().is_empty(), "nothing left running");
+}

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod banner;
+use banner::Banner;
+
 pub struct UpOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -472,60 +475,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         println!("{stopped}");
     }
     Ok(())
-}
-
-/// What `conductor up` prints once it serves (stdout).
-struct Banner<'a> {
-    url: String,
-    data_dir: &'a Path,
-    run_dir: &'a Path,
-    cells: usize,
-    added: usize,
-    planner: Option<&'a str>,
-    /// The admin token, when created by this start.
-    token: Option<&'a str>,
-    token_file: Option<&'a Path>,
-}
-
-impl Banner<'_> {
-    fn print_text(&self) {
-        println!(
-            "Conductor is up at {}/  (data in {}, cells and steps run in {})",
-            self.url,
-            self.data_dir.display(),
-            self.run_dir.display()
-        );
-        println!(
-            "  cells: {} in the inventory ({} new)",
-            self.cells, self.added
-        );
-        println!("  capacity planner: {}", self.planner.unwrap_or("off"));
-        match (self.token, self.token_file) {
-            (Some(_), Some(f)) => println!("  admin token: written to {} (mode 0600)", f.display()),
-            (Some(t), None) => println!(
-                "  admin token (shown once, only its hash is kept): {t}\n  export CONDUCTOR_URL={} CONDUCTOR_TOKEN={t}",
-                self.url
-            ),
-            (None, _) => println!(
-                "  admin token: shown when the database was created; `conductor token create` makes more"
-            ),
-        }
-    }
-
-    /// One JSON line, without the admin token.
-    fn print_json(&self) {
-        let v = serde_json::json!({
-            "message": "Conductor is up",
-            "url": self.url,
-            "data_dir": self.data_dir,
-            "run_dir": self.run_dir,
-            "cells": self.cells,
-            "new_cells": self.added,
-            "planner": self.planner,
-            "admin_token_file": self.token.and(self.token_file),
-        });
-        println!("{v}");
-    }
 }
 
 async fn shutdown() {

@@ -191,6 +191,13 @@ impl Sandbox {
         for u in [&s.steps_user, &s.cells_user].into_iter().flatten() {
             reachable(&s.run_dir, u)?;
         }
+        // Working directories of steps cut short by a crash (steps die with
+        // the Conductor and run again, in fresh ones).
+        if let Ok(entries) = std::fs::read_dir(s.run_dir.join("steps")) {
+            for e in entries.flatten() {
+                drop(Workdir(e.path()));
+            }
+        }
         Ok(s)
     }
 
@@ -266,12 +273,16 @@ impl Sandbox {
                     dir.display()
                 )))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir(&dir)?;
-                std::fs::create_dir(dir.join("data"))?;
-                set_mode_owner(&dir.join("data"), 0o700, owner)?;
-                set_mode_owner(&dir, 0o700, owner)?;
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
+                // A concurrent caller made it: it is theirs to finish.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    std::fs::create_dir(dir.join("data"))?;
+                    set_mode_owner(&dir.join("data"), 0o700, owner)?;
+                    set_mode_owner(&dir, 0o700, owner)?;
+                }
+            },
             Err(e) => return Err(e),
         }
         Ok(dir)
@@ -410,7 +421,14 @@ pub fn mkdir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>
             if let Some(parent) = dir.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::create_dir(dir)?;
+            match std::fs::create_dir(dir) {
+                // Made meanwhile by a concurrent caller: checked below.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                other => other?,
+            }
+            if !std::fs::symlink_metadata(dir)?.is_dir() {
+                return Err(io::Error::other("exists and is not a directory"));
+            }
         }
         Err(e) => return Err(e),
     }
@@ -513,6 +531,44 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_installs_of_one_artifact_all_succeed() {
+        let t = tempfile::tempdir().expect("tmp");
+        let data = t.path().join("data");
+        std::fs::create_dir(&data).expect("data");
+        let src = t.path().join("artifact");
+        std::fs::write(&src, "#!/bin/sh\necho hi\n").expect("src");
+        let sb = Sandbox::new(
+            &t.path().join("run"),
+            &data.canonicalize().expect("c"),
+            None,
+            None,
+        )
+        .expect("sandbox");
+        for v in 0..20 {
+            let version = format!("1.0.{v}");
+            let go = std::sync::Barrier::new(8);
+            let paths: Vec<PathBuf> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            go.wait();
+                            sb.install(&src, "svc", &version)
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("thread").expect("install"))
+                    .collect()
+            });
+            assert!(paths.windows(2).all(|w| w[0] == w[1]));
+            assert_eq!(
+                std::fs::read(&paths[0]).expect("copy"),
+                std::fs::read(&src).expect("src")
+            );
+        }
+    }
+
+    #[test]
     fn a_cells_data_kept_by_an_earlier_release_moves_out_of_the_data_dir() {
         let t = tempfile::tempdir().expect("tmp");
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
@@ -538,5 +594,13 @@ mod tests {
         // Once only: nothing left to move, nothing overwritten.
         assert!(!sb.adopt_cell_data("c1", &old).expect("again"));
         assert!(sb.cell_dir("../x").is_err());
+        // A step's directory left by a crash goes at the next start.
+        let left = sb.step_workdir().expect("workdir");
+        let path = left.path().to_path_buf();
+        std::mem::forget(left);
+        assert!(path.exists());
+        let cells = is_root().then(|| resolve_user("61184").expect("numeric"));
+        Sandbox::new(&t.path().join("run"), &data, None, cells).expect("again");
+        assert!(!path.exists());
     }
 }
