@@ -55,9 +55,12 @@ pub struct Users {
 /// The user command steps run as by default when the Conductor is root.
 pub const DEFAULT_STEPS_USER: &str = "nobody";
 /// The user cells run as by default when the Conductor is root: an id of
-/// their own (the first of systemd's dynamic service users), so that steps
-/// cannot read their environment, signal them or read their data.
-pub const DEFAULT_CELLS_USER: &str = "61184:61184";
+/// their own, so that steps cannot read their environment, signal them or
+/// read their data. 65533 lies above regular users (up to 60000) and
+/// systemd's dynamic service users (61184-65519), in the block Debian
+/// reserves (65000-65533), below `nobody`; name a real user with
+/// `--cells-run-as` to own it instead.
+pub const DEFAULT_CELLS_USER: &str = "65533:65533";
 
 impl Users {
     /// Resolve `--run-as` and `--cells-run-as`: defaults apply when root;

@@ -114,7 +114,7 @@ pub enum Cmd {
         #[arg(long, value_name = "USER")]
         run_as: Option<String>,
         /// When run as root: the user local cell processes run as (a name or
-        /// UID[:GID]; never root) [default: 61184:61184, an id of their own].
+        /// UID[:GID]; never root) [default: 65533:65533, an id of their own].
         #[arg(long, value_name = "USER")]
         cells_run_as: Option<String>,
         /// Loopback ports for artifacts after a cell's first (each gets a pair
