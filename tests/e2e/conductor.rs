@@ -492,6 +492,9 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 #[test]
 fn command_targets_and_steps_run_with_cell_environment() {
     let dir = tempfile::tempdir().expect("tmp");
+    // Command targets run as an unprivileged user (when the tests run as root).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let marks = dir.path().display().to_string();
     let cells = format!(
         "cells:\n  - {{ id: ext-1, region: eu-west-1, shape: small, labels: {{ service: fga }}, target: {{ command: {{ deploy: \"echo $TO_VERSION > {marks}/$CELL_ID.deployed\", rollback: \"echo rolled > {marks}/$CELL_ID.deployed\" }} }} }}\n  - {{ id: ext-2, region: us-east-1, shape: small, labels: {{ service: fga }}, target: {{ command: {{ deploy: \"echo $TO_VERSION > {marks}/$CELL_ID.deployed\", rollback: \"true\" }} }} }}\n"

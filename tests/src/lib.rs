@@ -1,6 +1,12 @@
 //! Harness for end-to-end tests: start the real `conductor` binary on
 //! loopback with its own data directory and cells, and drive it through its
 //! CLI and HTTP API.
+//!
+//! Cell processes outlive the Conductor (they keep serving and the next
+//! Conductor adopts them), so when a test ends the harness kills the
+//! Conductor and then every process running one of the test's installed
+//! artifacts, by pid. The test process is a child subreaper, so orphaned
+//! cell processes become its children and are reaped here.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -42,6 +48,87 @@ pub struct Conductor {
     extra: Vec<String>,
 }
 
+/// The value of a variable in every test Conductor's environment, which no
+/// step or cell may ever see.
+pub const ENV_CANARY: &str = "e2e-canary-in-the-conductors-environment-5f1c";
+
+/// Ports for artifacts after a cell's first, of this test's own: 50 above
+/// the lowest cell port of the cells file (tests keep their cells 100
+/// ports apart), so that concurrent tests never pick the same pair.
+fn artifact_ports_for(cells: &str) -> Option<String> {
+    let lowest = cells
+        .match_indices("port: ")
+        .filter_map(|(i, m)| {
+            cells[i + m.len()..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|d| d.parse::<u16>().ok())
+        })
+        .min()?;
+    Some(format!(
+        "{}-{}",
+        lowest.checked_add(50)?,
+        lowest.checked_add(99)?
+    ))
+}
+
+/// Make this process the reaper of orphaned descendants (cell processes
+/// whose Conductor was killed), so that they can be reaped when killed.
+#[allow(unsafe_code)]
+fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Pids of the processes whose executable lies under `dir`.
+pub fn pids_running_from(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.starts_with(dir))
+                && !is_zombie(*pid)
+        })
+        .collect()
+}
+
+/// The process's state letter is Z (exited, not reaped) or it is gone.
+pub fn is_zombie(pid: u32) -> bool {
+    proc_stat_field(pid, 3).is_none_or(|s| s == "Z" || s == "X")
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/<pid>/stat.
+pub fn proc_stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace()
+        .nth(n.checked_sub(3)?)
+        .map(String::from)
+}
+
+/// Is `pid` a live (not zombie) process?
+pub fn alive(pid: u32) -> bool {
+    !is_zombie(pid)
+}
+
+/// SIGKILL `pid` and reap it if it is our child.
+#[allow(unsafe_code)]
+pub fn kill_pid(pid: u32) {
+    let Ok(p) = i32::try_from(pid) else { return };
+    // SAFETY: kill(2) and waitpid(2) on a pid this test started (directly or
+    // through its Conductor); waitpid on a non-child fails harmlessly.
+    unsafe {
+        libc::kill(p, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(p, &mut status, 0);
+    }
+}
+
 /// A cells file with `n_per_region` local cells in each of three regions,
 /// ports starting at `base`.
 pub fn cells_yaml(base: u16, n_per_region: usize) -> String {
@@ -70,23 +157,78 @@ impl Conductor {
 
     /// Like [`Conductor::start`], with extra arguments to `conductor up`.
     pub fn start_with(cells: &str, extra: &[&str]) -> Conductor {
+        use std::os::unix::fs::PermissionsExt;
+        become_subreaper();
         let dir = tempfile::tempdir().expect("tempdir");
+        // Steps and cells run as other users when the tests run as root:
+        // they must reach the run directory inside (not read anything else).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod tempdir");
         let cells_file = dir.path().join("cells.yaml");
         std::fs::write(&cells_file, cells).expect("write cells");
+        let token_file = dir.path().join("admin.token");
+        let mut all: Vec<String> = vec![
+            "--write-admin-token".into(),
+            token_file.display().to_string(),
+        ];
+        if !extra.contains(&"--artifact-ports") {
+            if let Some(r) = artifact_ports_for(cells) {
+                all.extend(["--artifact-ports".to_string(), r]);
+            }
+        }
+        all.extend(extra.iter().map(|s| s.to_string()));
         let mut c = Conductor {
             dir,
             url: String::new(),
             admin: String::new(),
             child: None,
             cells_file,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: all,
         };
         c.boot();
-        c.admin = std::fs::read_to_string(c.dir.path().join("data/admin.token"))
-            .expect("admin token")
+        c.admin = std::fs::read_to_string(&token_file)
+            .expect("admin token (--write-admin-token)")
             .trim()
             .to_string();
         c
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The run directory (cells' data and binaries, steps' directories).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("data-run")
+    }
+
+    /// The admin token file `--write-admin-token` wrote.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// The Conductor's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Pids of the cell processes that run now (this test's artifacts).
+    pub fn cell_pids(&self) -> Vec<u32> {
+        pids_running_from(&self.run_dir().join("bin"))
+    }
+
+    /// Stop the server cleanly (SIGTERM) and wait for it; returns its exit code.
+    #[allow(unsafe_code)]
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        if let Ok(pid) = i32::try_from(c.id()) {
+            // SAFETY: kill(2) of the Conductor process this harness started.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        c.wait().ok().and_then(|s| s.code())
     }
 
     /// (Re)start the server process on the same data directory.
@@ -102,6 +244,8 @@ impl Conductor {
             .arg(self.dir.path().join("data"))
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            // A secret in the Conductor's environment that nothing it starts may see.
+            .env("E2E_CONDUCTOR_SECRET", ENV_CANARY)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new()
@@ -114,18 +258,27 @@ impl Conductor {
             .expect("start conductor");
         let out = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(out).lines();
+        let mut keep = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("stdout.log"))
+            .expect("stdout log");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             assert!(Instant::now() < deadline, "conductor did not come up");
             match lines.next() {
                 Some(Ok(l)) => {
-                    if let Some(rest) = l.strip_prefix("Conductor is up at ") {
-                        self.url = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("")
-                            .trim_end_matches('/')
-                            .to_string();
+                    use std::io::Write;
+                    let _ = writeln!(keep, "{l}");
+                    // Text: "Conductor is up at URL/ ..."; JSON: {"url": URL, ...}.
+                    let url = match l.strip_prefix("Conductor is up at ") {
+                        Some(rest) => rest.split_whitespace().next().map(String::from),
+                        None => serde_json::from_str::<Value>(&l)
+                            .ok()
+                            .and_then(|v| v["url"].as_str().map(String::from)),
+                    };
+                    if let Some(u) = url {
+                        self.url = u.trim_end_matches('/').to_string();
                         break;
                     }
                 }
@@ -135,12 +288,17 @@ impl Conductor {
                 ),
             }
         }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout (into stdout.log) so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            for l in lines.map_while(Result::ok) {
+                let _ = writeln!(keep, "{l}");
+            }
+        });
         self.child = Some(child);
     }
 
-    /// kill -9 the server (its cell processes die with it).
+    /// kill -9 the server (its cell processes keep serving).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -263,6 +421,21 @@ impl Conductor {
 impl Drop for Conductor {
     fn drop(&mut self) {
         self.kill9();
+        // Cells outlive the Conductor: stop this test's by pid.
+        for _ in 0..3 {
+            let pids = self.cell_pids();
+            if pids.is_empty() {
+                break;
+            }
+            pids.into_iter().for_each(kill_pid);
+        }
+        // E2E_KEEP=1 keeps the test's directory (logs, data) for a post-mortem.
+        if std::env::var_os("E2E_KEEP").is_some() {
+            if let Ok(fresh) = tempfile::tempdir() {
+                let kept = std::mem::replace(&mut self.dir, fresh).keep();
+                eprintln!("kept {}", kept.display());
+            }
+        }
     }
 }
 

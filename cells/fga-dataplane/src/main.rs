@@ -330,9 +330,14 @@ async fn serve(a: ServeArgs, url_on_command_line: bool) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", a.addr))?;
     let local = listener.local_addr()?;
     if let Some(wp) = a.worker_port {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", wp))
-            .await
-            .with_context(|| format!("listening on worker port 127.0.0.1:{wp}"))?;
+        let l = match std::env::var("CELL_WORKER_FD") {
+            // The Conductor's local target hands the worker socket over, bound.
+            Ok(fd) => inherited_listener(&fd)
+                .with_context(|| format!("taking the worker socket CELL_WORKER_FD={fd}"))?,
+            Err(_) => tokio::net::TcpListener::bind(("127.0.0.1", wp))
+                .await
+                .with_context(|| format!("listening on worker port 127.0.0.1:{wp}"))?,
+        };
         let app = app.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(l, app).await {
@@ -356,6 +361,23 @@ async fn serve(a: ServeArgs, url_on_command_line: bool) -> anyhow::Result<()> {
         })
         .await
         .context("serving HTTP")
+}
+
+/// The listening socket inherited on file descriptor `fd` (`CELL_WORKER_FD`,
+/// set by the Conductor's local target, which binds the worker port itself
+/// so that no other process can take it before this worker serves it).
+#[allow(unsafe_code)]
+fn inherited_listener(fd: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fd: i32 = fd.parse().context("not a file descriptor number")?;
+    anyhow::ensure!(fd > 2, "stdio is not a socket");
+    // SAFETY: the fd was open when the process started (handed over by the
+    // Conductor), so nothing in this process opened or owns it; it is taken
+    // once, here, and checked below.
+    let l = std::net::TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    l.local_addr().context("not a socket")?;
+    l.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(l)?)
 }
 
 /// Listen on `addr` with `SO_REUSEPORT`, so that a cell's worker processes

@@ -3,9 +3,11 @@
 //! deployed). It serves `/healthz` and `/version`.
 //!
 //! Usage: `sample-service --port N` (or `CELL_PORT=N`). The port is bound
-//! with `SO_REUSEPORT`, so that a cell's workers share it; with
-//! `CELL_WORKER_PORT=M` (set by the local target) the worker also answers on
-//! its own port M, where it is health-checked on its own. With
+//! with `SO_REUSEPORT`, so that a cell's workers share it. The worker also
+//! answers on its own port, where it is health-checked on its own: the
+//! listening socket the local target hands over on the fd `CELL_WORKER_FD`
+//! names (bound by the Conductor, so no other process can take the port
+//! first), or else `CELL_WORKER_PORT=M`, bound here. With
 //! `SAMPLE_UNHEALTHY=1` in the environment, or when the version it is started
 //! as (`ARTIFACT_VERSION`) ends in `-bad`, `/healthz` answers 503, which lets
 //! tests exercise failed deploys and rollbacks.
@@ -65,21 +67,17 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        let worker_port = std::env::var("CELL_WORKER_PORT")
-            .ok()
-            .and_then(|p| p.parse::<u16>().ok());
-        if let Some(wp) = worker_port {
-            match tokio::net::TcpListener::bind(("127.0.0.1", wp)).await {
-                Ok(l) => {
-                    let app = app.clone();
-                    tokio::spawn(async move {
-                        let _ = axum::serve(l, app).await;
-                    });
-                }
-                Err(e) => {
-                    eprintln!("cannot listen on worker port 127.0.0.1:{wp}: {e}");
-                    std::process::exit(1);
-                }
+        match worker_listener().await {
+            Ok(Some(l)) => {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let _ = axum::serve(l, app).await;
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
             }
         }
         eprintln!("sample-service {version} for cell {cell} on 127.0.0.1:{port}");
@@ -88,6 +86,48 @@ fn main() {
             std::process::exit(1);
         }
     });
+}
+
+/// This worker's own listener: the socket handed over on `CELL_WORKER_FD`,
+/// else `CELL_WORKER_PORT` bound here, else none.
+async fn worker_listener() -> Result<Option<tokio::net::TcpListener>, String> {
+    if let Ok(fd) = std::env::var("CELL_WORKER_FD") {
+        let fd: i32 = fd
+            .parse()
+            .map_err(|_| format!("CELL_WORKER_FD={fd:?} is not a file descriptor"))?;
+        let l = inherited_listener(fd)
+            .map_err(|e| format!("CELL_WORKER_FD={fd} is not a listening socket: {e}"))?;
+        return tokio::net::TcpListener::from_std(l)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    let Some(wp) = std::env::var("CELL_WORKER_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+    else {
+        return Ok(None);
+    };
+    tokio::net::TcpListener::bind(("127.0.0.1", wp))
+        .await
+        .map(Some)
+        .map_err(|e| format!("cannot listen on worker port 127.0.0.1:{wp}: {e}"))
+}
+
+/// Take the listening TCP socket inherited on `fd`.
+#[allow(unsafe_code)]
+fn inherited_listener(fd: i32) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if fd < 3 {
+        return Err(std::io::Error::other("stdio is not a socket"));
+    }
+    // SAFETY: the fd was open when this process started (the Conductor
+    // hands it over), so nothing in the process opened or owns it; it is
+    // taken once, here, and checked below.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let l = std::net::TcpListener::from(owned);
+    l.local_addr()?;
+    l.set_nonblocking(true)?;
+    Ok(l)
 }
 
 /// Listen on `port` with `SO_REUSEPORT`: every worker of a cell binds the

@@ -78,6 +78,10 @@ pub struct TestStep {
     pub min_requests: u32,
     #[serde(default = "default_step_timeout")]
     pub timeout: Dur,
+    /// Plain (not secret) environment variables for this step's command
+    /// (the pipeline's `env` merged in; this step's win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_min_requests() -> u32 {
@@ -93,6 +97,10 @@ pub struct DeployStep {
     /// How long to wait for the new version's health endpoint.
     #[serde(default = "default_health_timeout")]
     pub health_timeout: Dur,
+    /// Plain environment variables for a command target's deploy and
+    /// rollback commands (the pipeline's `env` merged in).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 fn default_health_timeout() -> Dur {
@@ -103,6 +111,7 @@ impl Default for DeployStep {
     fn default() -> Self {
         DeployStep {
             health_timeout: default_health_timeout(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -113,6 +122,10 @@ pub struct CommandStep {
     pub run: String,
     #[serde(default = "default_step_timeout")]
     pub timeout: Dur,
+    /// Plain (not secret) environment variables for this step's command
+    /// (the pipeline's `env` merged in; this step's win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// One step run on each cell, in order.
@@ -210,6 +223,67 @@ pub struct Pipeline {
     pub on_failure: OnFailure,
     #[serde(default)]
     pub windows: Vec<WindowSpec>,
+    /// Plain (not secret) environment variables for every command step,
+    /// command test and command target of the pipeline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Step {
+    /// The environment a step declares, if it runs a command.
+    pub fn env(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            Step::Deploy(d) => Some(&d.env),
+            Step::Test(t) => Some(&t.env),
+            Step::Command(c) => Some(&c.env),
+            Step::Bake(_) => None,
+        }
+    }
+
+    fn env_mut(&mut self) -> Option<&mut BTreeMap<String, String>> {
+        match self {
+            Step::Deploy(d) => Some(&mut d.env),
+            Step::Test(t) => Some(&mut t.env),
+            Step::Command(c) => Some(&mut c.env),
+            Step::Bake(_) => None,
+        }
+    }
+}
+
+/// Names the Conductor sets itself in a command's environment.
+pub fn reserved_env(name: &str) -> bool {
+    name.starts_with("CELL_")
+        || name.starts_with("ARTIFACT_")
+        || matches!(
+            name,
+            "TRAIN_ID" | "PIPELINE" | "IDEMPOTENCY_KEY" | "TO_VERSION"
+        )
+}
+
+/// Problems with a declared environment, as `(key, message)`.
+fn env_problems(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if env.len() > 50 {
+        out.push((String::new(), "more than 50 environment variables".into()));
+    }
+    for (k, v) in env {
+        let name_ok = !k.is_empty()
+            && k.len() <= 64
+            && !k.as_bytes()[0].is_ascii_digit()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            out.push((k.clone(), format!("invalid variable name {k:?}")));
+        } else if reserved_env(k) {
+            out.push((k.clone(), format!("{k} is set by the Conductor")));
+        }
+        if v.len() > 4096 || v.contains('\0') {
+            out.push((
+                k.clone(),
+                format!("the value of {k} is over 4096 bytes or holds a NUL"),
+            ));
+        }
+    }
+    out
 }
 
 impl Pipeline {
@@ -235,9 +309,17 @@ impl Pipeline {
 /// every mismatch with the language's shape (unknown keys, values of the
 /// wrong kind, bad durations), or, once there are none, every semantic one.
 pub fn parse(file: &str, text: &str) -> Result<(Pipeline, Spans), Diagnostics> {
-    let (p, spans): (Pipeline, Spans) = yamlspan::from_str_checked(file, text, &schema::DOCUMENT)?;
+    let (mut p, spans): (Pipeline, Spans) = yamlspan::from_str_checked(file, text, &schema::DOCUMENT)?;
     let errs = validate(&p, &spans);
     if errs.is_empty() {
+        // Every command step carries the pipeline's environment (its own wins).
+        for st in &mut p.steps {
+            if let Some(env) = st.env_mut() {
+                for (k, v) in &p.env {
+                    env.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
         Ok((p, spans))
     } else {
         Err(sorted(errs))
@@ -302,8 +384,31 @@ fn validate(p: &Pipeline, s: &Spans) -> Vec<Diagnostic> {
             "add `- deploy: {}`, or use `artifact: { kind: command }` for command-only pipelines",
         ));
     }
+    let env_hint = "names are letters, digits and '_' (not CELL_*, ARTIFACT_*, TRAIN_ID, PIPELINE, IDEMPOTENCY_KEY, TO_VERSION); values are plain text, not secrets";
+    for (k, msg) in env_problems(&p.env) {
+        let at = if k.is_empty() {
+            "env".to_string()
+        } else {
+            format!("env.{k}")
+        };
+        e.push(s.error_hint(&at, msg, env_hint));
+    }
     for (i, st) in p.steps.iter().enumerate() {
         let at = format!("steps[{i}]");
+        if let Some(env) = st.env() {
+            for (k, msg) in env_problems(env) {
+                let at = format!(
+                    "{at}.{}.env{}",
+                    st.kind(),
+                    if k.is_empty() {
+                        String::new()
+                    } else {
+                        format!(".{k}")
+                    }
+                );
+                e.push(s.error_hint(&at, msg, env_hint));
+            }
+        }
         match st {
             Step::Bake(d) if d.0.is_zero() => {
                 e.push(s.error(&format!("{at}.bake"), "a bake of zero does nothing"))
@@ -559,6 +664,27 @@ windows: [ { allow: "Mon-Thu 08:00-17:00", tz: cell } ]
             .0
             .iter()
             .all(|d| d.hint.is_some() || d.message.contains("max_parallel")));
+    }
+
+    #[test]
+    fn steps_carry_the_declared_environment_and_bad_names_are_located() {
+        let yaml = GOOD.replace(
+            "  - bake: 10m\n",
+            "  - bake: 10m\n  - command: { run: \"true\", env: { MODE: fast } }\n",
+        ) + "env: { REGION_HINT: eu, MODE: slow }\n";
+        let (p, _) = parse("p.yaml", &yaml).expect("valid");
+        let env = p.steps[3].env().expect("command env");
+        assert_eq!(env.get("MODE").map(String::as_str), Some("fast"));
+        assert_eq!(env.get("REGION_HINT").map(String::as_str), Some("eu"));
+        assert!(p.steps[2].env().is_none());
+        let bad = GOOD.to_string() + "env: { CELL_ID: x, \"1BAD\": y }\n";
+        let e = parse("p.yaml", &bad).expect_err("invalid");
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(e.to_string().contains("p.yaml:15:17:"), "{e}");
+        assert!(
+            e.to_string().contains("CELL_ID is set by the Conductor"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn spec(s: &Shape) -> TrainSpec {
         steps.push(Step::Command(conductor_core::pipeline::CommandStep {
             run: "true".into(),
             timeout: Dur::secs(5),
+            env: Default::default(),
         }));
     }
     if s.bake {

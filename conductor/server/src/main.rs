@@ -1,13 +1,15 @@
 //! `conductor`: the server (`conductor up`) and the CLI users type.
 
 use clap::Parser;
-use conductor::cli::{exit, init_logging, run, Cli, Cmd};
+use conductor::cli::{exit, init_logging, print_error, run, Cli, Cmd};
 
 fn main() {
     let cli = Cli::parse();
+    // `conductor up --log-format json`: every line it prints is JSON.
+    let json = matches!(cli.cmd, Cmd::Up { .. }) && cli.log_format == "json";
     if matches!(cli.cmd, Cmd::Up { .. }) {
         if let Err(e) = init_logging(&cli.log_format) {
-            eprintln!("error: {e:#}");
+            print_error(json, &format!("{e:#}"));
             std::process::exit(exit::FAILED);
         }
     }
@@ -17,14 +19,14 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            print_error(json, &format!("cannot start the runtime: {e}"));
             std::process::exit(exit::FAILED);
         }
     };
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            print_error(json, &e.message);
             e.code
         }
     };

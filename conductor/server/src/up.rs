@@ -6,9 +6,11 @@ use crate::engine::{Clock, Engine, SystemClock};
 use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::planner::Planner;
+use crate::procs::sandbox::{self, RunAs, Sandbox};
 use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
-use crate::targets::{restore_local_cells, ArtifactDir, CellExecutor, Supervisor};
+use crate::targets::ports::PortRange;
+use crate::targets::{ArtifactDir, CellExecutor, Supervisor, SupervisorConfig};
 use anyhow::{Context, Result};
 use cells_inventory::Shape;
 use conductor_core::pipeline::{self, Artifact};
@@ -18,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod banner;
+use banner::Banner;
+
 pub struct UpOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -26,6 +31,59 @@ pub struct UpOptions {
     /// The template new cells are stamped from.
     pub cell_template: PathBuf,
     pub planner: PlannerMode,
+    /// Where cells and steps run (default: `<data dir>-run` beside it).
+    pub run_dir: Option<PathBuf>,
+    /// Users for command steps and for cells (root only).
+    pub users: Users,
+    /// Where extra artifacts on a cell get their ports.
+    pub artifact_ports: PortRange,
+    /// Write the admin token (when it is created) to this file, mode 0600.
+    pub write_admin_token: Option<PathBuf>,
+    /// Stop the cells on a clean stop too (default: they keep serving).
+    pub stop_cells_on_exit: bool,
+    /// JSON output (`--log-format json`): the banner is a JSON line too.
+    pub json: bool,
+}
+
+/// Who command steps and cells run as.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    pub steps: Option<RunAs>,
+    pub cells: Option<RunAs>,
+}
+
+/// The user command steps run as by default when the Conductor is root.
+pub const DEFAULT_STEPS_USER: &str = "nobody";
+/// The user cells run as by default when the Conductor is root: an id of
+/// their own, so that steps cannot read their environment, signal them or
+/// read their data. 65533 lies above regular users (up to 60000) and
+/// systemd's dynamic service users (61184-65519), in the block Debian
+/// reserves (65000-65533), below `nobody`; name a real user with
+/// `--cells-run-as` to own it instead.
+pub const DEFAULT_CELLS_USER: &str = "65533:65533";
+
+impl Users {
+    /// Resolve `--run-as` and `--cells-run-as`: defaults apply when root;
+    /// when not root, everything runs as this user and giving one is an error.
+    pub fn resolve(steps: Option<&str>, cells: Option<&str>) -> std::result::Result<Users, String> {
+        if !sandbox::is_root() {
+            if steps.is_some() || cells.is_some() {
+                return Err(
+                    "--run-as and --cells-run-as need root (steps and cells otherwise run as the Conductor's user)"
+                        .into(),
+                );
+            }
+            return Ok(Users::default());
+        }
+        let steps = sandbox::resolve_user(steps.unwrap_or(DEFAULT_STEPS_USER))
+            .map_err(|e| format!("--run-as {e}"))?;
+        let cells = sandbox::resolve_user(cells.unwrap_or(DEFAULT_CELLS_USER))
+            .map_err(|e| format!("--cells-run-as {e}"))?;
+        Ok(Users {
+            steps: Some(steps),
+            cells: Some(cells),
+        })
+    }
 }
 
 /// Where the capacity planner is.
@@ -55,7 +113,10 @@ fn secret(data_dir: &Path, name: &str) -> Result<String> {
 
 /// Start the capacity planner beside the Conductor: it scrapes the local
 /// cells (through the routing table) into `DATA/planner/capacity.db` and
-/// dies with the Conductor. Returns its URL and token.
+/// dies with the Conductor (it is control plane, not a cell). Its token is
+/// made for this run and passed in its environment only (no file); its
+/// environment holds nothing else of the Conductor's. Returns its URL and
+/// token.
 async fn start_planner(
     data_dir: &Path,
     shapes_file: &Path,
@@ -68,7 +129,7 @@ async fn start_planner(
         tracing::warn!(path = %bin.display(), "no capacity-planner binary beside conductor; capacity commands are off");
         return Ok(None);
     }
-    let token = secret(data_dir, "planner.token")?;
+    let token = new_token();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -83,13 +144,17 @@ async fn start_planner(
         .arg(data_dir.join("planner"))
         .arg("--routes")
         .arg(data_dir.join("routes.json"))
+        .env_clear()
+        .env("PATH", sandbox::DEFAULT_PATH)
         .env("CAPACITY_TOKEN", &token)
         .env("FGA_ADMIN_KEY", fga_admin_key)
-        .env_remove("CAPACITY_DATABASE_URL")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)
         .kill_on_drop(true);
+    if let Ok(l) = std::env::var("RUST_LOG") {
+        cmd.env("RUST_LOG", l);
+    }
     crate::procs::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().context("starting capacity-planner")?;
     let out = child.stdout.take().context("planner stdout")?;
@@ -139,47 +204,76 @@ pub fn load_inventory(
     .map_err(|d| anyhow::anyhow!("{d}"))
 }
 
-/// The admin token: created with the database, kept (mode 0600) in the data dir.
-async fn admin_token(store: &Store, data_dir: &Path) -> Result<Option<String>> {
-    let file = data_dir.join("admin.token");
-    if store.count_tokens().await? == 0 {
-        let token = new_token();
-        let audit = crate::store::AuditEntry::new(
-            "conductor",
-            "token.create",
-            "admin",
-            "role admin (the first token, written to admin.token)",
-        );
-        store
-            .create_token(
-                "admin",
-                "admin",
-                &[],
-                &hash_token(&token),
-                None,
-                chrono::Utc::now(),
-                &audit,
-            )
-            .await?;
-        write_private(&file, &token).context("writing the admin token")?;
-        return Ok(Some(token));
+/// The admin token, created with the database: returned only when created
+/// now (shown once), and written to `file` (mode 0600) when asked. Only its
+/// hash is stored; its creation is audited in the same transaction.
+async fn admin_token(store: &Store, file: Option<&Path>, json: bool) -> Result<Option<String>> {
+    if store.count_tokens().await? > 0 {
+        return Ok(None);
     }
-    Ok(std::fs::read_to_string(&file)
-        .ok()
-        .map(|s| s.trim().to_string()))
+    anyhow::ensure!(
+        file.is_some() || !json,
+        "the first start creates the admin token, which JSON output never shows: pass --write-admin-token FILE"
+    );
+    let token = new_token();
+    // The file first: a token the database knows but nobody has is a lockout.
+    if let Some(f) = file {
+        write_private(f, &token)
+            .with_context(|| format!("writing the admin token to {}", f.display()))?;
+    }
+    let audit = crate::store::AuditEntry::new(
+        "conductor",
+        "token.create",
+        "admin",
+        "role admin (the first token, shown once)",
+    );
+    store
+        .create_token(
+            "admin",
+            "admin",
+            &[],
+            &hash_token(&token),
+            None,
+            chrono::Utc::now(),
+            &audit,
+        )
+        .await?;
+    Ok(Some(token))
 }
 
+/// Write `text` to a file only its owner can read (never through a symbolic link).
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
+}
+
+/// Make the data directory private: the directory and every directory in it
+/// 0700, every file in it 0600 (the database and SQLite's -wal/-shm files,
+/// keys, the routing table, logs). Also tightens a directory written by an
+/// earlier release.
+pub fn secure_data_dir(dir: &Path) -> std::io::Result<()> {
+    sandbox::mkdir(dir, 0o700, None)?;
+    sandbox::mkdir(&dir.join("artifacts"), 0o700, None)?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            sandbox::set_mode_owner(&e.path(), 0o700, None)?;
+        } else if t.is_file() {
+            sandbox::set_mode_owner(&e.path(), 0o600, None)?;
+        }
+    }
+    Ok(())
 }
 
 /// The artifact spec of every pipeline, by artifact name (to restart cells).
@@ -193,23 +287,93 @@ async fn artifact_specs(store: &Store) -> Result<HashMap<String, Artifact>> {
     Ok(m)
 }
 
+/// `DATA-run` beside the data directory.
+fn default_run_dir(data_dir: &Path) -> Result<PathBuf> {
+    let name = data_dir
+        .file_name()
+        .context("the data directory has no name")?
+        .to_string_lossy()
+        .into_owned();
+    Ok(data_dir.with_file_name(format!("{name}-run")))
+}
+
+/// Cells' data kept in `DATA/cells/<id>/data` by earlier releases moves to
+/// the run directory, where the cells user can reach it.
+fn move_legacy_cell_data(data_dir: &Path, sb: &Sandbox) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("cells")) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let from = e.path().join("data");
+        if cells_inventory::valid_id(&id)
+            && sb
+                .adopt_cell_data(&id, &from)
+                .with_context(|| format!("moving cell {id}'s data"))?
+        {
+            tracing::info!(cell = %id, to = %sb.run_dir().display(), "moved the cell's data out of the data directory");
+        }
+    }
+    Ok(())
+}
+
+/// Process-wide protections of the server: files it creates are private
+/// (umask 077, children inherit it), and processes of the same user cannot
+/// read its memory or /proc environment (`PR_SET_DUMPABLE` 0).
+#[allow(unsafe_code)]
+fn protect_process() -> Result<()> {
+    // SAFETY: umask and prctl take integers and have no memory effects.
+    unsafe {
+        libc::umask(0o077);
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE)");
+        }
+    }
+    Ok(())
+}
+
 pub async fn up(opts: UpOptions) -> Result<()> {
+    protect_process()?;
     let shapes = load_shapes(&opts.shapes_file)?;
     let cells = load_inventory(&opts.shapes_file, &opts.cells_file)?;
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("creating {}", opts.data_dir.display()))?;
+    secure_data_dir(&opts.data_dir)
+        .with_context(|| format!("preparing the data directory {}", opts.data_dir.display()))?;
     let data_dir = opts
         .data_dir
         .canonicalize()
         .context("resolving the data directory")?;
+    let run_dir = match &opts.run_dir {
+        Some(d) => d.clone(),
+        None => default_run_dir(&data_dir)?,
+    };
+    if opts.users.steps.is_some() && opts.users.steps == opts.users.cells {
+        tracing::warn!(
+            "steps and cells run as the same user: a step can read the cells' environment and data"
+        );
+    }
+    let sb = Arc::new(
+        Sandbox::new(
+            &run_dir,
+            &data_dir,
+            opts.users.steps.clone(),
+            opts.users.cells.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("preparing the run directory: {e}"))?,
+    );
+    // The planner's token is no longer kept in a file.
+    let _ = std::fs::remove_file(data_dir.join("planner.token"));
+    if data_dir.join("admin.token").exists() {
+        tracing::warn!(file = %data_dir.join("admin.token").display(), "an earlier release left the admin token in this file: keep it somewhere safe and delete the file");
+    }
     let store = Store::open(&data_dir.join("conductor.db"))
         .await
         .context("opening the database")?;
+    secure_data_dir(&data_dir).context("securing the database files")?;
     let added = store
         .seed_cells(&cells, chrono::Utc::now())
         .await
         .context("seeding cells")?;
-    let token = admin_token(&store, &data_dir).await?;
+    let token = admin_token(&store, opts.write_admin_token.as_deref(), opts.json).await?;
 
     let metrics = Arc::new(Metrics::default());
     let leases = Arc::new(Leases::new(metrics.clone()));
@@ -221,12 +385,21 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // planner, which pushes rate limits with it.
     let fga_admin_key = secret(&data_dir, "fga-admin.key")?;
     let cell_env = [("FGA_ADMIN_KEY".to_string(), fga_admin_key.clone())].into();
-    let supervisor = Supervisor::new(artifacts.clone(), data_dir.clone(), workers, cell_env);
+    let supervisor = Supervisor::new(SupervisorConfig {
+        artifacts: artifacts.clone(),
+        data_dir: data_dir.clone(),
+        sandbox: sb.clone(),
+        store: store.clone(),
+        workers_by_shape: workers,
+        cell_env,
+        ports: opts.artifact_ports,
+    });
     let template_name = opts.cell_template.display().to_string();
     let template = cells_inventory::parse_template(&template_name, &read(&opts.cell_template)?)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
-    // Cells first, so that resumed steps find them running.
-    restore_local_cells(&store, &supervisor, &artifact_specs(&store).await?).await;
+    move_legacy_cell_data(&data_dir, &sb)?;
+    // Cells first (adopted if they kept running), so that resumed steps find them.
+    supervisor.restore(&artifact_specs(&store).await?).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -236,6 +409,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         store: store.clone(),
         supervisor: supervisor.clone(),
         http,
+        sandbox: sb.clone(),
     });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = Engine::start(
@@ -280,31 +454,37 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    println!(
-        "Conductor is up at http://{addr}/  (data in {})",
-        data_dir.display()
-    );
-    println!("  cells: {} in the inventory ({} new)", cells.len(), added);
-    match &planner_url {
-        Some(u) => println!("  capacity planner: {u}"),
-        None => println!("  capacity planner: off"),
-    }
-    match token {
-        Some(t) => {
-            println!("  admin token: {t}\n  export CONDUCTOR_URL=http://{addr} CONDUCTOR_TOKEN={t}")
-        }
-        None => println!(
-            "  admin token: see {}",
-            data_dir.join("admin.token").display()
-        ),
+    let banner = Banner {
+        url: format!("http://{addr}"),
+        data_dir: &data_dir,
+        run_dir: sb.run_dir(),
+        cells: cells.len(),
+        added,
+        planner: planner_url.as_deref(),
+        token: token.as_deref(),
+        token_file: opts.write_admin_token.as_deref(),
+    };
+    if opts.json {
+        banner.print_json();
+    } else {
+        banner.print_text();
     }
     tracing::info!(%addr, "serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
         .context("serving HTTP")?;
-    supervisor.stop_all();
-    println!("Conductor stopped; trains resume on the next `conductor up`.");
+    let stopped = if opts.stop_cells_on_exit {
+        supervisor.stop_all().await;
+        "Conductor stopped, and its cells; trains resume on the next `conductor up`."
+    } else {
+        "Conductor stopped; the cells keep serving, and the next `conductor up` adopts them and resumes trains."
+    };
+    if opts.json {
+        println!("{}", serde_json::json!({ "message": stopped }));
+    } else {
+        println!("{stopped}");
+    }
     Ok(())
 }
 
@@ -322,4 +502,89 @@ async fn shutdown() {
     };
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_data_directory_is_made_private_including_an_old_one() {
+        let t = tempfile::tempdir().expect("tmp");
+        let d = t.path().join("data");
+        std::fs::create_dir(&d).expect("dir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for f in [
+            "conductor.db",
+            "conductor.db-wal",
+            "conductor.db-shm",
+            "fga-admin.key",
+            "routes.json",
+        ] {
+            std::fs::write(d.join(f), "x").expect("write");
+            std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+        }
+        std::fs::create_dir(d.join("cells")).expect("cells");
+        secure_data_dir(&d).expect("secure");
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join("artifacts")), 0o700);
+        assert_eq!(mode(&d.join("cells")), 0o700);
+        for f in [
+            "conductor.db",
+            "conductor.db-wal",
+            "conductor.db-shm",
+            "fga-admin.key",
+            "routes.json",
+        ] {
+            assert_eq!(mode(&d.join(f)), 0o600, "{f}");
+        }
+    }
+
+    #[test]
+    fn private_files_are_0600_and_never_written_through_a_link() {
+        let t = tempfile::tempdir().expect("tmp");
+        let f = t.path().join("admin.token");
+        std::fs::write(&f, "old").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_private(&f, "new").expect("write");
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(std::fs::read_to_string(&f).expect("read"), "new");
+        let target = t.path().join("elsewhere");
+        std::fs::write(&target, "keep").expect("write");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).expect("link");
+        assert!(write_private(&link, "x").is_err());
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "keep");
+    }
+
+    #[tokio::test]
+    async fn json_output_never_shows_the_admin_token_so_the_first_start_needs_a_file() {
+        let t = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&t.path().join("c.db")).await.expect("open");
+        let e = admin_token(&store, None, true).await.expect_err("refused");
+        assert!(e.to_string().contains("--write-admin-token"), "{e}");
+        assert_eq!(store.count_tokens().await.expect("count"), 0);
+        let f = t.path().join("admin.token");
+        let tok = admin_token(&store, Some(&f), true)
+            .await
+            .expect("made")
+            .expect("new");
+        assert_eq!(std::fs::read_to_string(&f).expect("file"), tok);
+        assert_eq!(mode(&f), 0o600);
+        // Only its hash is stored, and it is made once.
+        assert!(admin_token(&store, Some(&f), true)
+            .await
+            .expect("again")
+            .is_none());
+    }
 }

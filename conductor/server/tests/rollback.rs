@@ -88,17 +88,30 @@ async fn rollbacks_skip_cells_changed_since_and_replay_as_done() {
         .seed_cells(std::slice::from_ref(&c), Utc::now())
         .await
         .expect("seed");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let sandbox = std::sync::Arc::new(
+        conductor::procs::sandbox::Sandbox::new(&dir.path().join("run"), &data, None, None)
+            .expect("sandbox"),
+    );
     let ex = CellExecutor {
         store: store.clone(),
-        supervisor: Supervisor::new(
-            ArtifactDir {
-                root: dir.path().join("artifacts"),
+        supervisor: Supervisor::new(conductor::targets::SupervisorConfig {
+            artifacts: ArtifactDir {
+                root: data.join("artifacts"),
             },
-            dir.path().to_path_buf(),
-            Default::default(),
-            Default::default(),
-        ),
+            data_dir: data.clone(),
+            sandbox: sandbox.clone(),
+            store: store.clone(),
+            workers_by_shape: Default::default(),
+            cell_env: Default::default(),
+            ports: conductor::targets::ports::PortRange {
+                first: 28000,
+                last: 28999,
+            },
+        }),
         http: reqwest::Client::new(),
+        sandbox,
     };
     let ran = || std::fs::read_to_string(&marks).unwrap_or_default();
 

@@ -15,6 +15,7 @@ const DUR: Schema = Schema::Leaf(
 );
 const VALUES: &str = "use one of the values listed above";
 const STRS: Schema = Schema::Seq(&STR);
+const ENV: Schema = Schema::Map(&STR);
 
 pub(super) static ARTIFACT: [Field; 4] = [
     Field::required("kind", Schema::Leaf(leaf::<ArtifactKind>, VALUES)),
@@ -36,17 +37,24 @@ pub(super) static HTTP: [Field; 2] = [
     ),
 ];
 
-pub(super) static TEST: [Field; 4] = [
+pub(super) static TEST: [Field; 5] = [
     Field::optional("http", Schema::Struct(&HTTP)),
     Field::optional("command", STR),
     Field::optional("min_requests", U32),
     Field::optional("timeout", DUR),
+    Field::optional("env", ENV),
 ];
 
-pub(super) static DEPLOY: [Field; 1] = [Field::optional("health_timeout", DUR)];
+pub(super) static DEPLOY: [Field; 2] = [
+    Field::optional("health_timeout", DUR),
+    Field::optional("env", ENV),
+];
 
-pub(super) static COMMAND: [Field; 2] =
-    [Field::required("run", STR), Field::optional("timeout", DUR)];
+pub(super) static COMMAND: [Field; 3] = [
+    Field::required("run", STR),
+    Field::optional("timeout", DUR),
+    Field::optional("env", ENV),
+];
 
 pub(super) static STEP: [(&str, Schema); 4] = [
     ("deploy", Schema::Struct(&DEPLOY)),
@@ -76,7 +84,7 @@ pub(super) static WINDOW: [Field; 2] = [
     Field::optional("tz", Schema::Leaf(leaf::<WindowTz>, VALUES)),
 ];
 
-pub(super) static PIPELINE: [Field; 7] = [
+pub(super) static PIPELINE: [Field; 8] = [
     Field::required("name", STR),
     Field::required("artifact", Schema::Struct(&ARTIFACT)),
     Field::optional("cells", Schema::Struct(&SELECTOR)),
@@ -84,6 +92,7 @@ pub(super) static PIPELINE: [Field; 7] = [
     Field::required("waves", Schema::Seq(&Schema::Struct(&WAVE))),
     Field::optional("on_failure", Schema::Leaf(leaf::<OnFailure>, VALUES)),
     Field::optional("windows", Schema::Seq(&Schema::Struct(&WINDOW))),
+    Field::optional("env", ENV),
 ];
 
 /// The whole pipeline document.

@@ -49,6 +49,8 @@ fn unreachable(base: &str, why: impl std::fmt::Display) -> CliError {
 
 impl Client {
     pub(super) fn new(c: &Conn) -> Result<Client, CliError> {
+        // No fallback to a token file in the data directory: the admin
+        // token is not kept there (`conductor up --write-admin-token FILE`).
         let from_file = match &c.token_file {
             Some(f) => Some(
                 std::fs::read_to_string(f)
@@ -59,11 +61,6 @@ impl Client {
         };
         let token = from_file
             .or_else(|| c.token.clone())
-            .or_else(|| {
-                std::fs::read_to_string(".data/admin.token")
-                    .ok()
-                    .map(|s| s.trim().to_string())
-            })
             .ok_or_else(|| {
                 CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token-file)")
             })?;

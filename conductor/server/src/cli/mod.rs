@@ -1,7 +1,8 @@
 //! The `conductor` command line. clap types stay in this module; they are
 //! turned into validated values before anything else sees them.
 
-use crate::up::{load_inventory, up, PlannerMode, UpOptions};
+use crate::targets::ports::PortRange;
+use crate::up::{load_inventory, up, PlannerMode, UpOptions, Users};
 use anyhow::Context;
 use capacity_planner::report;
 use clap::{Args, Parser, Subcommand};
@@ -107,11 +108,37 @@ pub struct Conn {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Start the Conductor and the local cells on this machine (Ctrl-C stops; trains resume on restart).
+    /// Start the Conductor and the local cells on this machine (Ctrl-C stops the
+    /// Conductor; the cells keep serving and the next `up` adopts them; trains resume).
     Up {
-        /// Where the database, artifacts and cell data live.
+        /// Where the database, artifacts, keys and logs live (made mode 0700;
+        /// steps and cells cannot read it).
         #[arg(long, default_value = ".data")]
         data_dir: PathBuf,
+        /// Where cells keep their data and command steps run, outside the data
+        /// directory [default: DATA-run beside the data directory].
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// When run as root: the user command steps and command targets run as
+        /// (a name or UID[:GID]; never root) [default: nobody].
+        #[arg(long, value_name = "USER")]
+        run_as: Option<String>,
+        /// When run as root: the user local cell processes run as (a name or
+        /// UID[:GID]; never root) [default: 65533:65533, an id of their own].
+        #[arg(long, value_name = "USER")]
+        cells_run_as: Option<String>,
+        /// Loopback ports for artifacts after a cell's first (each gets a pair
+        /// of its own; the first keeps the cell's `port`).
+        #[arg(long, default_value = "28000-28999", value_name = "LOW-HIGH")]
+        artifact_ports: String,
+        /// When the database is created: write the admin token to FILE (mode
+        /// 0600) instead of printing it (needed with --log-format json).
+        #[arg(long, value_name = "FILE")]
+        write_admin_token: Option<PathBuf>,
+        /// On Ctrl-C or SIGTERM, stop the cell processes too (by default they
+        /// keep serving and the next `conductor up` adopts them).
+        #[arg(long)]
+        stop_cells_on_exit: bool,
         /// Address to serve the API and dashboard on.
         #[arg(long, default_value = "127.0.0.1:8480")]
         listen: String,
@@ -190,9 +217,16 @@ pub(super) fn enc(s: &str) -> String {
 }
 
 pub async fn run(cli: Cli) -> CliResult {
+    let json = cli.log_format == "json";
     match cli.cmd {
         Cmd::Up {
             data_dir,
+            run_dir,
+            run_as,
+            cells_run_as,
+            artifact_ports,
+            write_admin_token,
+            stop_cells_on_exit,
             listen,
             cells,
             shapes,
@@ -243,6 +277,10 @@ pub async fn run(cli: Cli) -> CliResult {
                     "--listen {listen:?} is not an address like 127.0.0.1:8480"
                 ))
             })?;
+            let users = Users::resolve(run_as.as_deref(), cells_run_as.as_deref())
+                .map_err(CliError::usage)?;
+            let artifact_ports = PortRange::parse(&artifact_ports)
+                .map_err(|e| CliError::usage(format!("--artifact-ports {e}")))?;
             up(UpOptions {
                 data_dir,
                 listen,
@@ -250,6 +288,12 @@ pub async fn run(cli: Cli) -> CliResult {
                 shapes_file: shapes,
                 cell_template,
                 planner,
+                run_dir,
+                users,
+                artifact_ports,
+                write_admin_token,
+                stop_cells_on_exit,
+                json,
             })
             .await?;
             Ok(exit::OK)
@@ -274,19 +318,39 @@ pub(super) fn s(v: &Value) -> String {
     }
 }
 
-/// Set up logging for the server.
+/// Set up logging for the server (stderr): text, colored only on a
+/// terminal, or one JSON object per line.
 pub fn init_logging(format: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if format == "json" {
-        b.json().try_init().map_err(|e| anyhow::anyhow!("{e}"))
+        b.json()
+            .with_ansi(false)
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     } else {
-        b.try_init().map_err(|e| anyhow::anyhow!("{e}"))
+        b.with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
     .context("initialising logging")
+}
+
+/// How a fatal error of `conductor up` is printed: a JSON line with
+/// `--log-format json`, else `error: ...`.
+pub fn print_error(json: bool, message: &str) {
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"level": "ERROR", "fields": {"message": message}})
+        );
+    } else {
+        eprintln!("error: {message}");
+    }
 }
 
 pub(super) fn human(d: chrono::Duration) -> String {

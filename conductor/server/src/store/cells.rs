@@ -9,6 +9,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let mut n = 0;
         for c in cells {
+            if !cell_exists(&mut tx, &c.id).await? {
+                refuse_taken_ports(&mut tx, c).await?;
+            }
             let res = sqlx::query("INSERT INTO cells (id, spec, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
                 .bind(&c.id)
                 .bind(serde_json::to_string(c).map_err(corrupt)?)
@@ -73,7 +76,7 @@ impl Store {
     }
 
     /// Add one new cell (`cells add`) and audit it, in one transaction; a
-    /// taken id is a conflict.
+    /// taken id or a port another cell's artifact holds is a conflict.
     pub async fn add_cell(
         &self,
         c: &CellSpec,
@@ -81,17 +84,16 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let res = sqlx::query(
-            "INSERT INTO cells (id, spec, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&c.id)
-        .bind(serde_json::to_string(c).map_err(corrupt)?)
-        .bind(ts(now))
-        .execute(&mut *tx)
-        .await?;
-        if res.rows_affected() == 0 {
+        if cell_exists(&mut tx, &c.id).await? {
             return Err(StoreError::Conflict(format!("cell {}", c.id)));
         }
+        refuse_taken_ports(&mut tx, c).await?;
+        sqlx::query("INSERT INTO cells (id, spec, updated_at) VALUES (?, ?, ?)")
+            .bind(&c.id)
+            .bind(serde_json::to_string(c).map_err(corrupt)?)
+            .bind(ts(now))
+            .execute(&mut *tx)
+            .await?;
         append_audit(&mut tx, audit, now).await?;
         tx.commit().await?;
         Ok(())
@@ -192,6 +194,39 @@ impl Store {
     }
 }
 
+async fn cell_exists(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM cells WHERE id = ?")
+        .bind(id)
+        .fetch_optional(tx)
+        .await?
+        .is_some())
+}
+
+/// A new cell's ports must not overlap the ports an artifact of another cell
+/// was given (`--artifact-ports`).
+async fn refuse_taken_ports(tx: &mut sqlx::SqliteConnection, c: &CellSpec) -> Result<()> {
+    let Some(p) = c.port else { return Ok(()) };
+    let p = i64::from(p);
+    let row = sqlx::query(
+        "SELECT cell_id, artifact, port FROM cell_ports WHERE cell_id <> ? AND port BETWEEN ? AND ? LIMIT 1",
+    )
+    .bind(&c.id)
+    .bind(p - 1)
+    .bind(p + 1)
+    .fetch_optional(tx)
+    .await?;
+    if let Some(r) = row {
+        let (cell, art, q): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        // Shown as "... already exists".
+        return Err(StoreError::Conflict(format!(
+            "a service on ports {q}-{} ({art} of cell {cell}), which cell {} would use,",
+            q + 1,
+            c.id
+        )));
+    }
+    Ok(())
+}
+
 async fn write_resize(tx: &mut sqlx::SqliteConnection, r: &Resize) -> Result<()> {
     sqlx::query(
         "INSERT INTO resizes (id, cell_id, status, body, created_at) VALUES (?, ?, ?, ?, ?)
@@ -205,4 +240,109 @@ async fn write_resize(tx: &mut sqlx::SqliteConnection, r: &Resize) -> Result<()>
     .execute(tx)
     .await?;
     Ok(())
+}
+
+/// A worker process of a local cell, as persisted for adoption after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct CellProcessRow {
+    pub pid: i64,
+    /// Boot id and start time of the process (from /proc).
+    pub started: String,
+    pub cell_id: String,
+    pub artifact: String,
+    pub version: String,
+    pub port: i64,
+    pub worker: i64,
+    pub worker_port: i64,
+    /// Whether the worker was handed its bound worker socket.
+    pub handover: bool,
+}
+
+impl Store {
+    // ---- per-artifact ports of local cells ----------------------------------
+
+    /// The first of the two ports `artifact` serves on `cell`, once assigned.
+    pub async fn cell_port(&self, cell: &str, artifact: &str) -> Result<Option<u16>> {
+        let row = sqlx::query("SELECT port FROM cell_ports WHERE cell_id = ? AND artifact = ?")
+            .bind(cell)
+            .bind(artifact)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| port_of(r.try_get(0)?)).transpose()
+    }
+
+    /// Every assignment: `(cell, artifact, first port)`.
+    pub async fn cell_ports(&self) -> Result<Vec<(String, String, u16)>> {
+        let rows = sqlx::query("SELECT cell_id, artifact, port FROM cell_ports ORDER BY port")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, port_of(r.try_get(2)?)?)))
+            .collect()
+    }
+
+    /// Assign `port` (and `port + 1`) to `artifact` on `cell`. Returns false,
+    /// changing nothing, when the artifact has ports already or the port is
+    /// taken by another assignment.
+    pub async fn assign_cell_port(&self, cell: &str, artifact: &str, port: u16) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO cell_ports (cell_id, artifact, port) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(cell)
+        .bind(artifact)
+        .bind(i64::from(port))
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    // ---- running worker processes of local cells ---------------------------
+
+    pub async fn put_cell_process(&self, p: &CellProcessRow, now: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cell_processes (pid, started, cell_id, artifact, version, port, worker, worker_port, handover, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (pid) DO UPDATE SET started = excluded.started, cell_id = excluded.cell_id,
+                 artifact = excluded.artifact, version = excluded.version, port = excluded.port,
+                 worker = excluded.worker, worker_port = excluded.worker_port,
+                 handover = excluded.handover, at = excluded.at",
+        )
+        .bind(p.pid)
+        .bind(&p.started)
+        .bind(&p.cell_id)
+        .bind(&p.artifact)
+        .bind(&p.version)
+        .bind(p.port)
+        .bind(p.worker)
+        .bind(p.worker_port)
+        .bind(p.handover)
+        .bind(ts(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forget a process (it was stopped, or it is gone), if the row is still
+    /// this process's (a later process may have the same pid).
+    pub async fn delete_cell_process(&self, pid: i64, started: &str) -> Result<()> {
+        sqlx::query("DELETE FROM cell_processes WHERE pid = ? AND started = ?")
+            .bind(pid)
+            .bind(started)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn cell_processes(&self) -> Result<Vec<CellProcessRow>> {
+        Ok(sqlx::query_as(
+            "SELECT pid, started, cell_id, artifact, version, port, worker, worker_port, handover
+             FROM cell_processes ORDER BY cell_id, artifact, worker, pid",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+fn port_of(p: i64) -> Result<u16> {
+    u16::try_from(p).map_err(|_| StoreError::Corrupt(format!("port {p} out of range")))
 }

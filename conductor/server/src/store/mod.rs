@@ -45,6 +45,8 @@ mod pipelines;
 mod tokens;
 mod trains;
 
+pub use cells::CellProcessRow;
+
 /// Rows per multi-row INSERT of events.
 const EVENT_CHUNK: usize = 500;
 

@@ -116,12 +116,28 @@ impl TestApp {
         let artifacts = ArtifactDir {
             root: dir.path().join("artifacts"),
         };
-        let supervisor = Supervisor::new(
-            artifacts.clone(),
-            dir.path().to_path_buf(),
-            shapes.iter().map(|s| (s.name.clone(), s.workers)).collect(),
-            Default::default(),
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let sandbox = Arc::new(
+            conductor::procs::sandbox::Sandbox::new(
+                &dir.path().join("run"),
+                &dir.path().join("data"),
+                None,
+                None,
+            )
+            .expect("sandbox"),
         );
+        let supervisor = Supervisor::new(conductor::targets::SupervisorConfig {
+            artifacts: artifacts.clone(),
+            data_dir: dir.path().join("data"),
+            sandbox,
+            store: store.clone(),
+            workers_by_shape: shapes.iter().map(|s| (s.name.clone(), s.workers)).collect(),
+            cell_env: Default::default(),
+            ports: conductor::targets::ports::PortRange {
+                first: 28000,
+                last: 28999,
+            },
+        });
         let resizer = Resizer::start(
             store.clone(),
             leases,
