@@ -309,7 +309,8 @@ impl Pipeline {
 /// every mismatch with the language's shape (unknown keys, values of the
 /// wrong kind, bad durations), or, once there are none, every semantic one.
 pub fn parse(file: &str, text: &str) -> Result<(Pipeline, Spans), Diagnostics> {
-    let (mut p, spans): (Pipeline, Spans) = yamlspan::from_str_checked(file, text, &schema::DOCUMENT)?;
+    let (mut p, spans): (Pipeline, Spans) =
+        yamlspan::from_str_checked(file, text, &schema::DOCUMENT)?;
     let errs = validate(&p, &spans);
     if errs.is_empty() {
         // Every command step carries the pipeline's environment (its own wins).

@@ -167,17 +167,17 @@ mod tests {
     fn required_keys_match_the_serde_types() {
         check_required::<Pipeline>(
             &PIPELINE,
-            "{ name: p, artifact: { kind: binary, name: a }, cells: {}, steps: [], waves: [], on_failure: rollback_train, windows: [] }",
+            "{ name: p, artifact: { kind: binary, name: a }, cells: {}, steps: [], waves: [], on_failure: rollback_train, windows: [], env: {} }",
         );
         check_required::<Artifact>(&ARTIFACT, "{ kind: binary, name: a, args: [], health: /h }");
         check_required::<Selector>(&SELECTOR, "{ labels: {}, regions: [] }");
         check_required::<HttpCheck>(&HTTP, "{ path: /, expect_status: 200 }");
         check_required::<TestStep>(
             &TEST,
-            "{ http: { path: / }, command: x, min_requests: 1, timeout: 1s }",
+            "{ http: { path: / }, command: x, min_requests: 1, timeout: 1s, env: {} }",
         );
-        check_required::<DeployStep>(&DEPLOY, "{ health_timeout: 1s }");
-        check_required::<CommandStep>(&COMMAND, "{ run: x, timeout: 1s }");
+        check_required::<DeployStep>(&DEPLOY, "{ health_timeout: 1s, env: {} }");
+        check_required::<CommandStep>(&COMMAND, "{ run: x, timeout: 1s, env: {} }");
         check_required::<Gate>(&GATE, "{ group: g, quorum: 1 }");
         check_required::<WaveSpec>(
             &WAVE,

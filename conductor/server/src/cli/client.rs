@@ -59,11 +59,9 @@ impl Client {
             ),
             None => None,
         };
-        let token = from_file
-            .or_else(|| c.token.clone())
-            .ok_or_else(|| {
-                CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token-file)")
-            })?;
+        let token = from_file.or_else(|| c.token.clone()).ok_or_else(|| {
+            CliError::usage("no token: set CONDUCTOR_TOKEN (or pass --token-file)")
+        })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
             .connect_timeout(Duration::from_secs(10))

@@ -6,7 +6,9 @@ impl Store {
     /// Add cells that are not in the inventory yet (the seed); existing cells
     /// keep their stored fields. Returns how many were added.
     pub async fn seed_cells(&self, cells: &[CellSpec], now: DateTime<Utc>) -> Result<usize> {
-        let mut tx = self.pool.begin().await?;
+        // BEGIN IMMEDIATE: this transaction reads before it writes, and a
+        // deferred one could not wait for the write lock (SQLITE_BUSY at once).
+        let mut tx = self.begin_write().await?;
         let mut n = 0;
         for c in cells {
             if !cell_exists(&mut tx, &c.id).await? {

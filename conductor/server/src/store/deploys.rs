@@ -25,9 +25,9 @@ impl Store {
         kind: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>> {
-        // Write first, so the transaction holds the write lock from its
-        // first statement (a read-then-write transaction cannot wait for it).
-        let mut tx = self.pool.begin().await?;
+        // BEGIN IMMEDIATE: the transaction holds the write lock from the
+        // start (a deferred one that read first could not wait for it).
+        let mut tx = self.begin_write().await?;
         let old: Option<String> = sqlx::query(
             "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES (?, ?, ?, NULL, ?)
              ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
