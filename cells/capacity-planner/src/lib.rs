@@ -190,6 +190,22 @@ fn yes() -> bool {
     true
 }
 
+/// Move every sample of `tenants` by one offset so that the newest is at
+/// `now` (spacing kept): replaying recorded or example usage as current.
+pub fn shift_to(tenants: &mut [TenantUsage], now: f64) {
+    let newest = tenants
+        .iter()
+        .flat_map(|t| &t.samples)
+        .map(|s| s.at)
+        .reduce(f64::max);
+    if let Some(newest) = newest {
+        let by = now - newest;
+        for s in tenants.iter_mut().flat_map(|t| t.samples.iter_mut()) {
+            s.at += by;
+        }
+    }
+}
+
 /// The shortest history (seconds between the first and last sample) whose
 /// trend the forecast trusts. A slope fitted to a few scrapes seconds apart
 /// is noise, and projected over a horizon of days it would call any cell

@@ -141,6 +141,9 @@ pub struct PushOutcome {
     pub outcome: &'static str,
     pub pushed: usize,
     pub limits: usize,
+    /// Tenants with no store to push to (imported usage), not counted in
+    /// `limits`.
+    pub skipped: usize,
     /// What failed: `tenant on cell: why`.
     pub failures: Vec<String>,
 }
@@ -151,10 +154,16 @@ const MAX_NAMED_FAILURES: usize = 20;
 /// Fail closed: an entry is pushed only if it says `"ok": true`.
 pub fn push_outcome(results: &[serde_json::Value]) -> PushOutcome {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
-    let (mut pushed, mut limits, mut whole) = (0, 0, false);
+    let (mut pushed, mut limits, mut skipped, mut whole) = (0, 0, 0, false);
     let mut failures = Vec::new();
     for r in results {
         let ok = r["ok"] == serde_json::Value::Bool(true);
+        if r["skipped"] == serde_json::Value::Bool(true)
+            && r.get("tenant").is_some_and(|t| !t.is_null())
+        {
+            skipped += 1;
+            continue;
+        }
         if r.get("tenant").is_some_and(|t| !t.is_null()) {
             limits += 1;
             if ok {
@@ -183,6 +192,7 @@ pub fn push_outcome(results: &[serde_json::Value]) -> PushOutcome {
         outcome,
         pushed,
         limits,
+        skipped,
         failures,
     }
 }
@@ -194,6 +204,13 @@ impl PushOutcome {
             "{}: {} of {} limits pushed",
             self.outcome, self.pushed, self.limits
         );
+        if self.skipped > 0 {
+            let _ = write!(
+                s,
+                "; {} skipped (not FGA store ids: imported usage)",
+                self.skipped
+            );
+        }
         if !self.failures.is_empty() {
             let named: Vec<&str> = self
                 .failures

@@ -457,4 +457,42 @@ fn a_limits_push_reports_its_real_outcome() {
     let odd = report::push_outcome(&[json!({"tenant": "a", "cell": "c"})]);
     assert_eq!(odd.outcome, "failed");
     assert_eq!(report::push_outcome(&[]).outcome, "succeeded");
+    // Imported tenants that are no FGA store are skipped, not failed.
+    let skip = json!({"tenant": "acme", "cell": "c1", "ok": false, "skipped": true, "detail": "not an FGA store id"});
+    let mixed = report::push_outcome(&[ok.clone(), skip]);
+    assert_eq!(
+        (mixed.outcome, mixed.pushed, mixed.limits, mixed.skipped),
+        ("succeeded", 1, 1, 1)
+    );
+    assert_eq!(
+        mixed.summary(),
+        "succeeded: 1 of 1 limits pushed; 1 skipped (not FGA store ids: imported usage)"
+    );
+}
+
+#[test]
+fn only_store_ids_are_pushed_to() {
+    use crate::service::is_store_id;
+    assert!(is_store_id("01JDQ6Z0ZXJ7V8Q9R2S3T4V5W6"));
+    for bad in [
+        "acme",
+        "01jdq6z0zxj7v8q9r2s3t4v5w6",
+        "01JDQ6Z0ZXJ7V8Q9R2S3T4V5WI",
+        "01JDQ6Z0ZXJ7V8Q9R2S3T4V5W",
+    ] {
+        assert!(!is_store_id(bad), "{bad}");
+    }
+}
+
+#[test]
+fn shifting_to_now_keeps_the_spacing() {
+    let mut t = vec![flat("a", "c1", 1.0, 1.0), flat("b", "c2", 2.0, 2.0)];
+    t[1].samples[3].at += 100.0;
+    let before: Vec<f64> = t.iter().flat_map(|u| &u.samples).map(|s| s.at).collect();
+    shift_to(&mut t, 1e9);
+    let after: Vec<f64> = t.iter().flat_map(|u| &u.samples).map(|s| s.at).collect();
+    assert_eq!(after.iter().copied().reduce(f64::max), Some(1e9));
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(b - a, after[0] - before[0]);
+    }
 }

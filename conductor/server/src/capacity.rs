@@ -253,22 +253,35 @@ const MAX_USAGE: usize = 64 * 1024 * 1024;
 
 /// Import a usage file. The role is checked before a byte of the body is
 /// read; a body declared larger than the limit is refused at once.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    #[serde(default)]
+    shift_to_now: bool,
+}
+
 async fn import(
     State(st): State<AppState>,
     id: Identity,
+    Query(q): Query<ImportQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
     require(&id, Action::ManageCells)?;
     let planner = st.planner.clone().ok_or_else(no_planner)?;
     let body = read_body(&headers, body, MAX_USAGE).await?;
-    let v = planner.import(body).await?;
+    let v = planner.import(body, q.shift_to_now).await?;
+    let shifted = if q.shift_to_now {
+        " (shifted to now)"
+    } else {
+        ""
+    };
     audit(
         &st,
         &id,
         "capacity.import",
         "usage",
-        &format!("{} samples", v["imported"]),
+        &format!("{} samples{shifted}", v["imported"]),
     )
     .await?;
     Ok(Json(v))

@@ -43,9 +43,14 @@ impl Planner {
     }
 
     /// POST a usage file (YAML or JSON text) into the planner's history.
-    pub async fn import(&self, text: bytes::Bytes) -> Result<Value, PlannerError> {
-        self.send(self.http.post(format!("{}/v1/usage", self.url)).body(text))
-            .await
+    /// Import usage; `shift_to_now` moves every sample so the newest is now.
+    pub async fn import(
+        &self,
+        text: bytes::Bytes,
+        shift_to_now: bool,
+    ) -> Result<Value, PlannerError> {
+        let url = format!("{}/v1/usage?shift_to_now={shift_to_now}", self.url);
+        self.send(self.http.post(url).body(text)).await
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, PlannerError> {

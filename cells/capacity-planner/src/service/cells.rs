@@ -73,6 +73,15 @@ async fn push_limits(
     };
     let mut out = Vec::new();
     for l in limits {
+        if !is_store_id(&l.tenant) {
+            // Usage imported for a tenant that is no FGA store (a name such
+            // as `acme`): no data plane has it, and it refuses such an id.
+            out.push(
+                json!({"tenant": l.tenant, "cell": l.cell, "ok": false, "skipped": true,
+                "detail": "not an FGA store id (usage from an import): nothing to push"}),
+            );
+            continue;
+        }
         let Some(ws) = cells.get(&l.cell).filter(|w| !w.is_empty()) else {
             out.push(json!({"tenant": l.tenant, "cell": l.cell, "ok": false, "detail": "no running data plane workers found for the cell"}));
             continue;
@@ -104,6 +113,14 @@ async fn push_limits(
         }));
     }
     out
+}
+
+/// Is `s` shaped like an FGA store id (a ULID: 26 characters of Crockford's
+/// base 32, upper case), the only tenants a data plane can hold?
+pub fn is_store_id(s: &str) -> bool {
+    s.len() == 26
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
 }
 
 /// A tenant name as one URL path segment (imported names may hold any

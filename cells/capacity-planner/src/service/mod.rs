@@ -11,7 +11,7 @@
 use crate::history::History;
 use crate::{Cell, Policy};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod cells;
-pub use cells::scrape_loop;
+pub use cells::{is_store_id, scrape_loop};
 
 /// Largest request body (a usage import).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -252,10 +252,27 @@ async fn rebalance(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Va
     ))
 }
 
-async fn import(State(st): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    /// Move every sample by the same amount so that the newest one is now
+    /// (recorded or example usage replayed as if it had just happened).
+    #[serde(default)]
+    shift_to_now: bool,
+}
+
+async fn import(
+    State(st): State<AppState>,
+    q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad(format!("bad query string: {}", e.body_text())))?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad("the usage file is not UTF-8"))?;
-    let tenants = crate::parse_usage("request body", text).map_err(ApiError::bad)?;
+    let mut tenants = crate::parse_usage("request body", text).map_err(ApiError::bad)?;
+    if q.shift_to_now {
+        crate::shift_to(&mut tenants, now_secs());
+    }
     // Samples older than the retention would be deleted at the next scrape:
     // refuse them rather than lose them silently.
     let oldest = now_secs() - st.cfg.retention_secs;

@@ -64,6 +64,11 @@ pub enum PlanCmd {
     /// deploy/local/usage.example.yaml) into the planner's history (role sre).
     Import {
         file: PathBuf,
+        /// Move every sample by the same amount so that the newest is now
+        /// (replay recorded or example usage, e.g. deploy/local/usage.example.yaml,
+        /// as if it had just been measured).
+        #[arg(long)]
+        shift_to_now: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -168,9 +173,17 @@ pub(super) async fn plan_cmd(c: PlanCmd) -> CliResult {
             print!("{}", report::limits(&l));
             let near = l.iter().filter(|x| x.near_limit).count();
             println!("{near} of {} tenants near their limit", l.len());
-            let mut failed = 0;
+            let (mut failed, mut skipped) = (0, 0);
             for p in v["pushed"].as_array().into_iter().flatten() {
-                if p["ok"] != json!(true) {
+                if p["skipped"] == json!(true) {
+                    skipped += 1;
+                    println!(
+                        "not pushed: {} ({}): {}",
+                        s(&p["tenant"]),
+                        s(&p["cell"]),
+                        s(&p["detail"])
+                    );
+                } else if p["ok"] != json!(true) {
                     failed += 1;
                     eprintln!(
                         "push to {} ({}) failed: {}",
@@ -183,20 +196,27 @@ pub(super) async fn plan_cmd(c: PlanCmd) -> CliResult {
             if push {
                 let n = v["pushed"].as_array().map_or(0, Vec::len);
                 println!(
-                    "pushed {} limits to the data planes ({failed} failed)",
-                    n - failed
+                    "pushed {} limits to the data planes ({failed} failed, {skipped} not FGA stores)",
+                    n - failed - skipped
                 );
             }
             Ok(if failed == 0 { exit::OK } else { exit::FAILED })
         }
-        PlanCmd::Import { file, conn } => {
+        PlanCmd::Import {
+            file,
+            shift_to_now,
+            conn,
+        } => {
             let text = read_file(&file)?;
             let client = Client::new(&conn)?;
             let v = client
                 .send(
                     client
                         .http
-                        .post(format!("{}/api/v1/capacity/usage", client.base))
+                        .post(format!(
+                            "{}/api/v1/capacity/usage?shift_to_now={shift_to_now}",
+                            client.base
+                        ))
                         .header("content-type", "application/yaml")
                         .body(text),
                 )

@@ -62,6 +62,13 @@ pub enum ResizesCmd {
         /// Only unfinished ones (awaiting approval, waiting for the lease, running).
         #[arg(long)]
         open: bool,
+        /// Only those in this state: awaiting_approval, waiting_for_lease,
+        /// running, succeeded, failed or rejected.
+        #[arg(long, value_parser = ["awaiting_approval", "waiting_for_lease", "running", "succeeded", "failed", "rejected"])]
+        status: Option<String>,
+        /// Print only their ids, one per line (for scripts).
+        #[arg(long, short)]
+        quiet: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -240,10 +247,25 @@ pub(super) async fn wait_resize(client: &Client, id: &str) -> CliResult {
 
 pub(super) async fn resizes_cmd(c: ResizesCmd) -> CliResult {
     match c {
-        ResizesCmd::List { open, json, conn } => {
-            let v = Client::new(&conn)?
+        ResizesCmd::List {
+            open,
+            status,
+            quiet,
+            json,
+            conn,
+        } => {
+            let mut v = Client::new(&conn)?
                 .get(&format!("/resizes?open={open}"))
                 .await?;
+            if let (Some(want), Some(list)) = (&status, v["resizes"].as_array_mut()) {
+                list.retain(|r| r["status"].as_str() == Some(want.as_str()));
+            }
+            if quiet {
+                for r in v["resizes"].as_array().into_iter().flatten() {
+                    println!("{}", s(&r["id"]));
+                }
+                return Ok(exit::OK);
+            }
             if json {
                 print_json(&v);
                 return Ok(exit::OK);
