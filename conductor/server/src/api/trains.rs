@@ -100,7 +100,7 @@ async fn start_train(
     };
     // The audit row is committed with the train's first events.
     let t = st.engine.start_train(spec, Some(audit)).await?;
-    Ok((StatusCode::CREATED, Json(json!(t))))
+    Ok((StatusCode::CREATED, Json(train_json(&t))))
 }
 
 #[derive(Deserialize)]
@@ -133,10 +133,16 @@ async fn get_train(
         .train(&tid)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
+    Ok(Json(train_json(&t)))
+}
+
+/// A train as every train endpoint answers it: its state, the gates waiting
+/// for an approval and the count of cells per phase.
+fn train_json(t: &conductor_core::train::Train) -> Value {
     let mut v = json!(t);
     v["gates_waiting"] = json!(t.gates_waiting());
     v["summary"] = json!(t.cell_summary());
-    Ok(Json(v))
+    v
 }
 
 async fn train_events(
@@ -220,7 +226,7 @@ async fn decide(
     );
     // Committed with the event, and only if the engine accepts it.
     let t = st.engine.command(tid, ev, Some(audit)).await?;
-    Ok(Json(json!(t)))
+    Ok(Json(train_json(&t)))
 }
 
 async fn approve(
@@ -255,7 +261,7 @@ async fn stop_train(
         .engine
         .command(tid, event, Some(entry(id, action, tid, "")))
         .await?;
-    Ok(Json(json!(t)))
+    Ok(Json(train_json(&t)))
 }
 
 async fn cancel(

@@ -67,6 +67,10 @@ pub struct Supervisor {
     http: reqwest::Client,
     procs: Mutex<HashMap<(String, String), Proc>>,
     routes_file: PathBuf,
+    /// Held while the routing table is written: one writer at a time, each
+    /// writing the table as it is then (two concurrent writers of one
+    /// temporary file lost a write, or left an older table in place).
+    routes_write: Mutex<()>,
 }
 
 impl Supervisor {
@@ -81,6 +85,7 @@ impl Supervisor {
             cfg,
             http,
             procs: Mutex::new(HashMap::new()),
+            routes_write: Mutex::new(()),
         })
     }
 
@@ -145,13 +150,11 @@ impl Supervisor {
     }
 
     fn write_routes(&self) {
-        let body = serde_json::to_string_pretty(&self.routes()).unwrap_or_default();
-        let tmp = self.routes_file.with_extension("json.tmp");
-        if std::fs::write(&tmp, body)
-            .and_then(|_| std::fs::rename(&tmp, &self.routes_file))
-            .is_err()
-        {
-            tracing::warn!(file = %self.routes_file.display(), "could not write the routing table");
+        let result = replace_file(&self.routes_write, &self.routes_file, || {
+            serde_json::to_string_pretty(&self.routes()).unwrap_or_default()
+        });
+        if let Err(e) = result {
+            tracing::warn!(file = %self.routes_file.display(), error = %e, "could not write the routing table");
         }
     }
 
@@ -314,3 +317,47 @@ mod restore;
 mod worker;
 
 use worker::{retire_all, Running, Worker, WorkerRun};
+
+/// Replace `path` with what `body` returns, atomically (a temporary file
+/// renamed over it), one writer at a time: `body` runs under `lock`, so the
+/// last file written holds the newest contents.
+fn replace_file(
+    lock: &Mutex<()>,
+    path: &std::path::Path,
+    body: impl FnOnce() -> String,
+) -> std::io::Result<()> {
+    let _one_writer = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, body())?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_writers_of_the_routing_table_all_succeed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("routes.json");
+        let lock = Arc::new(Mutex::new(()));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (lock, path) = (lock.clone(), path.clone());
+                std::thread::spawn(move || {
+                    (0..200)
+                        .map(|j| {
+                            replace_file(&lock, &path, || format!("{{\"w\": {i}, \"n\": {j}}}"))
+                        })
+                        .filter(Result::is_err)
+                        .count()
+                })
+            })
+            .collect();
+        let failed: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();
+        assert_eq!(failed, 0);
+        let last: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        assert_eq!(last["n"], 199);
+    }
+}
