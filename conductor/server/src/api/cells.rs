@@ -108,6 +108,7 @@ async fn resize_cell(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ResizeQuery {
     #[serde(default)]
     open: bool,
@@ -198,6 +199,7 @@ async fn reject_resize(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CellQuery {
     cell: Option<String>,
 }

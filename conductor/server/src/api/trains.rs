@@ -104,6 +104,7 @@ async fn start_train(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     pipeline: Option<String>,
     limit: Option<i64>,

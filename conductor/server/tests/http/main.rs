@@ -4,6 +4,7 @@
 mod artifacts;
 mod audit;
 mod common;
+mod errors;
 mod revisions;
 mod roles;
 mod tokens;
