@@ -340,9 +340,11 @@ fn tenants_go_only_where_the_data_plane_runs_and_retiring_never_loses_them_quiet
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    // (A store id: a tenant named otherwise is no FGA store, and is skipped.)
+    let ghost_id = "01JDQ6Z0ZXJ7V8Q9R2S3T4V5W6";
     let ghost = c.file(
         "ghost.yaml",
-        &format!("tenants:\n  - tenant: ghost\n    cell: use1-x\n    samples: [ {{ at: {now}, check_rps: 5, tuples: 10 }} ]\n"),
+        &format!("tenants:\n  - tenant: {ghost_id}\n    cell: use1-x\n    samples: [ {{ at: {now}, check_rps: 5, tuples: 10 }} ]\n"),
     );
     c.cli_ok(&sam, &["plan", "import", &ghost], 0);
     let o = c.cli(&sam, &["plan", "limits", "--push", "--horizon-days", "0"]);
@@ -350,7 +352,8 @@ fn tenants_go_only_where_the_data_plane_runs_and_retiring_never_loses_them_quiet
     let pushes = audit_detail(&c, "capacity.limits.push");
     let last = pushes.last().map(|p| p.1.clone()).unwrap_or_default();
     assert!(
-        last.starts_with("partly: 1 of 2 limits pushed") && last.contains("ghost on use1-x"),
+        last.starts_with("partly: 1 of 2 limits pushed")
+            && last.contains(&format!("{ghost_id} on use1-x")),
         "{pushes:?}"
     );
 

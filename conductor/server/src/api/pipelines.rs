@@ -96,13 +96,16 @@ async fn get_pipeline(
     _id: Identity,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let row = st
-        .engine
+    Ok(Json(json!(pipeline_row(&st, &name).await?)))
+}
+
+/// The revision in effect of a submitted pipeline, or 404.
+async fn pipeline_row(st: &AppState, name: &str) -> ApiResult<crate::store::PipelineRow> {
+    st.engine
         .store()
-        .get_pipeline(&name)
+        .get_pipeline(name)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
-    Ok(Json(json!(row)))
+        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))
 }
 
 async fn plan_pipeline(
@@ -110,12 +113,7 @@ async fn plan_pipeline(
     _id: Identity,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let row = st
-        .engine
-        .store()
-        .get_pipeline(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))?;
+    let row = pipeline_row(&st, &name).await?;
     let (p, pl) = check_pipeline(&st, &format!("{name}.yaml"), &row.yaml).await?;
     Ok(Json(plan_json(&st, &p, &pl).await?))
 }

@@ -385,6 +385,24 @@ pub(super) async fn wait_for(
     }
 }
 
+/// Approve or reject (`verb`) the gate `gate` of train `id`.
+async fn decide(
+    conn: &Conn,
+    id: &str,
+    verb: &str,
+    gate: &str,
+    reason: Option<String>,
+) -> CliResult {
+    let t = Client::new(conn)?
+        .post(
+            &format!("/trains/{}/{verb}", enc(id)),
+            json!({"gate": gate, "reason": reason}),
+        )
+        .await?;
+    println!("{verb}d {gate}; {}", progress_line(&t, Utc::now()));
+    Ok(exit::OK)
+}
+
 pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
     match c {
         TrainCmd::Start {
@@ -475,31 +493,13 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
             gate,
             reason,
             conn,
-        } => {
-            let t = Client::new(&conn)?
-                .post(
-                    &format!("/trains/{}/approve", enc(&id)),
-                    json!({"gate": gate, "reason": reason}),
-                )
-                .await?;
-            println!("approved {gate}; {}", progress_line(&t, Utc::now()));
-            Ok(exit::OK)
-        }
+        } => decide(&conn, &id, "approve", &gate, reason).await,
         TrainCmd::Reject {
             id,
             gate,
             reason,
             conn,
-        } => {
-            let t = Client::new(&conn)?
-                .post(
-                    &format!("/trains/{}/reject", enc(&id)),
-                    json!({"gate": gate, "reason": reason}),
-                )
-                .await?;
-            println!("rejected {gate}; {}", progress_line(&t, Utc::now()));
-            Ok(exit::OK)
-        }
+        } => decide(&conn, &id, "reject", &gate, reason).await,
         TrainCmd::Cancel { id, conn } => {
             let t = Client::new(&conn)?
                 .post(&format!("/trains/{}/cancel", enc(&id)), json!({}))
