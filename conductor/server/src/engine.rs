@@ -142,6 +142,8 @@ struct Shared {
     /// The cell inventory, read once and refreshed when it changes, so that
     /// steps need not read the store to find their cell.
     cells: std::sync::RwLock<HashMap<String, CellSpec>>,
+    /// Set when the engine loop has stopped (it could not commit).
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 /// A handle to the running engine.
@@ -176,6 +178,7 @@ impl Engine {
             tx,
             finished,
             cells,
+            stopped: tokio::sync::watch::Sender::new(false),
         });
         refresh_cells(&shared).await?;
         let mut trains = HashMap::new();
@@ -219,8 +222,46 @@ impl Engine {
                 execute(&shared, spec.clone(), e);
             }
         }
-        tokio::spawn(run(shared, rx, trains, specs));
+        tokio::spawn(async move {
+            let after = shared.clone();
+            run(shared, rx, trains, specs).await;
+            after.stopped.send_replace(true);
+        });
         Ok(engine)
+    }
+
+    /// An engine that does not run: what a follower replica answers reads
+    /// with (trains from their stored snapshots). Commands are refused as
+    /// `Stopped`; a follower forwards them to the leader instead.
+    pub fn follower(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        executor: Arc<dyn Executor>,
+        leases: Arc<Leases>,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        let (tx, _) = mpsc::unbounded_channel();
+        let (finished, _) = tokio::sync::broadcast::channel(1);
+        Engine {
+            shared: Arc::new(Shared {
+                store,
+                clock,
+                executor,
+                leases,
+                metrics,
+                tx,
+                finished,
+                cells: std::sync::RwLock::new(HashMap::new()),
+                stopped: tokio::sync::watch::Sender::new(true),
+            }),
+        }
+    }
+
+    /// Resolves when the engine loop has stopped (it could not commit
+    /// events): a leader must then give up its leadership.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     pub fn store(&self) -> &Store {
@@ -235,14 +276,16 @@ impl Engine {
     /// the last committed batch), else its stored snapshot.
     pub async fn train(&self, id: &str) -> Result<Option<Train>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.shared
-            .tx
-            .send(Msg::Get {
-                train: id.to_string(),
-                reply,
-            })
-            .map_err(|_| EngineError::Stopped)?;
-        match rx.await.map_err(|_| EngineError::Stopped)? {
+        let sent = self.shared.tx.send(Msg::Get {
+            train: id.to_string(),
+            reply,
+        });
+        // No engine loop here (a follower): the stored snapshot.
+        let live = match sent {
+            Ok(()) => rx.await.map_err(|_| EngineError::Stopped)?,
+            Err(_) => None,
+        };
+        match live {
             Some(t) => Ok(Some(t)),
             None => Ok(self.shared.store.get_train(id).await?),
         }

@@ -12,6 +12,7 @@ pub mod leases;
 pub mod metrics;
 pub mod planner;
 pub mod procs;
+pub mod replica;
 pub mod resizer;
 pub mod store;
 pub mod targets;

@@ -120,7 +120,21 @@ impl Resizer {
         actuator: Arc<dyn CapacityActuator>,
         shapes: Vec<Shape>,
     ) -> Result<Resizer, StoreError> {
-        let r = Resizer {
+        let r = Resizer::idle(store, leases, engine, actuator, shapes);
+        r.resume().await?;
+        Ok(r)
+    }
+
+    /// A resizer that has not resumed anything (a follower replica's: it
+    /// never acts; the leader's does).
+    pub fn idle(
+        store: Store,
+        leases: Arc<Leases>,
+        engine: Engine,
+        actuator: Arc<dyn CapacityActuator>,
+        shapes: Vec<Shape>,
+    ) -> Resizer {
+        Resizer {
             inner: Arc::new(Inner {
                 store,
                 leases,
@@ -129,7 +143,12 @@ impl Resizer {
                 shapes,
                 lock: tokio::sync::Mutex::new(()),
             }),
-        };
+        }
+    }
+
+    /// Re-issue what unfinished resizes were doing.
+    async fn resume(&self) -> Result<(), StoreError> {
+        let r = self;
         let open = r.inner.store.list_resizes(true, i64::MAX).await?;
         // Oldest first, so that lease requests queue in the order they were made.
         for rz in open.into_iter().rev() {
@@ -144,7 +163,7 @@ impl Resizer {
             }
             r.execute(&rz, fx);
         }
-        Ok(r)
+        Ok(())
     }
 
     pub fn shapes(&self) -> &[Shape] {

@@ -7,6 +7,8 @@ use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::planner::Planner;
 use crate::procs::sandbox::{self, RunAs, Sandbox};
+use crate::replica::front::Front;
+use crate::replica::{Elector, Me};
 use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
@@ -15,6 +17,7 @@ use anyhow::{Context, Result};
 use cells_inventory::Shape;
 use conductor_core::pipeline::{self, Artifact};
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -398,8 +401,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let template = cells_inventory::parse_template(&template_name, &read(&opts.cell_template)?)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
     move_legacy_cell_data(&data_dir, &sb)?;
-    // Cells first (adopted if they kept running), so that resumed steps find them.
-    supervisor.restore(&artifact_specs(&store).await?).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .no_proxy()
@@ -412,6 +413,81 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         sandbox: sb.clone(),
     });
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let actuator = Arc::new(LocalActuator {
+        supervisor: supervisor.clone(),
+        health_timeout: Duration::from_secs(60),
+    });
+    let template = Arc::new(template);
+
+    // Serve at once: until this replica leads, it forwards to the leader
+    // (or answers reads from the database while none can be reached).
+    let listener = tokio::net::TcpListener::bind(&opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let me = Me::new(&format!("http://{addr}"));
+    let idle_engine = Engine::follower(
+        store.clone(),
+        clock.clone(),
+        executor.clone(),
+        leases.clone(),
+        metrics.clone(),
+    );
+    let follower = AppState {
+        engine: idle_engine.clone(),
+        metrics: metrics.clone(),
+        artifacts: artifacts.clone(),
+        supervisor: supervisor.clone(),
+        resizer: Resizer::idle(
+            store.clone(),
+            leases.clone(),
+            idle_engine,
+            actuator.clone(),
+            shapes.clone(),
+        ),
+        planner: None,
+        template: template.clone(),
+    };
+    let front = Front::follower(store.clone(), me.clone(), router(follower))?;
+    let server = tokio::spawn(
+        axum::serve(listener, front.service())
+            .with_graceful_shutdown(shutdown())
+            .into_future(),
+    );
+    let elector = Elector::Single {
+        db: data_dir.join("conductor.db"),
+    };
+    let banner = Banner {
+        url: format!("http://{addr}"),
+        data_dir: &data_dir,
+        run_dir: sb.run_dir(),
+        cells: cells.len(),
+        added,
+        planner: None,
+        token: token.as_deref(),
+        token_file: opts.write_admin_token.as_deref(),
+    };
+    let followed = std::sync::atomic::AtomicBool::new(false);
+    let waiting = || {
+        tracing::info!("another replica leads: following it until it stops");
+        banner.print(opts.json, true);
+        followed.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let now = || chrono::Utc::now();
+    let mut server = server;
+    let leadership = tokio::select! {
+        l = elector.campaign(&store, &me, now, waiting) => l.context("running for leadership")?,
+        r = &mut server => {
+            r.context("serving HTTP")?.context("serving HTTP")?;
+            stopped_message(opts.json, false, &supervisor).await;
+            return Ok(());
+        }
+    };
+    tracing::info!(epoch = leadership.epoch, "leading: starting the engine");
+
+    // Leader from here on: the cells (adopted if they kept running), so
+    // that resumed steps find them; then trains and resizes carry on.
+    supervisor.restore(&artifact_specs(&store).await?).await;
     let engine = Engine::start(
         store.clone(),
         clock,
@@ -421,11 +497,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     )
     .await
     .context("starting the engine")?;
-    let actuator = Arc::new(LocalActuator {
-        supervisor: supervisor.clone(),
-        health_timeout: Duration::from_secs(60),
-    });
-    let resizer = Resizer::start(store, leases, engine.clone(), actuator, shapes)
+    let resizer = Resizer::start(store.clone(), leases, engine.clone(), actuator, shapes)
         .await
         .context("resuming resize operations")?;
     let (planner, _planner_child) = match opts.planner {
@@ -440,52 +512,59 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         }
     };
     let planner_url = planner.as_ref().map(|p| p.url.clone());
-
-    let app = router(AppState {
-        engine,
-        metrics,
-        artifacts,
-        supervisor: supervisor.clone(),
-        resizer,
-        planner: planner.map(Arc::new),
-        template: Arc::new(template),
-    });
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("listening on {}", opts.listen))?;
-    let addr = listener.local_addr()?;
-    let banner = Banner {
-        url: format!("http://{addr}"),
-        data_dir: &data_dir,
-        run_dir: sb.run_dir(),
-        cells: cells.len(),
-        added,
-        planner: planner_url.as_deref(),
-        token: token.as_deref(),
-        token_file: opts.write_admin_token.as_deref(),
-    };
-    if opts.json {
-        banner.print_json();
+    front.lead(
+        router(AppState {
+            engine: engine.clone(),
+            metrics,
+            artifacts,
+            supervisor: supervisor.clone(),
+            resizer,
+            planner: planner.map(Arc::new),
+            template,
+        }),
+        leadership.epoch,
+    );
+    if followed.load(std::sync::atomic::Ordering::Relaxed) {
+        let line = format!("Conductor at {} now leads (epoch {})", me.address, leadership.epoch);
+        if opts.json {
+            println!("{}", serde_json::json!({ "message": line, "role": "leader", "epoch": leadership.epoch }));
+        } else {
+            println!("{line}");
+        }
     } else {
-        banner.print_text();
+        Banner {
+            planner: planner_url.as_deref(),
+            ..banner
+        }
+        .print(opts.json, false);
     }
     tracing::info!(%addr, "serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")?;
-    let stopped = if opts.stop_cells_on_exit {
+    tokio::select! {
+        r = &mut server => {
+            r.context("serving HTTP")?.context("serving HTTP")?;
+        }
+        () = engine.stopped() => {
+            // A leader that cannot commit must not hold the leadership.
+            anyhow::bail!("the engine stopped: it cannot commit events (see the log above)");
+        }
+    }
+    stopped_message(opts.json, opts.stop_cells_on_exit, &supervisor).await;
+    Ok(())
+}
+
+/// Say how the Conductor stopped (and stop the cells if asked).
+async fn stopped_message(json: bool, stop_cells: bool, supervisor: &Supervisor) {
+    let stopped = if stop_cells {
         supervisor.stop_all().await;
         "Conductor stopped, and its cells; trains resume on the next `conductor up`."
     } else {
         "Conductor stopped; the cells keep serving, and the next `conductor up` adopts them and resumes trains."
     };
-    if opts.json {
+    if json {
         println!("{}", serde_json::json!({ "message": stopped }));
     } else {
         println!("{stopped}");
     }
-    Ok(())
 }
 
 async fn shutdown() {

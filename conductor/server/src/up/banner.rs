@@ -17,13 +17,26 @@ pub(super) struct Banner<'a> {
 }
 
 impl Banner<'_> {
-    pub(super) fn print_text(&self) {
+    /// Text or JSON; `follower`: this replica serves the API but another
+    /// one leads (runs the engine and the cells) for now.
+    pub(super) fn print(&self, json: bool, follower: bool) {
+        if json {
+            self.print_json(follower);
+        } else {
+            self.print_text(follower);
+        }
+    }
+
+    fn print_text(&self, follower: bool) {
         println!(
             "Conductor is up at {}/  (data in {}, cells and steps run in {})",
             self.url,
             self.data_dir.display(),
             self.run_dir.display()
         );
+        if follower {
+            println!("  replica: following the leader (it runs trains and cells; this replica forwards to it and takes over if it stops)");
+        }
         println!(
             "  cells: {} in the inventory ({} new)",
             self.cells, self.added
@@ -42,9 +55,10 @@ impl Banner<'_> {
     }
 
     /// One JSON line, without the admin token.
-    pub(super) fn print_json(&self) {
+    fn print_json(&self, follower: bool) {
         let v = serde_json::json!({
             "message": "Conductor is up",
+            "role": if follower { "follower" } else { "leader" },
             "url": self.url,
             "data_dir": self.data_dir,
             "run_dir": self.run_dir,
