@@ -44,6 +44,8 @@ pub struct Conductor {
     pub admin: String,
     child: Option<Child>,
     cells_file: PathBuf,
+    /// The data directory (a replica shares its first Conductor's).
+    data: PathBuf,
     /// Extra arguments to `conductor up`.
     extra: Vec<String>,
 }
@@ -129,6 +131,47 @@ pub fn kill_pid(pid: u32) {
     }
 }
 
+/// A fresh, empty PostgreSQL database on the test server
+/// (`FGA_TEST_DATABASE_URL`, which `tests/run` starts); None (and a note)
+/// when there is none, outside CI. Under CI a missing server fails.
+pub fn fresh_postgres(prefix: &str) -> Option<String> {
+    let Some(server) = std::env::var("FGA_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs PostgreSQL: set FGA_TEST_DATABASE_URL (tests/run does)"
+        );
+        eprintln!("skipped: no PostgreSQL (set FGA_TEST_DATABASE_URL)");
+        return None;
+    };
+    let mut b = [0u8; 6];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (seed >> (i * 8)) as u8 ^ (std::process::id() >> (i % 4)) as u8;
+    }
+    let name = format!(
+        "{prefix}_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    );
+    let out = Command::new("psql")
+        .arg(&server)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("run psql (apt-get install postgresql-client)");
+    assert!(
+        out.status.success(),
+        "creating the database: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
+}
+
 /// A cells file with `n_per_region` local cells in each of three regions,
 /// ports starting at `base`.
 pub fn cells_yaml(base: u16, n_per_region: usize) -> String {
@@ -177,12 +220,14 @@ impl Conductor {
             }
         }
         all.extend(extra.iter().map(|s| s.to_string()));
+        let data = dir.path().join("data");
         let mut c = Conductor {
             dir,
             url: String::new(),
             admin: String::new(),
             child: None,
             cells_file,
+            data,
             extra: all,
         };
         c.boot();
@@ -193,14 +238,42 @@ impl Conductor {
         c
     }
 
+    /// Another replica of this Conductor (same database, data and run
+    /// directories, cells), with `extra` arguments to `conductor up` (the
+    /// database URL among them); its logs go to a directory of its own.
+    pub fn replica(&self, extra: &[&str]) -> Conductor {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("chmod tempdir");
+        let mut all: Vec<String> = Vec::new();
+        if let Some(i) = self.extra.iter().position(|a| a == "--artifact-ports") {
+            all.extend(self.extra[i..].iter().take(2).cloned());
+        }
+        all.extend(extra.iter().map(|s| s.to_string()));
+        let mut c = Conductor {
+            dir,
+            url: String::new(),
+            admin: self.admin.clone(),
+            child: None,
+            cells_file: self.cells_file.clone(),
+            data: self.data.clone(),
+            extra: all,
+        };
+        c.boot();
+        c
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     /// The run directory (cells' data and binaries, steps' directories).
     pub fn run_dir(&self) -> PathBuf {
-        self.dir.path().join("data-run")
+        let mut d = self.data.clone().into_os_string();
+        d.push("-run");
+        PathBuf::from(d)
     }
 
     /// The admin token file `--write-admin-token` wrote.
@@ -241,7 +314,7 @@ impl Conductor {
             .arg("--cells")
             .arg(&self.cells_file)
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
+            .arg(&self.data)
             .args(&self.extra)
             .env("RUST_LOG", "info")
             // A secret in the Conductor's environment that nothing it starts may see.

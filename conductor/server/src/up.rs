@@ -368,6 +368,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     if data_dir.join("admin.token").exists() {
         tracing::warn!(file = %data_dir.join("admin.token").display(), "an earlier release left the admin token in this file: keep it somewhere safe and delete the file");
     }
+    // One Conductor per SQLite database: refused before anything is read or written.
+    let elector = Elector::single(&data_dir.join("conductor.db"))?;
     let store = Store::open(&data_dir.join("conductor.db"))
         .await
         .context("opening the database")?;
@@ -454,9 +456,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             .with_graceful_shutdown(shutdown())
             .into_future(),
     );
-    let elector = Elector::Single {
-        db: data_dir.join("conductor.db"),
-    };
     let banner = Banner {
         url: format!("http://{addr}"),
         data_dir: &data_dir,

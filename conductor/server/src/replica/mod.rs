@@ -79,19 +79,26 @@ impl Me {
 /// The leadership this replica holds.
 pub struct Leadership {
     pub epoch: i64,
-    /// Keeps the SQLite lock file (and its lock) open.
-    _file: Option<std::fs::File>,
 }
 
 /// Run for leadership until this replica has it.
 pub enum Elector {
-    /// SQLite: the one Conductor of the database file.
-    Single { db: PathBuf },
+    /// SQLite: the one Conductor of the database file (it holds an
+    /// exclusive lock on `DB.lock` from before it opens the database).
+    Single { _lock: std::fs::File },
     /// PostgreSQL: an advisory lock on a connection of our own.
     Postgres { url: String },
 }
 
 impl Elector {
+    /// The elector of a SQLite database: fails at once if another process
+    /// uses the database. Call it before opening the database.
+    pub fn single(db: &Path) -> Result<Elector, ElectionError> {
+        Ok(Elector::Single {
+            _lock: lock_file(db)?,
+        })
+    }
+
     /// Become the leader: at once on SQLite (or fail if another process
     /// has the database); on PostgreSQL, wait until no other replica holds
     /// the lock. `on_wait` is called once if the lock is taken by another.
@@ -103,14 +110,10 @@ impl Elector {
         on_wait: impl FnOnce(),
     ) -> Result<Leadership, ElectionError> {
         match self {
-            Elector::Single { db } => {
-                let file = lock_file(db)?;
+            Elector::Single { .. } => {
                 let epoch = store.claim_leadership(&me.id, &me.address, now()).await?;
                 store.set_fence(epoch);
-                Ok(Leadership {
-                    epoch,
-                    _file: Some(file),
-                })
+                Ok(Leadership { epoch })
             }
             Elector::Postgres { url } => {
                 let mut on_wait = Some(on_wait);
@@ -129,7 +132,7 @@ impl Elector {
                 let epoch = store.claim_leadership(&me.id, &me.address, now()).await?;
                 store.set_fence(epoch);
                 tokio::spawn(watch_lock(conn, epoch));
-                Ok(Leadership { epoch, _file: None })
+                Ok(Leadership { epoch })
             }
         }
     }
