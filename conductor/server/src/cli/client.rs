@@ -112,8 +112,10 @@ impl Client {
                 message: format!("{msg} ({code}, HTTP {})", status.as_u16()),
             },
         };
-        // Even a proxy's 502 may come after the Conductor got the request.
-        Err(SendError { unsent: false, err })
+        // Even a proxy's 502 may come after the Conductor got the request;
+        // a replica's `no_leader` says that nothing was done.
+        let unsent = status.as_u16() == 503 && code == "no_leader";
+        Err(SendError { unsent, err })
     }
 
     pub(super) async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
