@@ -179,8 +179,10 @@ impl Engine {
         });
         refresh_cells(&shared).await?;
         let mut trains = HashMap::new();
+        let mut seqs = HashMap::new();
         for events in shared.store.active_train_events().await? {
             if let Some(t) = Train::replay(events.iter().map(|(e, at)| (e, *at))) {
+                seqs.insert(t.spec.id.clone(), events.len() as i64);
                 trains.insert(t.spec.id.clone(), Arc::new(t));
             }
         }
@@ -219,7 +221,7 @@ impl Engine {
                 execute(&shared, spec.clone(), e);
             }
         }
-        tokio::spawn(run(shared, rx, trains, specs));
+        tokio::spawn(run(shared, rx, trains, specs, seqs));
         Ok(engine)
     }
 
@@ -321,7 +323,10 @@ struct Batch {
     /// Trains that got a command or were created in this batch.
     touched: std::collections::HashSet<String>,
     staged: HashMap<String, Train>,
-    events: Vec<(String, Event, DateTime<Utc>)>,
+    events: Vec<crate::store::NewEvent>,
+    /// How many events each train in memory has (stored or in this
+    /// batch): the next event's number within its train.
+    seqs: HashMap<String, i64>,
     effects: Vec<(String, Effect)>,
     replies: Vec<(Reply, Result<String, EngineError>)>,
     /// Audit rows of the accepted commands, committed with their events.
@@ -358,7 +363,9 @@ impl Batch {
         t.validate(&ev)?;
         let fx = t.apply(&ev, now);
         let pipeline = t.spec.pipeline.clone();
-        self.events.push((id.to_string(), ev, now));
+        let n = self.seqs.entry(id.to_string()).or_insert(0);
+        *n += 1;
+        self.events.push((id.to_string(), *n, ev, now));
         let mut granted = Vec::new();
         for e in fx {
             match e {
@@ -444,7 +451,8 @@ impl Batch {
         };
         let t = Train::new(spec, busy, now);
         self.staged.insert(id.clone(), t);
-        self.events.push((id.clone(), created, now));
+        self.seqs.insert(id.clone(), 1);
+        self.events.push((id.clone(), 1, created, now));
         // A newer train takes the place of any train still queued.
         for (q, s, _) in all {
             if s == TrainStatus::Queued {
@@ -463,6 +471,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     mut trains: HashMap<String, Arc<Train>>,
     mut specs: HashMap<String, Arc<TrainSpec>>,
+    mut seqs: HashMap<String, i64>,
 ) {
     let mut written: HashMap<String, (TrainStatus, std::time::Instant)> = HashMap::new();
     while let Some(first) = rx.recv().await {
@@ -497,6 +506,7 @@ async fn run(
             touched: Default::default(),
             staged: HashMap::new(),
             events: Vec::new(),
+            seqs: std::mem::take(&mut seqs),
             effects: Vec::new(),
             replies: Vec::new(),
             audit: Vec::new(),
@@ -516,8 +526,12 @@ async fn run(
                     // Finished trains are not kept in memory; a command such as
                     // a rollback brings one back from its snapshot.
                     if !trains.contains_key(&train) && !b.staged.contains_key(&train) {
-                        if let Ok(Some(t)) = shared.store.get_train(&train).await {
+                        if let (Ok(Some(t)), Ok(n)) = (
+                            shared.store.get_train(&train).await,
+                            shared.store.train_event_count(&train).await,
+                        ) {
                             trains.insert(train.clone(), Arc::new(t));
+                            b.seqs.insert(train.clone(), n);
                         }
                     }
                     b.touched.insert(train.clone());
@@ -569,6 +583,15 @@ async fn run(
         while !b.events.is_empty() {
             match shared.store.commit(&b.events, &changed, &b.audit).await {
                 Ok(()) => break,
+                // Another Conductor leads, or appended to these trains:
+                // retrying cannot help, and nothing may be acted on.
+                Err(e @ (StoreError::Fenced { .. } | StoreError::SequenceTaken(_))) => {
+                    tracing::error!(error = %e, "this Conductor may no longer write; the engine stops");
+                    for (reply, _) in b.replies {
+                        let _ = reply.send(Err(EngineError::Stopped));
+                    }
+                    return;
+                }
                 Err(e) if attempt < 20 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "persisting events failed; retrying");
@@ -585,6 +608,7 @@ async fn run(
             }
         }
         shared.metrics.events_persisted(b.events.len());
+        seqs = std::mem::take(&mut b.seqs);
         tracing::debug!(
             messages = n_msgs,
             events = b.events.len(),
@@ -602,6 +626,7 @@ async fn run(
             let t = Arc::new(t);
             if t.status.is_terminal() {
                 written.remove(&id);
+                seqs.remove(&id);
                 shared.metrics.train_finished(t.status);
                 trains.remove(&id);
                 // Keep the spec until its effects below are dispatched.
