@@ -43,6 +43,9 @@ pub struct UpOptions {
     pub stop_cells_on_exit: bool,
     /// JSON output (`--log-format json`): the banner is a JSON line too.
     pub json: bool,
+    /// The store's database (`sqlite://PATH` or `postgres://…`); default:
+    /// `conductor.db` in the data directory.
+    pub database_url: Option<String>,
 }
 
 /// Who command steps and cells run as.
@@ -365,9 +368,11 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     if data_dir.join("admin.token").exists() {
         tracing::warn!(file = %data_dir.join("admin.token").display(), "an earlier release left the admin token in this file: keep it somewhere safe and delete the file");
     }
-    let store = Store::open(&data_dir.join("conductor.db"))
-        .await
-        .context("opening the database")?;
+    let store = match &opts.database_url {
+        Some(url) => Store::connect(url).await,
+        None => Store::open(&data_dir.join("conductor.db")).await,
+    }
+    .context("opening the database")?;
     secure_data_dir(&data_dir).context("securing the database files")?;
     let added = store
         .seed_cells(&cells, chrono::Utc::now())

@@ -28,6 +28,19 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// Does a database URL carry a password (`user:password@` or `password=`)?
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let userinfo_password = authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let query_password = url
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("password=")));
+    userinfo_password || query_password
+}
+
 /// The key of the PostgreSQL advisory lock that serializes the store's
 /// write transactions (what SQLite's `BEGIN IMMEDIATE` does): the audit
 /// chain's head and a pipeline's current revision cannot change between

@@ -59,7 +59,7 @@ mod pipelines;
 mod tokens;
 mod trains;
 
-pub use connect::{is_postgres_url, Backend};
+pub use connect::{is_postgres_url, url_has_password, Backend};
 pub use leadership::LeaderRow;
 pub use trains::NewEvent;
 
