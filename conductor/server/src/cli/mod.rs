@@ -106,6 +106,8 @@ pub struct Conn {
     pub token: Option<String>,
 }
 
+// Parsed once per run: the size of `Up` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Start the Conductor and the local cells on this machine (Ctrl-C stops the
