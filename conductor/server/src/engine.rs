@@ -12,7 +12,7 @@
 
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, Store, StoreError};
+use crate::store::{AuditEntry, Store, StoreError, TrainLog};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::{Effect, Event, Refusal, Train, TrainSpec, TrainStatus};
@@ -133,6 +133,9 @@ enum Msg {
 
 struct Shared {
     store: Store,
+    /// Where the engine's events go and come back from (the store, unless
+    /// another log was given).
+    log: Arc<dyn TrainLog>,
     clock: Arc<dyn Clock>,
     executor: Arc<dyn Executor>,
     leases: Arc<Leases>,
@@ -164,11 +167,26 @@ impl Engine {
         leases: Arc<Leases>,
         metrics: Arc<Metrics>,
     ) -> Result<Engine, EngineError> {
+        let log: Arc<dyn TrainLog> = Arc::new(store.clone());
+        Engine::start_with_log(store, log, clock, executor, leases, metrics).await
+    }
+
+    /// [`Engine::start`] with the train log given apart from the store
+    /// (which keeps serving everything else).
+    pub async fn start_with_log(
+        store: Store,
+        log: Arc<dyn TrainLog>,
+        clock: Arc<dyn Clock>,
+        executor: Arc<dyn Executor>,
+        leases: Arc<Leases>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished, _) = tokio::sync::broadcast::channel(1024);
         let cells = std::sync::RwLock::new(HashMap::new());
         let shared = Arc::new(Shared {
             store,
+            log,
             clock,
             executor,
             leases,
@@ -180,7 +198,7 @@ impl Engine {
         refresh_cells(&shared).await?;
         let mut trains = HashMap::new();
         let mut seqs = HashMap::new();
-        for events in shared.store.active_train_events().await? {
+        for events in shared.log.active_train_events().await? {
             if let Some(t) = Train::replay(events.iter().map(|(e, at)| (e, *at))) {
                 seqs.insert(t.spec.id.clone(), events.len() as i64);
                 trains.insert(t.spec.id.clone(), Arc::new(t));
@@ -246,7 +264,7 @@ impl Engine {
             .map_err(|_| EngineError::Stopped)?;
         match rx.await.map_err(|_| EngineError::Stopped)? {
             Some(t) => Ok(Some(t)),
-            None => Ok(self.shared.store.get_train(id).await?),
+            None => Ok(self.shared.log.get_train(id).await?),
         }
     }
 
@@ -304,7 +322,7 @@ impl Engine {
 
 async fn refresh_cells(shared: &Shared) -> Result<(), EngineError> {
     let all: HashMap<String, CellSpec> = shared
-        .store
+        .log
         .cell_specs()
         .await?
         .into_iter()
@@ -527,8 +545,8 @@ async fn run(
                     // a rollback brings one back from its snapshot.
                     if !trains.contains_key(&train) && !b.staged.contains_key(&train) {
                         if let (Ok(Some(t)), Ok(n)) = (
-                            shared.store.get_train(&train).await,
-                            shared.store.train_event_count(&train).await,
+                            shared.log.get_train(&train).await,
+                            shared.log.train_event_count(&train).await,
                         ) {
                             trains.insert(train.clone(), Arc::new(t));
                             b.seqs.insert(train.clone(), n);
@@ -581,7 +599,7 @@ async fn run(
             .collect();
         let mut attempt = 0u32;
         while !b.events.is_empty() {
-            match shared.store.commit(&b.events, &changed, &b.audit).await {
+            match shared.log.commit(&b.events, &changed, &b.audit).await {
                 Ok(()) => break,
                 // Another Conductor leads, or appended to these trains:
                 // retrying cannot help, and nothing may be acted on.
@@ -638,7 +656,7 @@ async fn run(
             let r = match r {
                 Ok(id) => match trains.get(&id) {
                     Some(t) => Ok(Train::clone(t)),
-                    None => match shared.store.get_train(&id).await {
+                    None => match shared.log.get_train(&id).await {
                         Ok(Some(t)) => Ok(t),
                         Ok(None) => Err(EngineError::NotFound(id)),
                         Err(e) => Err(e.into()),
@@ -768,7 +786,7 @@ where
         .cloned();
     let spec = match cached {
         Some(c) => Ok(Some(c)),
-        None => shared.store.cell_spec(cell).await,
+        None => shared.log.cell_spec(cell).await,
     };
     match spec {
         Ok(Some(c)) => f(c).await,

@@ -55,12 +55,14 @@ mod cells;
 mod connect;
 mod deploys;
 mod leadership;
+mod log;
 mod pipelines;
 mod tokens;
 mod trains;
 
 pub use connect::{is_postgres_url, url_has_password, Backend};
 pub use leadership::LeaderRow;
+pub use log::TrainLog;
 pub use trains::NewEvent;
 
 pub use cells::CellProcessRow;
