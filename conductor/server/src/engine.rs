@@ -12,7 +12,7 @@
 
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, Store, StoreError};
+use crate::store::{AuditEntry, Store, StoreError, TrainLog};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::{Effect, Event, Refusal, Train, TrainSpec, TrainStatus};
@@ -133,6 +133,9 @@ enum Msg {
 
 struct Shared {
     store: Store,
+    /// Where the engine's events go and come back from (the store, unless
+    /// another log was given).
+    log: Arc<dyn TrainLog>,
     clock: Arc<dyn Clock>,
     executor: Arc<dyn Executor>,
     leases: Arc<Leases>,
@@ -166,11 +169,26 @@ impl Engine {
         leases: Arc<Leases>,
         metrics: Arc<Metrics>,
     ) -> Result<Engine, EngineError> {
+        let log: Arc<dyn TrainLog> = Arc::new(store.clone());
+        Engine::start_with_log(store, log, clock, executor, leases, metrics).await
+    }
+
+    /// [`Engine::start`] with the train log given apart from the store
+    /// (which keeps serving everything else).
+    pub async fn start_with_log(
+        store: Store,
+        log: Arc<dyn TrainLog>,
+        clock: Arc<dyn Clock>,
+        executor: Arc<dyn Executor>,
+        leases: Arc<Leases>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished, _) = tokio::sync::broadcast::channel(1024);
         let cells = std::sync::RwLock::new(HashMap::new());
         let shared = Arc::new(Shared {
             store,
+            log,
             clock,
             executor,
             leases,
@@ -182,8 +200,10 @@ impl Engine {
         });
         refresh_cells(&shared).await?;
         let mut trains = HashMap::new();
-        for events in shared.store.active_train_events().await? {
+        let mut seqs = HashMap::new();
+        for events in shared.log.active_train_events().await? {
             if let Some(t) = Train::replay(events.iter().map(|(e, at)| (e, *at))) {
+                seqs.insert(t.spec.id.clone(), events.len() as i64);
                 trains.insert(t.spec.id.clone(), Arc::new(t));
             }
         }
@@ -224,7 +244,7 @@ impl Engine {
         }
         tokio::spawn(async move {
             let after = shared.clone();
-            run(shared, rx, trains, specs).await;
+            run(shared, rx, trains, specs, seqs).await;
             after.stopped.send_replace(true);
         });
         Ok(engine)
@@ -242,9 +262,11 @@ impl Engine {
     ) -> Engine {
         let (tx, _) = mpsc::unbounded_channel();
         let (finished, _) = tokio::sync::broadcast::channel(1);
+        let log: Arc<dyn TrainLog> = Arc::new(store.clone());
         Engine {
             shared: Arc::new(Shared {
                 store,
+                log,
                 clock,
                 executor,
                 leases,
@@ -287,7 +309,7 @@ impl Engine {
         };
         match live {
             Some(t) => Ok(Some(t)),
-            None => Ok(self.shared.store.get_train(id).await?),
+            None => Ok(self.shared.log.get_train(id).await?),
         }
     }
 
@@ -345,7 +367,7 @@ impl Engine {
 
 async fn refresh_cells(shared: &Shared) -> Result<(), EngineError> {
     let all: HashMap<String, CellSpec> = shared
-        .store
+        .log
         .cell_specs()
         .await?
         .into_iter()
@@ -364,7 +386,10 @@ struct Batch {
     /// Trains that got a command or were created in this batch.
     touched: std::collections::HashSet<String>,
     staged: HashMap<String, Train>,
-    events: Vec<(String, Event, DateTime<Utc>)>,
+    events: Vec<crate::store::NewEvent>,
+    /// How many events each train in memory has (stored or in this
+    /// batch): the next event's number within its train.
+    seqs: HashMap<String, i64>,
     effects: Vec<(String, Effect)>,
     replies: Vec<(Reply, Result<String, EngineError>)>,
     /// Audit rows of the accepted commands, committed with their events.
@@ -401,7 +426,9 @@ impl Batch {
         t.validate(&ev)?;
         let fx = t.apply(&ev, now);
         let pipeline = t.spec.pipeline.clone();
-        self.events.push((id.to_string(), ev, now));
+        let n = self.seqs.entry(id.to_string()).or_insert(0);
+        *n += 1;
+        self.events.push((id.to_string(), *n, ev, now));
         let mut granted = Vec::new();
         for e in fx {
             match e {
@@ -487,7 +514,8 @@ impl Batch {
         };
         let t = Train::new(spec, busy, now);
         self.staged.insert(id.clone(), t);
-        self.events.push((id.clone(), created, now));
+        self.seqs.insert(id.clone(), 1);
+        self.events.push((id.clone(), 1, created, now));
         // A newer train takes the place of any train still queued.
         for (q, s, _) in all {
             if s == TrainStatus::Queued {
@@ -506,6 +534,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     mut trains: HashMap<String, Arc<Train>>,
     mut specs: HashMap<String, Arc<TrainSpec>>,
+    mut seqs: HashMap<String, i64>,
 ) {
     let mut written: HashMap<String, (TrainStatus, std::time::Instant)> = HashMap::new();
     while let Some(first) = rx.recv().await {
@@ -540,6 +569,7 @@ async fn run(
             touched: Default::default(),
             staged: HashMap::new(),
             events: Vec::new(),
+            seqs: std::mem::take(&mut seqs),
             effects: Vec::new(),
             replies: Vec::new(),
             audit: Vec::new(),
@@ -559,8 +589,12 @@ async fn run(
                     // Finished trains are not kept in memory; a command such as
                     // a rollback brings one back from its snapshot.
                     if !trains.contains_key(&train) && !b.staged.contains_key(&train) {
-                        if let Ok(Some(t)) = shared.store.get_train(&train).await {
+                        if let (Ok(Some(t)), Ok(n)) = (
+                            shared.log.get_train(&train).await,
+                            shared.log.train_event_count(&train).await,
+                        ) {
                             trains.insert(train.clone(), Arc::new(t));
+                            b.seqs.insert(train.clone(), n);
                         }
                     }
                     b.touched.insert(train.clone());
@@ -610,8 +644,17 @@ async fn run(
             .collect();
         let mut attempt = 0u32;
         while !b.events.is_empty() {
-            match shared.store.commit(&b.events, &changed, &b.audit).await {
+            match shared.log.commit(&b.events, &changed, &b.audit).await {
                 Ok(()) => break,
+                // Another Conductor leads, or appended to these trains:
+                // retrying cannot help, and nothing may be acted on.
+                Err(e @ (StoreError::Fenced { .. } | StoreError::SequenceTaken(_))) => {
+                    tracing::error!(error = %e, "this Conductor may no longer write; the engine stops");
+                    for (reply, _) in b.replies {
+                        let _ = reply.send(Err(EngineError::Stopped));
+                    }
+                    return;
+                }
                 Err(e) if attempt < 20 => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "persisting events failed; retrying");
@@ -628,6 +671,7 @@ async fn run(
             }
         }
         shared.metrics.events_persisted(b.events.len());
+        seqs = std::mem::take(&mut b.seqs);
         tracing::debug!(
             messages = n_msgs,
             events = b.events.len(),
@@ -645,6 +689,7 @@ async fn run(
             let t = Arc::new(t);
             if t.status.is_terminal() {
                 written.remove(&id);
+                seqs.remove(&id);
                 shared.metrics.train_finished(t.status);
                 trains.remove(&id);
                 // Keep the spec until its effects below are dispatched.
@@ -656,7 +701,7 @@ async fn run(
             let r = match r {
                 Ok(id) => match trains.get(&id) {
                     Some(t) => Ok(Train::clone(t)),
-                    None => match shared.store.get_train(&id).await {
+                    None => match shared.log.get_train(&id).await {
                         Ok(Some(t)) => Ok(t),
                         Ok(None) => Err(EngineError::NotFound(id)),
                         Err(e) => Err(e.into()),
@@ -786,7 +831,7 @@ where
         .cloned();
     let spec = match cached {
         Some(c) => Ok(Some(c)),
-        None => shared.store.cell_spec(cell).await,
+        None => shared.log.cell_spec(cell).await,
     };
     match spec {
         Ok(Some(c)) => f(c).await,

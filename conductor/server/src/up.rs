@@ -46,6 +46,9 @@ pub struct UpOptions {
     pub stop_cells_on_exit: bool,
     /// JSON output (`--log-format json`): the banner is a JSON line too.
     pub json: bool,
+    /// The store's database (`sqlite://PATH` or `postgres://…`); default:
+    /// `conductor.db` in the data directory.
+    pub database_url: Option<String>,
 }
 
 /// Who command steps and cells run as.
@@ -368,11 +371,18 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     if data_dir.join("admin.token").exists() {
         tracing::warn!(file = %data_dir.join("admin.token").display(), "an earlier release left the admin token in this file: keep it somewhere safe and delete the file");
     }
-    // One Conductor per SQLite database: refused before anything is read or written.
-    let elector = Elector::single(&data_dir.join("conductor.db"))?;
-    let store = Store::open(&data_dir.join("conductor.db"))
-        .await
-        .context("opening the database")?;
+    // One Conductor per SQLite database (refused before anything is read
+    // or written); replicas on PostgreSQL elect their leader.
+    let elector = match &opts.database_url {
+        Some(url) if crate::store::is_postgres_url(url) => Elector::Postgres { url: url.clone() },
+        Some(url) => Elector::single(Path::new(crate::store::sqlite_path(url)?))?,
+        None => Elector::single(&data_dir.join("conductor.db"))?,
+    };
+    let store = match &opts.database_url {
+        Some(url) => Store::connect(url).await,
+        None => Store::open(&data_dir.join("conductor.db")).await,
+    }
+    .context("opening the database")?;
     secure_data_dir(&data_dir).context("securing the database files")?;
     let added = store
         .seed_cells(&cells, chrono::Utc::now())

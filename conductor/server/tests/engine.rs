@@ -13,6 +13,9 @@ use conductor_core::{pipeline, plan};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "common/db.rs"]
+mod db;
+
 fn cells(n: usize) -> Vec<CellSpec> {
     (0..n)
         .map(|i| CellSpec {
@@ -61,15 +64,19 @@ const YAML: &str = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - de
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_stored_events_gives_the_final_state() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&dir.path().join("c.db")).await.expect("store");
+    for db in db::both("replay").await {
+        replaying(&db.store).await;
+    }
+}
+
+async fn replaying(store: &Store) {
     let cs = cells(9);
     store.seed_cells(&cs, Utc::now()).await.expect("seed");
     let sim = Arc::new(SimExecutor {
         deploy_time: Duration::from_millis(5),
         deploys: Default::default(),
     });
-    let e = engine(&store, sim.clone()).await;
+    let e = engine(store, sim.clone()).await;
     let mut done = e.finished();
     e.start_train(spec("t1", YAML, &cs), None)
         .await
@@ -97,8 +104,14 @@ async fn replaying_stored_events_gives_the_final_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_engine_finishes_what_the_first_left() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(&dir.path().join("c.db")).await.expect("store");
+    for db in db::both("restart").await {
+        restarted(&db.store).await;
+    }
+}
+
+/// The second engine numbers its events after the first one's: a wrong
+/// count would be refused by the store and stop it.
+async fn restarted(store: &Store) {
     let cs = cells(6);
     store.seed_cells(&cs, Utc::now()).await.expect("seed");
     // The first engine's deploys never finish: it "dies" with steps in flight.
@@ -106,7 +119,7 @@ async fn a_restarted_engine_finishes_what_the_first_left() {
         deploy_time: Duration::from_secs(3600),
         deploys: Default::default(),
     });
-    let first = engine(&store, stuck).await;
+    let first = engine(store, stuck).await;
     first
         .start_train(spec("t2", YAML, &cs), None)
         .await
@@ -118,7 +131,7 @@ async fn a_restarted_engine_finishes_what_the_first_left() {
         deploy_time: Duration::from_millis(5),
         deploys: Default::default(),
     });
-    let second = engine(&store, sim.clone()).await;
+    let second = engine(store, sim.clone()).await;
     let mut done = second.finished();
     let t = second.train("t2").await.expect("train").expect("active");
     assert_eq!(t.status, TrainStatus::Running);
@@ -128,4 +141,92 @@ async fn a_restarted_engine_finishes_what_the_first_left() {
         .expect("finished");
     assert_eq!(status, TrainStatus::Succeeded);
     assert_eq!(sim.deploys.lock().expect("lock").len(), 6);
+}
+
+/// A train log that is not the store itself (here: one that counts what
+/// passes through to the store) drops in behind the engine.
+struct Counting {
+    store: Store,
+    events: std::sync::atomic::AtomicUsize,
+}
+
+impl conductor::store::TrainLog for Counting {
+    fn commit<'a>(
+        &'a self,
+        events: &'a [conductor::store::NewEvent],
+        trains: &'a [&'a Train],
+        audit: &'a [(conductor::store::AuditEntry, chrono::DateTime<Utc>)],
+    ) -> conductor::engine::BoxFut<'a, conductor::store::Result<()>> {
+        self.events
+            .fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
+        Box::pin(self.store.commit(events, trains, audit))
+    }
+    fn active_train_events(
+        &self,
+    ) -> conductor::engine::BoxFut<
+        '_,
+        conductor::store::Result<Vec<Vec<(conductor_core::train::Event, chrono::DateTime<Utc>)>>>,
+    > {
+        Box::pin(self.store.active_train_events())
+    }
+    fn get_train<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> conductor::engine::BoxFut<'a, conductor::store::Result<Option<Train>>> {
+        Box::pin(self.store.get_train(id))
+    }
+    fn train_event_count<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> conductor::engine::BoxFut<'a, conductor::store::Result<i64>> {
+        Box::pin(self.store.train_event_count(id))
+    }
+    fn cell_specs(&self) -> conductor::engine::BoxFut<'_, conductor::store::Result<Vec<CellSpec>>> {
+        Box::pin(self.store.cell_specs())
+    }
+    fn cell_spec<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> conductor::engine::BoxFut<'a, conductor::store::Result<Option<CellSpec>>> {
+        Box::pin(self.store.cell_spec(id))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_train_log_drops_in() {
+    let db = db::sqlite().await;
+    let store = db.store.clone();
+    let cs = cells(4);
+    store.seed_cells(&cs, Utc::now()).await.expect("seed");
+    let log = Arc::new(Counting {
+        store: store.clone(),
+        events: Default::default(),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let sim = Arc::new(SimExecutor {
+        deploy_time: Duration::from_millis(5),
+        deploys: Default::default(),
+    });
+    let e = Engine::start_with_log(
+        store.clone(),
+        log.clone(),
+        Arc::new(SystemClock),
+        sim,
+        Arc::new(Leases::new(metrics.clone())),
+        metrics,
+    )
+    .await
+    .expect("engine");
+    let mut done = e.finished();
+    e.start_train(spec("t9", YAML, &cs), None)
+        .await
+        .expect("start");
+    let (_, status) = done.recv().await.expect("finished");
+    assert_eq!(status, TrainStatus::Succeeded);
+    let through = log.events.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(through > 0);
+    assert_eq!(
+        store.train_event_count("t9").await.expect("count"),
+        through as i64
+    );
 }

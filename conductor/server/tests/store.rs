@@ -1,12 +1,20 @@
-//! The SQLite store on its own.
+//! The store on its own, on SQLite and on PostgreSQL.
 
 use chrono::Utc;
 use conductor::store::{AuditEntry, Store};
+use sqlx::Connection;
+
+#[path = "common/db.rs"]
+mod db;
 
 #[tokio::test]
 async fn versions_keep_their_previous_and_their_key() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = Store::open(&dir.path().join("s.db")).await.expect("open");
+    for db in db::both("versions").await {
+        versions(&db.store).await;
+    }
+}
+
+async fn versions(s: &Store) {
     let cell = cells_inventory::CellSpec {
         id: "c1".into(),
         region: "us-east-1".into(),
@@ -51,34 +59,55 @@ async fn versions_keep_their_previous_and_their_key() {
 
 #[tokio::test]
 async fn the_audit_log_is_append_only() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = Store::open(&dir.path().join("s.db")).await.expect("open");
-    s.audit(
-        &AuditEntry::new("alice", "train.approve", "t1", "gate rest"),
-        Utc::now(),
-    )
-    .await
-    .expect("append");
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("s.db").display()))
+    for db in db::both("append_only").await {
+        let s = &db.store;
+        s.audit(
+            &AuditEntry::new("alice", "train.approve", "t1", "gate rest"),
+            Utc::now(),
+        )
+        .await
+        .expect("append");
+        let mut raw = db.raw().await;
+        let err = sqlx::query("UPDATE audit SET actor = 'mallory'")
+            .execute(&mut raw)
             .await
-            .expect("pool");
-    let err = sqlx::query("UPDATE audit SET actor = 'mallory'")
-        .execute(&pool)
+            .expect_err("update refused");
+        assert!(err.to_string().contains("append-only"), "{err}");
+        assert!(sqlx::query("DELETE FROM audit")
+            .execute(&mut raw)
+            .await
+            .is_err());
+        if db.is_postgres() {
+            let err = sqlx::query("TRUNCATE audit")
+                .execute(&mut raw)
+                .await
+                .expect_err("truncate refused");
+            assert!(err.to_string().contains("append-only"), "{err}");
+        }
+        // A row that does not extend the chain is refused.
+        let err = sqlx::query(
+            "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash)
+             VALUES (2, 'x', 'mallory', 'a', 't', '', $1, $1)",
+        )
+        .bind(conductor::store::GENESIS)
+        .execute(&mut raw)
         .await
-        .expect_err("update refused");
-    assert!(err.to_string().contains("append-only"), "{err}");
-    assert!(sqlx::query("DELETE FROM audit")
-        .execute(&pool)
-        .await
-        .is_err());
-    assert_eq!(s.audit_log(0, 10).await.expect("read")[0].actor, "alice");
+        .expect_err("insert refused");
+        assert!(err.to_string().contains("extend the hash chain"), "{err}");
+        assert_eq!(s.audit_log(0, 10).await.expect("read")[0].actor, "alice");
+        assert!(s.verify_audit(None).await.expect("verify").ok());
+        raw.close().await.expect("close");
+    }
 }
 
 #[tokio::test]
 async fn tokens_are_found_by_hash_only() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let s = Store::open(&dir.path().join("s.db")).await.expect("open");
+    for db in db::both("tokens").await {
+        tokens(&db.store).await;
+    }
+}
+
+async fn tokens(s: &Store) {
     let t = conductor::auth::new_token();
     let audit = AuditEntry::new("admin", "token.create", "ci", "");
     s.create_token(
@@ -111,4 +140,21 @@ async fn tokens_are_found_by_hash_only() {
         s.token_by_hash(&t).await.expect("raw").is_none(),
         "the raw token is not stored"
     );
+}
+
+/// SQLite's settings are in effect on the store's connections.
+#[tokio::test]
+async fn sqlite_runs_in_wal_with_normal_sync_and_foreign_keys() {
+    let db = db::sqlite().await;
+    let s = &db.store;
+    let get = |n: &'static str| async move { s.sqlite_setting(n).await.expect(n) };
+    assert_eq!(get("journal_mode").await.as_deref(), Some("wal"));
+    // 1: NORMAL.
+    assert_eq!(get("synchronous").await.as_deref(), Some("1"));
+    assert_eq!(get("foreign_keys").await.as_deref(), Some("1"));
+    assert_eq!(get("busy_timeout").await.as_deref(), Some("10000"));
+    use std::os::unix::fs::PermissionsExt;
+    let path = db.url.trim_start_matches("sqlite://");
+    let mode = std::fs::metadata(path).expect("file").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the database file is private");
 }

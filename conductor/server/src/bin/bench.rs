@@ -2,12 +2,13 @@
 //!
 //! A simulated target whose deploy takes a fixed time (20 ms by default); a
 //! train over 1,000 cells in waves of 1 cell, 1%, 10% and the rest, with
-//! `max_parallel: 100` and no bake. Every event is persisted in SQLite (a
-//! file in a temporary directory) exactly as in production. Reports the wall
+//! `max_parallel: 100` and no bake. Every event is persisted exactly as in
+//! production: in SQLite (a file in a temporary directory), or in the
+//! PostgreSQL database given by `--database-url` (or CONDUCTOR_DATABASE_URL). Reports the wall
 //! time against the critical path (the sum over waves of
 //! ceil(cells / max_parallel) x deploy time), and events persisted per second.
 //!
-//! Usage: `cargo run --release -p conductor --bin conductor-bench -- [--cells N] [--runs N] [--deploy-ms N]`
+//! Usage: `cargo run --release -p conductor --bin conductor-bench -- [--cells N] [--runs N] [--deploy-ms N] [--database-url URL]`
 
 use anyhow::{Context, Result};
 use cells_inventory::CellSpec;
@@ -35,9 +36,23 @@ fn arg(args: &[String], name: &str, default: u64) -> Result<u64> {
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: conductor-bench [--cells N (1000)] [--runs N (5)] [--deploy-ms N (20)] [--max-parallel N (100)]");
+        println!("usage: conductor-bench [--cells N (1000)] [--runs N (5)] [--deploy-ms N (20)] [--max-parallel N (100)] [--database-url URL]");
+        println!("  --database-url: postgres://USER@HOST/DB (a password only in CONDUCTOR_DATABASE_URL) or sqlite://PATH; default: a SQLite file in a temporary directory");
         return Ok(());
     }
+    let database_url = match args.iter().position(|a| a == "--database-url") {
+        Some(i) => {
+            let u = args.get(i + 1).context("--database-url: missing value")?;
+            anyhow::ensure!(
+                !conductor::store::url_has_password(u),
+                "--database-url carries a password, which the command line shows in `ps`: set CONDUCTOR_DATABASE_URL instead"
+            );
+            Some(u.clone())
+        }
+        None => std::env::var("CONDUCTOR_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty()),
+    };
     let n = arg(&args, "--cells", 1000)? as usize;
     let runs = arg(&args, "--runs", 5)?;
     let deploy = Duration::from_millis(arg(&args, "--deploy-ms", 20)?);
@@ -66,12 +81,16 @@ async fn main() -> Result<()> {
         .map(|w| deploy * (w.cells.len() as u32).div_ceil(w.max_parallel))
         .sum();
     let sizes: Vec<usize> = pl.waves.iter().map(|w| w.cells.len()).collect();
-    println!("cells {n}, waves {sizes:?}, max_parallel {mp}, deploy {deploy:?}; critical path {critical:?}");
+    println!("cells {n}, waves {sizes:?}, max_parallel {mp}, deploy {deploy:?}; critical path {critical:?}; database {}",
+        if database_url.as_deref().is_some_and(conductor::store::is_postgres_url) { "postgres" } else { "sqlite" });
 
     let mut results = Vec::new();
     for run in 1..=runs {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(&dir.path().join("bench.db")).await?;
+        let store = match &database_url {
+            Some(u) => Store::connect(u).await?,
+            None => Store::open(&dir.path().join("bench.db")).await?,
+        };
         store.seed_cells(&cells, chrono::Utc::now()).await?;
         let metrics = Arc::new(Metrics::default());
         let leases = Arc::new(Leases::new(metrics.clone()));
@@ -84,7 +103,8 @@ async fn main() -> Result<()> {
             Engine::start(store.clone(), clock, sim.clone(), leases, metrics.clone()).await?;
         let mut finished = engine.finished();
         let spec = TrainSpec {
-            id: format!("bench-{run}"),
+            // Unique: a database given by URL keeps earlier runs' trains.
+            id: format!("bench-{}-{run}", chrono::Utc::now().timestamp_micros()),
             pipeline: "bench".into(),
             artifact: p.artifact.clone(),
             version: "1".into(),
@@ -94,11 +114,12 @@ async fn main() -> Result<()> {
             windows: vec![],
             plan: pl.clone(),
         };
+        let id = spec.id.clone();
         let t0 = Instant::now();
         engine.start_train(spec, None).await?;
         let (_, status) = finished.recv().await?;
         let wall = t0.elapsed();
-        let events = store.count_events().await?;
+        let events = store.train_event_count(&id).await?;
         let deploys = sim
             .deploys
             .lock()

@@ -106,6 +106,8 @@ pub struct Conn {
     pub token: Option<String>,
 }
 
+// Parsed once per run: the size of `Up` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Start the Conductor and the local cells on this machine (Ctrl-C stops the
@@ -167,6 +169,19 @@ pub enum Cmd {
         /// Seconds between the started planner's scrapes of the cells.
         #[arg(long, default_value_t = 15.0)]
         planner_interval_secs: f64,
+        /// The store's database: sqlite://PATH or postgres://USER@HOST/DB
+        /// [default: conductor.db in the data directory; also
+        /// CONDUCTOR_DATABASE_URL]. A URL with a password is refused here
+        /// (the command line is public): put it in CONDUCTOR_DATABASE_URL or
+        /// --database-url-file, or the password in PGPASSWORD / ~/.pgpass.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// A file holding the database URL (mode 0600), instead of --database-url.
+        #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
+        database_url_file: Option<PathBuf>,
+        /// $CONDUCTOR_DATABASE_URL (from the environment only).
+        #[arg(skip = std::env::var("CONDUCTOR_DATABASE_URL").ok().filter(|u| !u.is_empty()))]
+        database_url_env: Option<String>,
     },
     /// Capacity (role sre to apply): the plan per cell, rate limits, rebalancing.
     #[command(subcommand)]
@@ -235,7 +250,12 @@ pub async fn run(cli: Cli) -> CliResult {
             planner_token_file,
             planner_token,
             planner_interval_secs,
+            database_url,
+            database_url_file,
+            database_url_env,
         } => {
+            let database_url =
+                database_url_of(database_url, database_url_file.as_deref(), database_url_env)?;
             if planner_token.is_some() {
                 return Err(CliError::usage(
                     "--planner-token is not accepted: a secret on the command line is seen by every user in `ps`; use CONDUCTOR_PLANNER_TOKEN or --planner-token-file FILE (mode 0600)",
@@ -294,6 +314,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 write_admin_token,
                 stop_cells_on_exit,
                 json,
+                database_url,
             })
             .await?;
             Ok(exit::OK)
@@ -308,6 +329,43 @@ pub async fn run(cli: Cli) -> CliResult {
         Cmd::Token(c) => admin::token_cmd(c).await,
         Cmd::Audit(a) => admin::audit_cmd(a).await,
     }
+}
+
+/// The store's database URL: `--database-url` (refused if it carries a
+/// password: `ps` shows it), the file named by `--database-url-file` (0600),
+/// or CONDUCTOR_DATABASE_URL; None: the SQLite file in the data directory.
+fn database_url_of(
+    flag: Option<String>,
+    file: Option<&Path>,
+    env: Option<String>,
+) -> Result<Option<String>, CliError> {
+    let url = match (flag, file) {
+        (Some(u), _) if crate::store::url_has_password(&u) => {
+            return Err(CliError::usage(
+                "--database-url carries a password, which the command line shows in `ps`: set CONDUCTOR_DATABASE_URL, use --database-url-file FILE (mode 0600), or PGPASSWORD / ~/.pgpass",
+            ))
+        }
+        (Some(u), _) => Some(u),
+        (None, Some(f)) => Some(
+            capacity_planner::secrets::read_secret_file(f)
+                .map_err(|e| CliError::usage(format!("--database-url-file: {e}")))?,
+        ),
+        (None, None) => env,
+    };
+    let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(None);
+    };
+    if url.len() > 4096 {
+        return Err(CliError::usage(
+            "the database URL is longer than 4096 bytes",
+        ));
+    }
+    if !(crate::store::is_postgres_url(&url) || url.starts_with("sqlite:")) {
+        return Err(CliError::usage(
+            "the database URL must be sqlite://PATH or postgres://USER@HOST/DATABASE",
+        ));
+    }
+    Ok(Some(url))
 }
 
 pub(super) fn s(v: &Value) -> String {
@@ -362,5 +420,62 @@ pub(super) fn human(d: chrono::Duration) -> String {
         format!("{m}m{s:02}s")
     } else {
         format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod database_url_tests {
+    use super::database_url_of;
+
+    #[test]
+    fn a_password_on_the_command_line_is_refused_and_the_env_var_named() {
+        let err = database_url_of(Some("postgres://u:secret@db/c".into()), None, None)
+            .expect_err("refused");
+        assert!(
+            err.message.contains("CONDUCTOR_DATABASE_URL"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("--database-url-file"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("secret"), "{}", err.message);
+        let err = database_url_of(Some("postgres://u@db/c?password=x".into()), None, None)
+            .expect_err("refused");
+        assert!(err.message.contains("password"), "{}", err.message);
+        // Without a password, or from the environment: accepted.
+        assert_eq!(
+            database_url_of(Some("postgres://u@db/c".into()), None, None)
+                .expect("ok")
+                .as_deref(),
+            Some("postgres://u@db/c")
+        );
+        assert_eq!(
+            database_url_of(None, None, Some("postgres://u:pw@db/c".into()))
+                .expect("env")
+                .as_deref(),
+            Some("postgres://u:pw@db/c")
+        );
+        assert_eq!(database_url_of(None, None, None).expect("default"), None);
+        assert!(database_url_of(Some("mysql://db/c".into()), None, None).is_err());
+    }
+
+    #[test]
+    fn the_url_file_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("url");
+        std::fs::write(&f, "postgres://u:pw@db/c\n").expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(database_url_of(None, Some(&f), None).is_err());
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert_eq!(
+            database_url_of(None, Some(&f), Some("sqlite://x".into()))
+                .expect("file")
+                .as_deref(),
+            Some("postgres://u:pw@db/c")
+        );
     }
 }

@@ -13,7 +13,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let res = sqlx::query(
-            "INSERT INTO artifacts (name, version, sha256, size, pushed_by, pushed_at) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO artifacts (name, version, sha256, size, pushed_by, pushed_at) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (name, version) DO NOTHING",
         )
         .bind(&a.name)
@@ -30,13 +30,13 @@ impl Store {
                 a.name, a.version
             )));
         }
-        append_audit(&mut tx, audit, now).await?;
+        append_audit(&mut tx, self.backend, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn get_artifact(&self, name: &str, version: &str) -> Result<Option<ArtifactRow>> {
-        Ok(sqlx::query_as("SELECT name, version, sha256, size, pushed_by, pushed_at FROM artifacts WHERE name = ? AND version = ?")
+        Ok(sqlx::query_as("SELECT name, version, sha256, size, pushed_by, pushed_at FROM artifacts WHERE name = $1 AND version = $2")
             .bind(name)
             .bind(version)
             .fetch_optional(&self.pool)

@@ -76,32 +76,38 @@ pub fn row_hash(
 }
 
 /// Append one row to the chain. Must run inside a transaction that holds
-/// the write lock (`BEGIN IMMEDIATE`, or after the change's own writes), so
-/// that no other row lands between reading the chain's head and writing.
+/// the write lock ([`Store::begin_write`], or after the change's own writes
+/// on SQLite), so that no other row lands between reading the chain's head
+/// and writing. On PostgreSQL the row's `seq` is the head's plus one,
+/// written out (a sequence would skip the numbers of rolled-back rows); on
+/// SQLite AUTOINCREMENT numbers it, so that a removed tail leaves a gap.
 pub(crate) async fn append_audit(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut AnyConnection,
+    backend: Backend,
     e: &AuditEntry,
     now: DateTime<Utc>,
 ) -> Result<i64> {
-    let head: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1")
+    let head: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let prev = match head {
-        None => GENESIS.to_string(),
-        Some((Some(h),)) => h,
-        Some((None,)) => {
+    let (next, prev) = match head {
+        None => (1, GENESIS.to_string()),
+        Some((s, Some(h))) => (s + 1, h),
+        Some((_, None)) => {
             return Err(StoreError::Corrupt(
                 "the newest audit row is not chained".into(),
             ))
         }
     };
+    let seq = (backend == Backend::Postgres).then_some(next);
     let at = ts(now);
     let hash = row_hash(&prev, &at, &e.actor, &e.action, &e.target, &e.detail);
     let seq: i64 = sqlx::query(
-        "INSERT INTO audit (at, actor, action, target, detail, prev_hash, hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
     )
+    .bind(seq)
     .bind(&at)
     .bind(&e.actor)
     .bind(&e.action)
@@ -222,13 +228,20 @@ impl ChainCheck {
 }
 
 const TRIGGERS: [&str; 3] = ["audit_no_update", "audit_no_delete", "audit_chained"];
+/// PostgreSQL's also refuse TRUNCATE.
+const PG_TRIGGERS: [&str; 4] = [
+    "audit_no_update",
+    "audit_no_delete",
+    "audit_chained",
+    "audit_no_truncate",
+];
 
 impl Store {
     /// Append one audit row on its own (for calls whose only write is the
     /// row, e.g. a push to another service).
     pub async fn audit(&self, e: &AuditEntry, now: DateTime<Utc>) -> Result<i64> {
         let mut tx = self.begin_write().await?;
-        let seq = append_audit(&mut tx, e, now).await?;
+        let seq = append_audit(&mut tx, self.backend, e, now).await?;
         tx.commit().await?;
         Ok(seq)
     }
@@ -236,7 +249,7 @@ impl Store {
     pub async fn audit_log(&self, after: i64, limit: i64) -> Result<Vec<AuditRow>> {
         Ok(sqlx::query_as(
             "SELECT seq, at, actor, action, target, detail, prev_hash, hash FROM audit
-             WHERE seq > ? ORDER BY seq LIMIT ?",
+             WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(limit)
@@ -258,7 +271,7 @@ impl Store {
             return Ok(0);
         };
         let before: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT hash FROM audit WHERE seq < ? ORDER BY seq DESC LIMIT 1")
+            sqlx::query_as("SELECT hash FROM audit WHERE seq < $1 ORDER BY seq DESC LIMIT 1")
                 .bind(first.seq)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -269,12 +282,14 @@ impl Store {
         };
         for r in &rows {
             let hash = row_hash(&prev, &r.at, &r.actor, &r.action, &r.target, &r.detail);
-            sqlx::query("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ? AND hash IS NULL")
-                .bind(&prev)
-                .bind(&hash)
-                .bind(r.seq)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE audit SET prev_hash = $1, hash = $2 WHERE seq = $3 AND hash IS NULL",
+            )
+            .bind(&prev)
+            .bind(&hash)
+            .bind(r.seq)
+            .execute(&mut *tx)
+            .await?;
             prev = hash;
         }
         tx.commit().await?;
@@ -283,7 +298,7 @@ impl Store {
 
     /// Walk the whole chain and report the first broken link. Also
     /// detects a removed tail while SQLite's sequence still remembers it,
-    /// dropped triggers, and (with `anchor`) a chain rewritten from an
+    /// dropped (on PostgreSQL also disabled) triggers, and (with `anchor`) a chain rewritten from an
     /// earlier row on.
     pub async fn verify_audit(&self, anchor: Option<(i64, String)>) -> Result<AuditReport> {
         let mut check = ChainCheck::new(anchor);
@@ -300,25 +315,41 @@ impl Store {
         }
         let head = check.head().cloned();
         let last_seq = head.as_ref().map_or(0, |h| h.0);
-        let seq: Option<(i64,)> =
-            sqlx::query_as("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")
-                .fetch_optional(&self.pool)
-                .await?;
-        if let Some((top,)) = seq {
-            if top > last_seq {
-                check.fail(
-                    last_seq,
-                    format!("rows after {last_seq} were removed: rows up to {top} were written"),
-                );
+        if self.backend == Backend::Sqlite {
+            let seq: Option<(i64,)> =
+                sqlx::query_as("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some((top,)) = seq {
+                if top > last_seq {
+                    check.fail(
+                        last_seq,
+                        format!(
+                            "rows after {last_seq} were removed: rows up to {top} were written"
+                        ),
+                    );
+                }
             }
         }
-        for t in TRIGGERS {
-            let found: Option<(String,)> = sqlx::query_as(
-                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = ?",
-            )
-            .bind(t)
-            .fetch_optional(&self.pool)
-            .await?;
+        let triggers: &[&str] = match self.backend {
+            Backend::Sqlite => &TRIGGERS,
+            Backend::Postgres => &PG_TRIGGERS,
+        };
+        for t in triggers {
+            // PostgreSQL: a disabled trigger counts as dropped.
+            let sql = match self.backend {
+                Backend::Sqlite => {
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = $1"
+                }
+                Backend::Postgres => {
+                    "SELECT tgname::text FROM pg_trigger
+                     WHERE tgrelid = 'audit'::regclass AND tgname = $1 AND tgenabled <> 'D'"
+                }
+            };
+            let found: Option<(String,)> = sqlx::query_as(sql)
+                .bind(*t)
+                .fetch_optional(&self.pool)
+                .await?;
             if found.is_none() {
                 check.fail(
                     last_seq,

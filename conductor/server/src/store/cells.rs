@@ -14,7 +14,7 @@ impl Store {
             if !cell_exists(&mut tx, &c.id).await? {
                 refuse_taken_ports(&mut tx, c).await?;
             }
-            let res = sqlx::query("INSERT INTO cells (id, spec, updated_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING")
+            let res = sqlx::query("INSERT INTO cells (id, spec, updated_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
                 .bind(&c.id)
                 .bind(serde_json::to_string(c).map_err(corrupt)?)
                 .bind(ts(now))
@@ -38,7 +38,7 @@ impl Store {
     }
 
     pub async fn cell_spec(&self, id: &str) -> Result<Option<CellSpec>> {
-        let row = sqlx::query("SELECT spec FROM cells WHERE id = ?")
+        let row = sqlx::query("SELECT spec FROM cells WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -90,20 +90,20 @@ impl Store {
             return Err(StoreError::Conflict(format!("cell {}", c.id)));
         }
         refuse_taken_ports(&mut tx, c).await?;
-        sqlx::query("INSERT INTO cells (id, spec, updated_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO cells (id, spec, updated_at) VALUES ($1, $2, $3)")
             .bind(&c.id)
             .bind(serde_json::to_string(c).map_err(corrupt)?)
             .bind(ts(now))
             .execute(&mut *tx)
             .await?;
-        append_audit(&mut tx, audit, now).await?;
+        append_audit(&mut tx, self.backend, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// A cell's lifecycle status (`active`, `draining`, `retired`).
     pub async fn cell_status(&self, id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query("SELECT status FROM cells WHERE id = ?")
+        Ok(sqlx::query("SELECT status FROM cells WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -120,13 +120,13 @@ impl Store {
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE cells SET status = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE cells SET status = $1, updated_at = $2 WHERE id = $3")
             .bind(status)
             .bind(ts(now))
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        append_audit(&mut tx, audit, now).await?;
+        append_audit(&mut tx, self.backend, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -139,7 +139,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         write_resize(&mut tx, r).await?;
         if let Some(a) = audit {
-            append_audit(&mut tx, a, r.updated_at).await?;
+            append_audit(&mut tx, self.backend, a, r.updated_at).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -156,10 +156,10 @@ impl Store {
         let mut tx = self.begin_write().await?;
         write_resize(&mut tx, r).await?;
         if let Some(a) = audit {
-            append_audit(&mut tx, a, r.updated_at).await?;
+            append_audit(&mut tx, self.backend, a, r.updated_at).await?;
         }
         if let Some(c) = cell {
-            sqlx::query("UPDATE cells SET spec = ?, updated_at = ? WHERE id = ?")
+            sqlx::query("UPDATE cells SET spec = $1, updated_at = $2 WHERE id = $3")
                 .bind(serde_json::to_string(c).map_err(corrupt)?)
                 .bind(ts(r.updated_at))
                 .bind(&c.id)
@@ -171,7 +171,7 @@ impl Store {
     }
 
     pub async fn get_resize(&self, id: &str) -> Result<Option<Resize>> {
-        sqlx::query("SELECT body FROM resizes WHERE id = ?")
+        sqlx::query("SELECT body FROM resizes WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -182,9 +182,9 @@ impl Store {
     /// Resizes, newest first; `open` keeps only unfinished ones.
     pub async fn list_resizes(&self, open: bool, limit: i64) -> Result<Vec<Resize>> {
         let sql = if open {
-            "SELECT body FROM resizes WHERE status NOT IN ('succeeded', 'failed', 'rejected') ORDER BY created_at DESC, id DESC LIMIT ?"
+            "SELECT body FROM resizes WHERE status NOT IN ('succeeded', 'failed', 'rejected') ORDER BY created_at DESC, id DESC LIMIT $1"
         } else {
-            "SELECT body FROM resizes ORDER BY created_at DESC, id DESC LIMIT ?"
+            "SELECT body FROM resizes ORDER BY created_at DESC, id DESC LIMIT $1"
         };
         sqlx::query(sql)
             .bind(limit)
@@ -196,8 +196,8 @@ impl Store {
     }
 }
 
-async fn cell_exists(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<bool> {
-    Ok(sqlx::query("SELECT 1 FROM cells WHERE id = ?")
+async fn cell_exists(tx: &mut AnyConnection, id: &str) -> Result<bool> {
+    Ok(sqlx::query("SELECT 1 FROM cells WHERE id = $1")
         .bind(id)
         .fetch_optional(tx)
         .await?
@@ -206,11 +206,11 @@ async fn cell_exists(tx: &mut sqlx::SqliteConnection, id: &str) -> Result<bool> 
 
 /// A new cell's ports must not overlap the ports an artifact of another cell
 /// was given (`--artifact-ports`).
-async fn refuse_taken_ports(tx: &mut sqlx::SqliteConnection, c: &CellSpec) -> Result<()> {
+async fn refuse_taken_ports(tx: &mut AnyConnection, c: &CellSpec) -> Result<()> {
     let Some(p) = c.port else { return Ok(()) };
     let p = i64::from(p);
     let row = sqlx::query(
-        "SELECT cell_id, artifact, port FROM cell_ports WHERE cell_id <> ? AND port BETWEEN ? AND ? LIMIT 1",
+        "SELECT cell_id, artifact, port FROM cell_ports WHERE cell_id <> $1 AND port BETWEEN $2 AND $3 LIMIT 1",
     )
     .bind(&c.id)
     .bind(p - 1)
@@ -229,9 +229,9 @@ async fn refuse_taken_ports(tx: &mut sqlx::SqliteConnection, c: &CellSpec) -> Re
     Ok(())
 }
 
-async fn write_resize(tx: &mut sqlx::SqliteConnection, r: &Resize) -> Result<()> {
+async fn write_resize(tx: &mut AnyConnection, r: &Resize) -> Result<()> {
     sqlx::query(
-        "INSERT INTO resizes (id, cell_id, status, body, created_at) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO resizes (id, cell_id, status, body, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, body = excluded.body",
     )
     .bind(&r.id)
@@ -245,7 +245,7 @@ async fn write_resize(tx: &mut sqlx::SqliteConnection, r: &Resize) -> Result<()>
 }
 
 /// A worker process of a local cell, as persisted for adoption after a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CellProcessRow {
     pub pid: i64,
     /// Boot id and start time of the process (from /proc).
@@ -265,7 +265,7 @@ impl Store {
 
     /// The first of the two ports `artifact` serves on `cell`, once assigned.
     pub async fn cell_port(&self, cell: &str, artifact: &str) -> Result<Option<u16>> {
-        let row = sqlx::query("SELECT port FROM cell_ports WHERE cell_id = ? AND artifact = ?")
+        let row = sqlx::query("SELECT port FROM cell_ports WHERE cell_id = $1 AND artifact = $2")
             .bind(cell)
             .bind(artifact)
             .fetch_optional(&self.pool)
@@ -288,7 +288,7 @@ impl Store {
     /// taken by another assignment.
     pub async fn assign_cell_port(&self, cell: &str, artifact: &str, port: u16) -> Result<bool> {
         let res = sqlx::query(
-            "INSERT INTO cell_ports (cell_id, artifact, port) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO cell_ports (cell_id, artifact, port) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(cell)
         .bind(artifact)
@@ -303,7 +303,7 @@ impl Store {
     pub async fn put_cell_process(&self, p: &CellProcessRow, now: DateTime<Utc>) -> Result<()> {
         sqlx::query(
             "INSERT INTO cell_processes (pid, started, cell_id, artifact, version, port, worker, worker_port, handover, at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (pid) DO UPDATE SET started = excluded.started, cell_id = excluded.cell_id,
                  artifact = excluded.artifact, version = excluded.version, port = excluded.port,
                  worker = excluded.worker, worker_port = excluded.worker_port,
@@ -317,7 +317,7 @@ impl Store {
         .bind(p.port)
         .bind(p.worker)
         .bind(p.worker_port)
-        .bind(p.handover)
+        .bind(i64::from(p.handover))
         .bind(ts(now))
         .execute(&self.pool)
         .await?;
@@ -327,7 +327,7 @@ impl Store {
     /// Forget a process (it was stopped, or it is gone), if the row is still
     /// this process's (a later process may have the same pid).
     pub async fn delete_cell_process(&self, pid: i64, started: &str) -> Result<()> {
-        sqlx::query("DELETE FROM cell_processes WHERE pid = ? AND started = ?")
+        sqlx::query("DELETE FROM cell_processes WHERE pid = $1 AND started = $2")
             .bind(pid)
             .bind(started)
             .execute(&self.pool)
@@ -336,12 +336,27 @@ impl Store {
     }
 
     pub async fn cell_processes(&self) -> Result<Vec<CellProcessRow>> {
-        Ok(sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT pid, started, cell_id, artifact, version, port, worker, worker_port, handover
              FROM cell_processes ORDER BY cell_id, artifact, worker, pid",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CellProcessRow {
+                    pid: r.try_get(0)?,
+                    started: r.try_get(1)?,
+                    cell_id: r.try_get(2)?,
+                    artifact: r.try_get(3)?,
+                    version: r.try_get(4)?,
+                    port: r.try_get(5)?,
+                    worker: r.try_get(6)?,
+                    worker_port: r.try_get(7)?,
+                    handover: r.try_get::<i64, _>(8)? != 0,
+                })
+            })
+            .collect()
     }
 }
 

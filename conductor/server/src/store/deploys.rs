@@ -6,10 +6,11 @@ impl Store {
     /// Has the effect `key` already changed a cell's version? Returns the
     /// version the cell ran before it, when it has.
     pub async fn deploy_done(&self, key: &str) -> Result<Option<Option<String>>> {
-        let row = sqlx::query("SELECT previous FROM deploy_log WHERE key = ? ORDER BY seq LIMIT 1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT previous FROM deploy_log WHERE key = $1 ORDER BY seq LIMIT 1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| r.try_get::<Option<String>, _>(0)).transpose()?)
     }
 
@@ -29,7 +30,7 @@ impl Store {
         // start (a deferred one that read first could not wait for it).
         let mut tx = self.begin_write().await?;
         let old: Option<String> = sqlx::query(
-            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES (?, ?, ?, NULL, ?)
+            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES ($1, $2, $3, NULL, $4)
              ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
                  version = excluded.version, updated_at = excluded.updated_at
              RETURNING previous_version",
@@ -41,7 +42,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .try_get(0)?;
-        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(cell)
             .bind(artifact)
             .bind(version)
@@ -57,7 +58,7 @@ impl Store {
 
     pub async fn cell_version(&self, cell: &str, artifact: &str) -> Result<Option<String>> {
         let row =
-            sqlx::query("SELECT version FROM cell_versions WHERE cell_id = ? AND artifact = ?")
+            sqlx::query("SELECT version FROM cell_versions WHERE cell_id = $1 AND artifact = $2")
                 .bind(cell)
                 .bind(artifact)
                 .fetch_optional(&self.pool)
@@ -70,7 +71,7 @@ impl Store {
 
     pub async fn deploy_log(&self, cell: Option<&str>) -> Result<Vec<DeployLogRow>> {
         Ok(sqlx::query_as(
-            "SELECT seq, cell_id, artifact, version, key, kind, at FROM deploy_log WHERE (?1 IS NULL OR cell_id = ?1) ORDER BY seq",
+            "SELECT seq, cell_id, artifact, version, key, kind, at FROM deploy_log WHERE ($1 IS NULL OR cell_id = $1) ORDER BY seq",
         )
         .bind(cell)
         .fetch_all(&self.pool)
@@ -86,7 +87,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO step_logs (key, train_id, cell_id, output, at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO step_logs (key, train_id, cell_id, output, at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (key) DO UPDATE SET output = excluded.output, at = excluded.at",
         )
         .bind(key)
@@ -101,7 +102,7 @@ impl Store {
 
     pub async fn step_logs(&self, train: &str) -> Result<Vec<serde_json::Value>> {
         let rows = sqlx::query(
-            "SELECT key, cell_id, output, at FROM step_logs WHERE train_id = ? ORDER BY at",
+            "SELECT key, cell_id, output, at FROM step_logs WHERE train_id = $1 ORDER BY at",
         )
         .bind(train)
         .fetch_all(&self.pool)

@@ -1,4 +1,7 @@
-//! The Conductor's store: SQLite through sqlx (the embedded default).
+//! The Conductor's store: SQLite (the embedded default) or PostgreSQL,
+//! through sqlx's `Any` driver. Every query is written once with `$N`
+//! placeholders; the few statements that differ branch on [`Backend`]
+//! (see `connect.rs`).
 //!
 //! Events are appended in batches, one transaction per batch, together with
 //! the snapshot of every train they change. Nothing here interprets events;
@@ -9,11 +12,9 @@ use chrono::{DateTime, Utc};
 use conductor_core::resize::Resize;
 use conductor_core::train::{Event, Train};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+use sqlx::{AnyConnection, AnyPool, Row};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,6 +29,17 @@ pub enum StoreError {
     /// What a request was based on changed before it could be written.
     #[error("{0}")]
     Changed(String),
+    /// Another Conductor claimed the leadership since this one was fenced
+    /// with epoch `ours`: nothing was written.
+    #[error("fenced: this Conductor leads epoch {ours}, but the leadership is at epoch {current}; nothing was written")]
+    Fenced { ours: i64, current: i64 },
+    /// An event's per-train sequence number is taken: another writer
+    /// appended to the train. Nothing was written.
+    #[error("{0}")]
+    SequenceTaken(String),
+    /// The database URL or file cannot be used.
+    #[error("{0}")]
+    Open(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -40,10 +52,18 @@ pub use tokens::{Revoke, TokenInfo};
 mod artifacts;
 mod audit;
 mod cells;
+mod connect;
 mod deploys;
+mod leadership;
+mod log;
 mod pipelines;
 mod tokens;
 mod trains;
+
+pub use connect::{is_postgres_url, sqlite_path, url_has_password, Backend};
+pub use leadership::LeaderRow;
+pub use log::TrainLog;
+pub use trains::NewEvent;
 
 pub use cells::CellProcessRow;
 
@@ -66,10 +86,13 @@ fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     /// The engine's own connection for appending events: no pool round
     /// trip on the hot path of every batch.
-    writer: std::sync::Arc<tokio::sync::Mutex<sqlx::SqliteConnection>>,
+    writer: Arc<tokio::sync::Mutex<AnyConnection>>,
+    /// The leadership epoch this Conductor appends under (0: unfenced).
+    fence: Arc<AtomicI64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -144,46 +167,4 @@ pub struct TrainRow {
     pub started_by: String,
     pub created_at: String,
     pub updated_at: String,
-}
-
-impl Store {
-    /// Open (creating if needed) the database at `path` and run migrations.
-    pub async fn open(path: &Path) -> Result<Store> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL: a committed transaction survives a crash of the
-            // process (kill -9); only a power loss can drop the last commits.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts.clone())
-            .await?;
-        sqlx::migrate!("../../migrations/sqlite/conductor")
-            .run(&pool)
-            .await?;
-        let writer = sqlx::ConnectOptions::connect(&opts).await?;
-        let store = Store {
-            pool,
-            writer: std::sync::Arc::new(tokio::sync::Mutex::new(writer)),
-        };
-        // Audit rows written by an earlier release join the hash chain.
-        let chained = store.chain_unchained_audit().await?;
-        if chained > 0 {
-            tracing::info!(
-                rows = chained,
-                "chained the audit rows of an earlier release"
-            );
-        }
-        Ok(store)
-    }
-
-    /// A write transaction that takes SQLite's write lock at once, so that
-    /// what it reads (the audit chain's head, a pipeline's current revision)
-    /// cannot change before it commits.
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
 }

@@ -40,7 +40,7 @@ pub struct RevisionRow {
 const REVISION_COLS: &str = "name, revision, yaml, submitted_by, submitted_at, status, findings, \
      base_revision, approver_groups, decided_by, decided_at, reason";
 
-fn revision_row(r: &sqlx::sqlite::SqliteRow) -> Result<RevisionRow> {
+fn revision_row(r: &sqlx::any::AnyRow) -> Result<RevisionRow> {
     let list = |i: usize| -> Result<Vec<String>> {
         serde_json::from_str(&r.try_get::<String, _>(i)?).map_err(corrupt)
     };
@@ -61,9 +61,9 @@ fn revision_row(r: &sqlx::sqlite::SqliteRow) -> Result<RevisionRow> {
 }
 
 /// The revision in effect of `name`, inside a transaction.
-async fn current_revision(conn: &mut sqlx::SqliteConnection, name: &str) -> Result<Option<i64>> {
+async fn current_revision(conn: &mut AnyConnection, name: &str) -> Result<Option<i64>> {
     Ok(
-        sqlx::query_as::<_, (i64,)>("SELECT revision FROM pipelines WHERE name = ?")
+        sqlx::query_as::<_, (i64,)>("SELECT revision FROM pipelines WHERE name = $1")
             .bind(name)
             .fetch_optional(conn)
             .await?
@@ -72,9 +72,9 @@ async fn current_revision(conn: &mut sqlx::SqliteConnection, name: &str) -> Resu
 }
 
 /// Make revision `rev` of `name` the one in effect.
-async fn put_in_effect(conn: &mut sqlx::SqliteConnection, r: &RevisionRow) -> Result<()> {
+async fn put_in_effect(conn: &mut AnyConnection, r: &RevisionRow) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pipelines (name, yaml, revision, submitted_by, submitted_at) VALUES (?, ?, ?, ?, ?)
+        "INSERT INTO pipelines (name, yaml, revision, submitted_by, submitted_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name) DO UPDATE SET yaml = excluded.yaml, revision = excluded.revision,
              submitted_by = excluded.submitted_by, submitted_at = excluded.submitted_at",
     )
@@ -119,16 +119,16 @@ impl Store {
             )));
         }
         let (last,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MAX(r) FROM (SELECT MAX(revision) AS r FROM pipeline_revisions WHERE name = ?1
-                                 UNION ALL SELECT revision FROM pipelines WHERE name = ?1)",
+            "SELECT MAX(r) FROM (SELECT MAX(revision) AS r FROM pipeline_revisions WHERE name = $1
+                                 UNION ALL SELECT revision FROM pipelines WHERE name = $1) AS last",
         )
         .bind(&r.name)
         .fetch_one(&mut *tx)
         .await?;
         let revision = last.unwrap_or(0) + 1;
         sqlx::query(
-            "UPDATE pipeline_revisions SET status = 'superseded', decided_at = ?
-             WHERE name = ? AND status = 'pending'",
+            "UPDATE pipeline_revisions SET status = 'superseded', decided_at = $1
+             WHERE name = $2 AND status = 'pending'",
         )
         .bind(ts(now))
         .bind(&r.name)
@@ -149,7 +149,7 @@ impl Store {
             reason: None,
         };
         sqlx::query(&format!(
-            "INSERT INTO pipeline_revisions ({REVISION_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)"
+            "INSERT INTO pipeline_revisions ({REVISION_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL)"
         ))
         .bind(&row.name)
         .bind(row.revision)
@@ -165,7 +165,7 @@ impl Store {
         if !r.pending {
             put_in_effect(&mut tx, &row).await?;
         }
-        append_audit(&mut tx, &audit(revision), now).await?;
+        append_audit(&mut tx, self.backend, &audit(revision), now).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -203,8 +203,8 @@ impl Store {
         row.decided_at = Some(ts(now));
         row.reason = Some(reason.to_string());
         sqlx::query(
-            "UPDATE pipeline_revisions SET status = ?, decided_by = ?, decided_at = ?, reason = ?
-             WHERE name = ? AND revision = ?",
+            "UPDATE pipeline_revisions SET status = $1, decided_by = $2, decided_at = $3, reason = $4
+             WHERE name = $5 AND revision = $6",
         )
         .bind(&row.status)
         .bind(by)
@@ -217,7 +217,7 @@ impl Store {
         if approve {
             put_in_effect(&mut tx, &row).await?;
         }
-        append_audit(&mut tx, audit, now).await?;
+        append_audit(&mut tx, self.backend, audit, now).await?;
         tx.commit().await?;
         Ok(Decided::Done(Box::new(row)))
     }
@@ -230,7 +230,7 @@ impl Store {
     /// Revisions of `name`, newest first.
     pub async fn list_revisions(&self, name: &str) -> Result<Vec<RevisionRow>> {
         let rows = sqlx::query(&format!(
-            "SELECT {REVISION_COLS} FROM pipeline_revisions WHERE name = ? ORDER BY revision DESC"
+            "SELECT {REVISION_COLS} FROM pipeline_revisions WHERE name = $1 ORDER BY revision DESC"
         ))
         .bind(name)
         .fetch_all(&self.pool)
@@ -250,7 +250,7 @@ impl Store {
 
     pub async fn get_pipeline(&self, name: &str) -> Result<Option<PipelineRow>> {
         Ok(sqlx::query_as(
-            "SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines WHERE name = ?",
+            "SELECT name, yaml, revision, submitted_by, submitted_at FROM pipelines WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -267,12 +267,12 @@ impl Store {
 }
 
 async fn fetch_revision(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut AnyConnection,
     name: &str,
     revision: i64,
 ) -> Result<Option<RevisionRow>> {
     sqlx::query(&format!(
-        "SELECT {REVISION_COLS} FROM pipeline_revisions WHERE name = ? AND revision = ?"
+        "SELECT {REVISION_COLS} FROM pipeline_revisions WHERE name = $1 AND revision = $2"
     ))
     .bind(name)
     .bind(revision)

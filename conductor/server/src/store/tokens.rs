@@ -48,7 +48,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let res = sqlx::query(
-            "INSERT INTO tokens (name, role, groups, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO tokens (name, role, groups, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT DO NOTHING",
         )
         .bind(name)
@@ -62,7 +62,7 @@ impl Store {
         if res.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("token named {name:?}")));
         }
-        append_audit(&mut tx, audit, now).await?;
+        append_audit(&mut tx, self.backend, audit, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -70,7 +70,7 @@ impl Store {
     /// The token with this hash, revoked or not.
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
         let row = sqlx::query(
-            "SELECT name, role, groups, revoked, expires_at FROM tokens WHERE hash = ?",
+            "SELECT name, role, groups, revoked, expires_at FROM tokens WHERE hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -123,7 +123,7 @@ impl Store {
     ) -> Result<Revoke> {
         let mut tx = self.begin_write().await?;
         let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT role, revoked FROM tokens WHERE name = ?")
+            sqlx::query_as("SELECT role, revoked FROM tokens WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -135,8 +135,8 @@ impl Store {
         }
         if role == "admin" {
             let (others,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked = 0 AND name != ?
-                 AND (expires_at IS NULL OR expires_at > ?)",
+                "SELECT COUNT(*) FROM tokens WHERE role = 'admin' AND revoked = 0 AND name != $1
+                 AND (expires_at IS NULL OR expires_at > $2)",
             )
             .bind(name)
             .bind(ts(now))
@@ -147,14 +147,14 @@ impl Store {
             }
         }
         sqlx::query(
-            "UPDATE tokens SET revoked = 1, revoked_at = ?, revoked_by = ? WHERE name = ? AND revoked = 0",
+            "UPDATE tokens SET revoked = 1, revoked_at = $1, revoked_by = $2 WHERE name = $3 AND revoked = 0",
         )
         .bind(ts(now))
         .bind(by)
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        append_audit(&mut tx, audit, now).await?;
+        append_audit(&mut tx, self.backend, audit, now).await?;
         tx.commit().await?;
         Ok(Revoke::Revoked)
     }

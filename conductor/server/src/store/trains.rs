@@ -2,31 +2,62 @@
 
 use super::*;
 
+/// An event to append: its train, its number within the train (1, 2, …:
+/// the unique index on `(train_id, train_seq)` refuses a number taken by
+/// another writer), the event and its time.
+pub type NewEvent = (String, i64, Event, DateTime<Utc>);
+
 impl Store {
     /// Append events, write the snapshots of the trains they change, and
     /// the audit rows of the commands among them, in one transaction.
-    /// Returns when the transaction is committed.
+    /// Returns when the transaction is committed. When the store is fenced
+    /// ([`Store::set_fence`]), the leadership's epoch must still be the
+    /// fence's, checked in the same transaction: else nothing is written
+    /// and the error is [`StoreError::Fenced`].
     pub async fn commit(
         &self,
-        events: &[(String, Event, DateTime<Utc>)],
+        events: &[NewEvent],
         trains: &[&Train],
         audit: &[(AuditEntry, DateTime<Utc>)],
     ) -> Result<()> {
-        let mut conn = self.writer.lock().await;
+        let fence = self.fence.load(Ordering::SeqCst);
         let rows = event_rows(events)?;
+        let mut conn = self.writer.lock().await;
         // One statement is atomic on its own: most batches (events only, no
-        // snapshot) need no BEGIN/COMMIT round trips.
+        // snapshot) need no BEGIN/COMMIT round trips. Fenced, the statement
+        // inserts its rows only if the epoch is still ours.
         if trains.is_empty() && audit.is_empty() && rows.len() <= EVENT_CHUNK {
-            insert_events(&mut conn, &rows).await?;
+            let n = insert_events(&mut conn, self.backend, &rows, fence).await?;
+            if n < rows.len() as u64 {
+                return Err(self.fenced(&mut conn, fence).await);
+            }
             return Ok(());
         }
-        // IMMEDIATE: the audit chain's head cannot move before this commits.
-        let mut tx = sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+        let mut tx = match self.backend {
+            // IMMEDIATE: the audit chain's head cannot move before this commits.
+            Backend::Sqlite => sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                if !audit.is_empty() {
+                    connect::write_lock(&mut tx).await?;
+                }
+                tx
+            }
+        };
+        if fence != 0 {
+            let current = leadership::epoch_in(&mut tx, self.backend).await?;
+            if current != fence {
+                return Err(StoreError::Fenced {
+                    ours: fence,
+                    current,
+                });
+            }
+        }
         for t in trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
             sqlx::query(
                 "INSERT INTO trains (id, pipeline, version, status, started_by, state, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state,
                      updated_at = excluded.updated_at",
             )
@@ -42,13 +73,33 @@ impl Store {
             .await?;
         }
         for chunk in rows.chunks(EVENT_CHUNK) {
-            insert_events(&mut tx, chunk).await?;
+            // Checked above, under the transaction's lock.
+            insert_events(&mut tx, self.backend, chunk, 0).await?;
         }
         for (entry, at) in audit {
-            append_audit(&mut tx, entry, *at).await?;
+            append_audit(&mut tx, self.backend, entry, *at).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The error of a fenced append that wrote nothing.
+    async fn fenced(&self, conn: &mut AnyConnection, ours: i64) -> StoreError {
+        match leadership::epoch_in(conn, self.backend).await {
+            Ok(current) => StoreError::Fenced { ours, current },
+            Err(e) => e,
+        }
+    }
+
+    /// How many events of train `id` are stored (its highest `train_seq`).
+    pub async fn train_event_count(&self, id: &str) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COALESCE(MAX(train_seq), 0) FROM events WHERE train_id = $1")
+                .bind(id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
     }
 
     /// Events of every train that has not finished, grouped by train, in order.
@@ -77,7 +128,7 @@ impl Store {
     }
 
     pub async fn get_train(&self, id: &str) -> Result<Option<Train>> {
-        let row = sqlx::query("SELECT state FROM trains WHERE id = ?")
+        let row = sqlx::query("SELECT state FROM trains WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -89,7 +140,7 @@ impl Store {
     /// step records measure the pipeline's step durations for plans).
     pub async fn recent_trains(&self, pipeline: &str, limit: i64) -> Result<Vec<Train>> {
         let rows = sqlx::query(
-            "SELECT state FROM trains WHERE pipeline = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+            "SELECT state FROM trains WHERE pipeline = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(pipeline)
         .bind(limit)
@@ -103,7 +154,7 @@ impl Store {
     pub async fn list_trains(&self, pipeline: Option<&str>, limit: i64) -> Result<Vec<TrainRow>> {
         Ok(sqlx::query_as(
             "SELECT id, pipeline, version, status, started_by, created_at, updated_at FROM trains
-             WHERE (?1 IS NULL OR pipeline = ?1) ORDER BY created_at DESC, id DESC LIMIT ?2",
+             WHERE ($1 IS NULL OR pipeline = $1) ORDER BY created_at DESC, id DESC LIMIT $2",
         )
         .bind(pipeline)
         .bind(limit)
@@ -122,7 +173,7 @@ impl Store {
 
     pub async fn train_events(&self, id: &str, after: i64, limit: i64) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
-            "SELECT seq, at, body FROM events WHERE train_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, at, body FROM events WHERE train_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(id)
         .bind(after)
@@ -148,22 +199,79 @@ impl Store {
     }
 }
 
-type EventRowText<'a> = (&'a String, String, String);
+type EventRowText<'a> = (&'a String, i64, String, String);
 
-fn event_rows(events: &[(String, Event, DateTime<Utc>)]) -> Result<Vec<EventRowText<'_>>> {
+fn event_rows(events: &[NewEvent]) -> Result<Vec<EventRowText<'_>>> {
     events
         .iter()
-        .map(|(train, ev, at)| Ok((train, ts(*at), serde_json::to_string(ev).map_err(corrupt)?)))
+        .map(|(train, n, ev, at)| {
+            Ok((
+                train,
+                *n,
+                ts(*at),
+                serde_json::to_string(ev).map_err(corrupt)?,
+            ))
+        })
         .collect()
 }
 
-/// Append events with one multi-row INSERT (one round trip to SQLite).
-async fn insert_events(conn: &mut sqlx::SqliteConnection, rows: &[EventRowText<'_>]) -> Result<()> {
-    let mut q = sqlx::QueryBuilder::new("INSERT INTO events (train_id, at, body) ");
-    q.push_values(rows, |mut b, (train, at, body)| {
-        b.push_bind(*train).push_bind(at).push_bind(body);
+/// Append events with one multi-row INSERT (one round trip). With a fence
+/// (not 0), the rows are inserted only if the leadership's epoch is the
+/// fence (PostgreSQL: the row read FOR SHARE, so that a claim waits for
+/// this statement); returns how many were inserted. A number already taken
+/// in its train is [`StoreError::SequenceTaken`].
+async fn insert_events(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    rows: &[EventRowText<'_>],
+    fence: i64,
+) -> Result<u64> {
+    // `$N` placeholders written out: they work on both databases (the Any
+    // driver's query builder would write `?`).
+    let mut sql = String::with_capacity(40 + rows.len() * 24);
+    sql.push_str("INSERT INTO events (train_id, train_seq, at, body) ");
+    sql.push_str(if fence == 0 {
+        "VALUES "
+    } else {
+        "SELECT * FROM (VALUES "
     });
+    for i in 0..rows.len() {
+        let b = i * 4;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+    }
+    if fence != 0 {
+        let k = rows.len() * 4 + 1;
+        sql.push_str(&match backend {
+            Backend::Sqlite => {
+                format!(") AS v WHERE (SELECT epoch FROM leadership WHERE id = 1) = ${k}")
+            }
+            Backend::Postgres => format!(
+                ") AS v WHERE EXISTS (SELECT 1 FROM leadership WHERE id = 1 AND epoch = ${k} FOR SHARE)"
+            ),
+        });
+    }
+    let mut q = sqlx::query(&sql);
+    for (train, n, at, body) in rows {
+        q = q
+            .bind(train.as_str())
+            .bind(*n)
+            .bind(at.as_str())
+            .bind(body.as_str());
+    }
+    if fence != 0 {
+        q = q.bind(fence);
+    }
     // Each row count is a new SQL text: keep it out of the statement cache.
-    q.build().persistent(false).execute(conn).await?;
-    Ok(())
+    match q.persistent(false).execute(conn).await {
+        Ok(r) => Ok(r.rows_affected()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(StoreError::SequenceTaken(format!(
+                "an event was numbered as one already stored in its train (another Conductor appended to it); nothing was written: {e}"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
 }

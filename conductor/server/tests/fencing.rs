@@ -1,0 +1,192 @@
+//! Leadership and fencing, on SQLite and on PostgreSQL: a Conductor that
+//! lost the leadership cannot append, and an event numbered as one already
+//! stored is refused; nothing is written either way.
+
+use cells_inventory::{CellSpec, TargetSpec};
+use chrono::Utc;
+use conductor::store::{AuditEntry, Store, StoreError};
+use conductor_core::train::{Event, Train, TrainSpec};
+use conductor_core::{pipeline, plan};
+
+#[path = "common/db.rs"]
+mod db;
+
+const YAML: &str = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - deploy: {}\nwaves:\n  - { name: all, percent: 100 }\n";
+
+fn train(id: &str) -> Train {
+    let cells = vec![CellSpec {
+        id: "c1".into(),
+        region: "us-east-1".into(),
+        shape: "small".into(),
+        labels: Default::default(),
+        target: TargetSpec::Local,
+        port: None,
+        tz: None,
+    }];
+    let (p, spans) = pipeline::parse("p.yaml", YAML).expect("pipeline");
+    let spec = TrainSpec {
+        id: id.into(),
+        pipeline: p.name.clone(),
+        artifact: p.artifact.clone(),
+        version: "1".into(),
+        started_by: "tester".into(),
+        steps: p.steps.clone(),
+        on_failure: p.on_failure,
+        windows: p.parsed_windows(),
+        plan: plan::plan(&p, &spans, &cells).expect("plan"),
+    };
+    Train::new(spec, false, Utc::now())
+}
+
+fn wake(train: &str, n: i64) -> conductor::store::NewEvent {
+    (train.to_string(), n, Event::Wake { cell: None }, Utc::now())
+}
+
+/// A train's snapshot and its first event (events need their train).
+async fn with_train(s: &Store, t: &Train) {
+    let created = Event::Created {
+        spec: Box::new(t.spec.clone()),
+        queued: false,
+    };
+    s.commit(&[(t.spec.id.clone(), 1, created, Utc::now())], &[t], &[])
+        .await
+        .expect("first commit");
+}
+
+#[tokio::test]
+async fn a_conductor_that_lost_the_leadership_writes_nothing() {
+    for db in db::both("fenced").await {
+        let a = &db.store;
+        let b = db.reopen().await;
+        assert_eq!(a.leader().await.expect("leader"), None);
+        let ea = a
+            .claim_leadership("a", "http://a:7070", Utc::now())
+            .await
+            .expect("claim a");
+        a.set_fence(ea);
+        assert_eq!(a.fence(), Some(ea));
+        let t = train("t1");
+        with_train(a, &t).await;
+        // Fast path (events only) and transaction (snapshot, audit) both work.
+        a.commit(&[wake("t1", 2)], &[], &[]).await.expect("fast");
+        a.commit(
+            &[wake("t1", 3)],
+            &[&t],
+            &[(AuditEntry::new("alice", "x", "t1", ""), Utc::now())],
+        )
+        .await
+        .expect("transaction");
+        let eb = b
+            .claim_leadership("b", "http://b:7070", Utc::now())
+            .await
+            .expect("claim b");
+        assert_eq!(eb, ea + 1, "{}", db.backend);
+        let leader = a.leader().await.expect("leader").expect("some");
+        assert_eq!(
+            (
+                leader.epoch,
+                leader.holder.as_str(),
+                leader.address.as_str()
+            ),
+            (eb, "b", "http://b:7070")
+        );
+        let before = a.count_events().await.expect("count");
+        let audit_before = a.audit_log(0, 100).await.expect("audit").len();
+        // The old leader's appends, both paths, are refused.
+        for (trains, audit) in [
+            (vec![], vec![]),
+            (
+                vec![&t],
+                vec![(AuditEntry::new("alice", "y", "t1", ""), Utc::now())],
+            ),
+        ] {
+            match a.commit(&[wake("t1", 4)], &trains, &audit).await {
+                Err(StoreError::Fenced { ours, current }) => {
+                    assert_eq!((ours, current), (ea, eb), "{}", db.backend)
+                }
+                other => panic!("{}: not fenced: {other:?}", db.backend),
+            }
+        }
+        assert_eq!(a.count_events().await.expect("count"), before);
+        assert_eq!(
+            a.audit_log(0, 100).await.expect("audit").len(),
+            audit_before
+        );
+        // The new leader carries on from the stored count.
+        b.set_fence(eb);
+        assert_eq!(b.train_event_count("t1").await.expect("n"), 3);
+        b.commit(&[wake("t1", 4)], &[], &[])
+            .await
+            .expect("new leader");
+        assert_eq!(a.count_events().await.expect("count"), before + 1);
+        // Unfenced (a single Conductor, tests): no check.
+        a.set_fence(0);
+        a.commit(&[wake("t1", 5)], &[], &[])
+            .await
+            .expect("unfenced");
+    }
+}
+
+#[tokio::test]
+async fn an_event_numbered_as_a_stored_one_is_refused() {
+    for db in db::both("dupseq").await {
+        let s = &db.store;
+        let t = train("t2");
+        with_train(s, &t).await;
+        s.commit(&[wake("t2", 2)], &[], &[]).await.expect("second");
+        let before = s.count_events().await.expect("count");
+        for trains in [vec![], vec![&t]] {
+            // Two new events, the second one's number taken: neither is stored.
+            match s
+                .commit(&[wake("t2", 3), wake("t2", 2)], &trains, &[])
+                .await
+            {
+                Err(StoreError::SequenceTaken(m)) => {
+                    assert!(m.contains("nothing was written"), "{m}")
+                }
+                other => panic!("{}: not refused: {other:?}", db.backend),
+            }
+            assert_eq!(s.count_events().await.expect("count"), before);
+        }
+        // Another train numbers its events on its own.
+        let u = train("t3");
+        with_train(s, &u).await;
+        s.commit(&[wake("t3", 2), wake("t2", 3)], &[], &[])
+            .await
+            .expect("both trains");
+        let events = s.train_events("t2", 0, 10).await.expect("events");
+        assert_eq!(events.len(), 3, "{}", db.backend);
+    }
+}
+
+#[tokio::test]
+async fn claims_are_numbered_one_after_another() {
+    for db in db::both("claims").await {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = db.store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.claim_leadership(&format!("h{i}"), "addr", Utc::now())
+                    .await
+                    .expect("claim")
+            }));
+        }
+        let mut epochs = Vec::new();
+        for t in tasks {
+            epochs.push(t.await.expect("task"));
+        }
+        epochs.sort_unstable();
+        assert_eq!(epochs, (1..=8).collect::<Vec<i64>>(), "{}", db.backend);
+        let leader = db.store.leader().await.expect("leader").expect("some");
+        assert_eq!(leader.epoch, 8);
+        // A later claim is always higher, also from another store.
+        let other = db.reopen().await;
+        assert_eq!(
+            other
+                .claim_leadership("z", "addr", Utc::now())
+                .await
+                .expect("claim"),
+            9
+        );
+    }
+}
