@@ -127,7 +127,7 @@ impl Store {
     pub async fn active_train_events(&self) -> Result<Vec<Vec<(Event, DateTime<Utc>)>>> {
         let rows = sqlx::query(
             "SELECT e.train_id, e.at, e.body FROM events e JOIN trains t ON t.id = e.train_id
-             WHERE t.status IN ('queued', 'running', 'rolling_back') ORDER BY e.train_id, e.seq",
+             WHERE t.status IN ('queued', 'running', 'rolling_back') ORDER BY e.train_id, e.train_seq",
         )
         .fetch_all(&self.pool)
         .await?;
