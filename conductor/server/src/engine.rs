@@ -426,9 +426,17 @@ impl Batch {
         t.validate(&ev)?;
         let fx = t.apply(&ev, now);
         let pipeline = t.spec.pipeline.clone();
-        let n = self.seqs.entry(id.to_string()).or_insert(0);
-        *n += 1;
-        self.events.push((id.to_string(), *n, ev, now));
+        let n = match self.seqs.get_mut(id) {
+            Some(n) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.seqs.insert(id.to_string(), 1);
+                1
+            }
+        };
+        self.events.push((id.to_string(), n, ev, now));
         let mut granted = Vec::new();
         for e in fx {
             match e {

@@ -380,3 +380,59 @@ async fn concurrent_audit_rows_keep_the_chain() {
         assert_eq!(report.rows, 20);
     }
 }
+
+/// PostgreSQL's schema is SQLite's: the same tables, columns and indexes.
+#[tokio::test]
+async fn both_databases_have_the_same_schema() {
+    let Some(pg) = db::postgres("schema").await else {
+        return;
+    };
+    let lite = db::sqlite().await;
+    let mut raw = lite.raw().await;
+    let mut sqlite_cols: Vec<(String, String)> = sqlx::query_as(
+        "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+         WHERE m.type = 'table' AND m.name NOT IN ('sqlite_sequence', '_sqlx_migrations')",
+    )
+    .fetch_all(&mut raw)
+    .await
+    .expect("sqlite columns");
+    let mut sqlite_idx: Vec<(String,)> = sqlx::query_as(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%'",
+    )
+    .fetch_all(&mut raw)
+    .await
+    .expect("sqlite indexes");
+    let mut praw = pg.raw().await;
+    let mut pg_cols: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(&mut praw)
+    .await
+    .expect("pg columns");
+    let mut pg_idx: Vec<(String,)> = sqlx::query_as(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public'
+         AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'",
+    )
+    .fetch_all(&mut praw)
+    .await
+    .expect("pg indexes");
+    for v in [&mut sqlite_cols, &mut pg_cols] {
+        v.sort();
+    }
+    for v in [&mut sqlite_idx, &mut pg_idx] {
+        v.sort();
+    }
+    assert_eq!(sqlite_cols, pg_cols);
+    assert_eq!(sqlite_idx, pg_idx);
+    // Every integer column is BIGINT (sqlx's Any driver reads i64 from INT8 only).
+    let narrow: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'
+         AND data_type IN ('integer', 'smallint', 'boolean')",
+    )
+    .fetch_all(&mut praw)
+    .await
+    .expect("types");
+    assert!(narrow.is_empty(), "{narrow:?}");
+}

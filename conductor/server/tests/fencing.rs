@@ -190,3 +190,39 @@ async fn claims_are_numbered_one_after_another() {
         );
     }
 }
+
+/// PostgreSQL: when the server drops the store's connections, the next
+/// append after a failed one goes through on a new connection.
+#[tokio::test]
+async fn the_event_writer_reconnects_after_postgres_drops_it() {
+    let Some(db) = db::postgres("reconnect").await else {
+        return;
+    };
+    let s = &db.store;
+    let t = train("t4");
+    with_train(s, &t).await;
+    let mut raw = db.raw().await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut raw)
+    .await
+    .expect("terminate");
+    let mut n = 2;
+    let mut failures = 0;
+    while n <= 3 {
+        match s.commit(&[wake("t4", n)], &[], &[]).await {
+            Ok(()) => n += 1,
+            Err(e) => {
+                failures += 1;
+                assert!(failures < 3, "no reconnect: {e}");
+                eprintln!("append failed: {e}");
+            }
+        }
+    }
+    // The append that found the connection gone failed; the next one
+    // went through.
+    assert_eq!(failures, 1);
+    assert_eq!(s.train_event_count("t4").await.expect("count"), 3);
+}

@@ -87,3 +87,71 @@ async fn cells_deployed_before_per_artifact_ports_keep_their_port() {
     assert_eq!(s.cell_port("x", "fga").await.expect("read"), None);
     assert!(s.cell_processes().await.expect("read").is_empty());
 }
+
+/// Events written before per-train numbers (migration 0005) are numbered
+/// 1, 2, … within each train, in the order they were written; appends
+/// carry on from there.
+#[tokio::test]
+async fn events_of_an_earlier_release_are_numbered_per_train() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("conductor.db");
+    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .expect("url")
+        .create_if_missing(true);
+    let pool = SqlitePool::connect_with(opts).await.expect("open");
+    let all = sqlx::migrate!("../../migrations/sqlite/conductor");
+    let before = Migrator {
+        migrations: Cow::Owned(
+            all.migrations
+                .iter()
+                .filter(|m| m.version < 5)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    before.run(&pool).await.expect("earlier migrations");
+    for t in ["a", "b"] {
+        sqlx::query("INSERT INTO trains (id, pipeline, version, status, started_by, state, created_at, updated_at) VALUES (?, 'p', '1', 'succeeded', 'x', '{}', 'then', 'then')")
+            .bind(t)
+            .execute(&pool)
+            .await
+            .expect("train");
+    }
+    // Interleaved: a a b a b.
+    for t in ["a", "a", "b", "a", "b"] {
+        sqlx::query("INSERT INTO events (train_id, at, body) VALUES (?, 'then', '{}')")
+            .bind(t)
+            .execute(&pool)
+            .await
+            .expect("event");
+    }
+    pool.close().await;
+    let store = Store::open(&path).await.expect("upgrade");
+    let pool = SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("reopen");
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT train_id, train_seq FROM events ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("numbers");
+    let want = [("a", 1), ("a", 2), ("b", 1), ("a", 3), ("b", 2)];
+    assert_eq!(
+        rows,
+        want.iter()
+            .map(|(t, n)| (t.to_string(), *n))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.train_event_count("a").await.expect("a"), 3);
+    let wake = |n| {
+        (
+            "a".to_string(),
+            n,
+            conductor_core::train::Event::Wake { cell: None },
+            chrono::Utc::now(),
+        )
+    };
+    assert!(store.commit(&[wake(3)], &[], &[]).await.is_err());
+    store.commit(&[wake(4)], &[], &[]).await.expect("next");
+}

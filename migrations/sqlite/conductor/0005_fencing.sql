@@ -21,3 +21,6 @@ UPDATE events SET train_seq = n.rn
 FROM (SELECT seq, row_number() OVER (PARTITION BY train_id ORDER BY seq) AS rn FROM events) AS n
 WHERE n.seq = events.seq;
 CREATE UNIQUE INDEX events_by_train_seq ON events (train_id, train_seq);
+-- It replaces the index by (train_id, seq): the same order within a train,
+-- and one index to maintain per appended event, not two.
+DROP INDEX events_by_train;

@@ -120,6 +120,11 @@ impl Store {
             create_private(Path::new(sqlite_path(url)?))?;
             Backend::Sqlite
         };
+        let url = match backend {
+            Backend::Postgres => url.to_string(),
+            Backend::Sqlite => format!("sqlite://{}", sqlite_path(url)?),
+        };
+        let url = url.as_str();
         let (pool, writer) = match backend {
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -148,6 +153,7 @@ impl Store {
         let store = Store {
             pool,
             backend,
+            url: url.into(),
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             fence: Arc::new(AtomicI64::new(0)),
         };

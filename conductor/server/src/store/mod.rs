@@ -88,6 +88,8 @@ fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// What it was opened with (to reconnect the writer).
+    url: Arc<str>,
     /// The engine's own connection for appending events: no pool round
     /// trip on the hot path of every batch.
     writer: Arc<tokio::sync::Mutex<AnyConnection>>,

@@ -20,24 +20,45 @@ impl Store {
         trains: &[&Train],
         audit: &[(AuditEntry, DateTime<Utc>)],
     ) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        let r = self.commit_on(&mut conn, events, trains, audit).await;
+        // A PostgreSQL connection can break (the server restarted, the
+        // network): the engine retries, on a new connection.
+        if let Err(StoreError::Db(e)) = &r {
+            if self.backend == Backend::Postgres && connection_lost(e) {
+                match sqlx::Connection::connect(&self.url).await {
+                    Ok(c) => *conn = c,
+                    Err(e) => tracing::warn!(error = %e, "cannot reconnect the event writer"),
+                }
+            }
+        }
+        r
+    }
+
+    async fn commit_on(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[NewEvent],
+        trains: &[&Train],
+        audit: &[(AuditEntry, DateTime<Utc>)],
+    ) -> Result<()> {
         let fence = self.fence.load(Ordering::SeqCst);
         let rows = event_rows(events)?;
-        let mut conn = self.writer.lock().await;
         // One statement is atomic on its own: most batches (events only, no
         // snapshot) need no BEGIN/COMMIT round trips. Fenced, the statement
         // inserts its rows only if the epoch is still ours.
         if trains.is_empty() && audit.is_empty() && rows.len() <= EVENT_CHUNK {
-            let n = insert_events(&mut conn, self.backend, &rows, fence).await?;
+            let n = insert_events(conn, self.backend, &rows, fence).await?;
             if n < rows.len() as u64 {
-                return Err(self.fenced(&mut conn, fence).await);
+                return Err(self.fenced(conn, fence).await);
             }
             return Ok(());
         }
         let mut tx = match self.backend {
             // IMMEDIATE: the audit chain's head cannot move before this commits.
-            Backend::Sqlite => sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let mut tx = sqlx::Connection::begin(conn).await?;
                 if !audit.is_empty() {
                     connect::write_lock(&mut tx).await?;
                 }
@@ -106,7 +127,7 @@ impl Store {
     pub async fn active_train_events(&self) -> Result<Vec<Vec<(Event, DateTime<Utc>)>>> {
         let rows = sqlx::query(
             "SELECT e.train_id, e.at, e.body FROM events e JOIN trains t ON t.id = e.train_id
-             WHERE t.status IN ('queued', 'running', 'rolling_back') ORDER BY e.train_id, e.seq",
+             WHERE t.status IN ('queued', 'running', 'rolling_back') ORDER BY e.train_id, e.train_seq",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -196,6 +217,18 @@ impl Store {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?)
+    }
+}
+
+/// Is the connection gone: a transport error, or the server closing it
+/// (SQLSTATE class 08, connection exception; 57P, operator intervention,
+/// e.g. a shutdown or pg_terminate_backend)?
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => true,
     }
 }
 
