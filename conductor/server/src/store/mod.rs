@@ -42,10 +42,12 @@ mod audit;
 mod cells;
 mod deploys;
 mod pipelines;
+mod stream;
 mod tokens;
 mod trains;
 
 pub use cells::CellProcessRow;
+pub use stream::StreamEvent;
 
 /// Rows per multi-row INSERT of events.
 const EVENT_CHUNK: usize = 500;
