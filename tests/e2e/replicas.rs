@@ -72,7 +72,7 @@ fn the_train_survives_kill_9_of_two_leaders_in_turn() {
         return;
     };
     let args = ["--database-url", db.as_str(), "--planner", "off"];
-    let mut a = Conductor::start_with(&cells_yaml(24800, 3), &args);
+    let mut a = Conductor::start_with(&cells_yaml(25000, 3), &args);
     assert_eq!(health(&a.url).expect("healthz")["role"], "leader");
     let mut b = a.replica(&args);
     assert_eq!(health(&b.url).expect("healthz")["role"], "follower");
@@ -143,7 +143,7 @@ fn a_follower_refuses_writes_while_no_replica_leads_and_a_second_sqlite_conducto
         return;
     };
     let args = ["--database-url", db.as_str(), "--planner", "off"];
-    let mut a = Conductor::start_with(&cells_yaml(24900, 1), &args);
+    let mut a = Conductor::start_with(&cells_yaml(25100, 1), &args);
     let b = a.replica(&args);
     a.kill9();
     // Until b has taken over, a write is refused with no_leader (nothing
@@ -163,7 +163,7 @@ fn a_follower_refuses_writes_while_no_replica_leads_and_a_second_sqlite_conducto
     wait_leader(&b.url);
 
     // On SQLite a database has one Conductor: a second one is refused.
-    let c = Conductor::start(&cells_yaml(24950, 1));
+    let c = Conductor::start(&cells_yaml(25200, 1));
     let out = std::process::Command::new(e2e::bin("conductor"))
         .args(["up", "--listen", "127.0.0.1:0", "--planner", "off", "--data-dir"])
         .arg(c.data_dir())

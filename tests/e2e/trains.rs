@@ -1,5 +1,6 @@
 //! End-to-end, release trains: `--wait` riding out a Conductor restart (and
-//! exit 4 when it stays away), rolling back an old train without undoing
+//! exit 4 when it stays away), `train watch` following the event stream
+//! across a restart (every event once), rolling back an old train without undoing
 //! newer deploys, and what `pipeline validate` and `plan` tell a developer.
 
 use e2e::{bin, cells_yaml, root, sample_pipeline, Conductor};
@@ -143,6 +144,91 @@ fn start_wait_rides_out_a_conductor_restart_and_exit_4_when_it_stays_away() {
         ],
     );
     assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
+}
+
+#[test]
+fn watch_prints_every_event_once_across_a_restart_and_exits_with_the_outcome() {
+    let mut c = Conductor::start(&cells_yaml(24900, 1));
+    c.push_sample("1.0.0");
+    c.push_sample("2.0.0-bad");
+    let waves = "  - { name: all, percent: 100, max_parallel: 1 }\n";
+    let p = c.file(
+        "w.yaml",
+        &sample_pipeline("w", waves, "rollback_cell_and_halt", "3s"),
+    );
+    c.cli_ok(&c.admin, &["pipeline", "submit", &p], 0);
+    let id = c.start_train(&c.admin, "w", "1.0.0");
+    let watch = |args: &[&str]| {
+        Command::new(bin("conductor"))
+            .args(["train", "watch"])
+            .args(args)
+            .args(["--unreachable-timeout", "2m"])
+            .env("CONDUCTOR_URL", &c.url)
+            .env("CONDUCTOR_TOKEN", &c.admin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the CLI")
+    };
+    let human = watch(&[&id]);
+    let json = watch(&[&id, "--json"]);
+    c.wait_train(&id, "the first bake", |t| {
+        t["summary"]["baking"].as_u64().unwrap_or(0) > 0
+    });
+    // The Conductor dies while they watch, and comes back.
+    c.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _server = restart_at_same_address(&c);
+
+    let o = human.wait_with_output().expect("watch ends");
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("retrying for up to 2m"), "{err}");
+    assert!(err.contains("again"), "{err}");
+    let events = c.get(&c.admin, &format!("/trains/{id}/events?limit=5000"))["events"]
+        .as_array()
+        .expect("events")
+        .clone();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        events.len() + 1,
+        "one line per event, then the end:\n{out}"
+    );
+    assert!(
+        lines[0].contains("train created: pipeline w version 1.0.0"),
+        "{out}"
+    );
+    for cell in ["ue1-0", "ew1-0", "as2-0"] {
+        for step in ["deploy succeeded", "test succeeded", "bake over"] {
+            let want = format!("{cell:<16} {step}");
+            assert!(out.contains(&want), "{want:?} not in:\n{out}");
+        }
+    }
+    assert!(
+        out.ends_with(&format!("train {id} ended: succeeded (succeeded 3)\n")),
+        "{out}"
+    );
+
+    // As JSON: exactly the events of the log, in order, then the end.
+    let o = json.wait_with_output().expect("watch ends");
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let got: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let seqs = |v: &[Value]| -> Vec<i64> { v.iter().filter_map(|e| e["seq"].as_i64()).collect() };
+    assert_eq!(seqs(&got), seqs(&events), "{out}");
+    let end = got.last().expect("lines");
+    assert_eq!(end["end"]["status"], "succeeded", "{end}");
+    assert_eq!(end["train"], id.as_str(), "{end}");
+
+    // A train that fails: its deploy fails and the watch exits 1.
+    let bad = c.start_train(&c.admin, "w", "2.0.0-bad");
+    let out = c.cli_ok(&c.admin, &["train", "watch", &bad], 1);
+    assert!(out.contains("deploy failed"), "{out}");
+    assert!(out.contains(&format!("train {bad} ended: failed")), "{out}");
 }
 
 fn phase(t: &Value, cell: &str) -> String {

@@ -142,6 +142,9 @@ struct Shared {
     metrics: Arc<Metrics>,
     tx: mpsc::UnboundedSender<Msg>,
     finished: tokio::sync::broadcast::Sender<(String, TrainStatus)>,
+    /// The highest committed event seq, published after every commit so
+    /// that event streams on this process wake at once.
+    committed: tokio::sync::watch::Sender<i64>,
     /// The cell inventory, read once and refreshed when it changes, so that
     /// steps need not read the store to find their cell.
     cells: std::sync::RwLock<HashMap<String, CellSpec>>,
@@ -185,6 +188,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (finished, _) = tokio::sync::broadcast::channel(1024);
+        let (committed, _) = tokio::sync::watch::channel(store.last_event_seq().await?);
         let cells = std::sync::RwLock::new(HashMap::new());
         let shared = Arc::new(Shared {
             store,
@@ -195,6 +199,7 @@ impl Engine {
             metrics,
             tx,
             finished,
+            committed,
             cells,
             stopped: tokio::sync::watch::Sender::new(false),
         });
@@ -273,6 +278,7 @@ impl Engine {
                 metrics,
                 tx,
                 finished,
+                committed: tokio::sync::watch::Sender::new(0),
                 cells: std::sync::RwLock::new(HashMap::new()),
                 stopped: tokio::sync::watch::Sender::new(true),
             }),
@@ -321,6 +327,12 @@ impl Engine {
     /// Trains as they finish (id, final status), from now on.
     pub fn finished(&self) -> tokio::sync::broadcast::Receiver<(String, TrainStatus)> {
         self.shared.finished.subscribe()
+    }
+
+    /// The highest committed event seq, updated after every commit of this
+    /// engine (events committed by another process are not seen here).
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.committed.subscribe()
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -680,6 +692,9 @@ async fn run(
         }
         shared.metrics.events_persisted(b.events.len());
         seqs = std::mem::take(&mut b.seqs);
+        if !b.events.is_empty() {
+            publish_committed(&shared);
+        }
         tracing::debug!(
             messages = n_msgs,
             events = b.events.len(),
@@ -726,6 +741,27 @@ async fn run(
         }
         specs.retain(|id, _| trains.contains_key(id));
     }
+}
+
+/// Publish the highest committed seq, if anyone follows it: read off the
+/// engine's path, and never moved backwards by a slower read.
+fn publish_committed(shared: &Arc<Shared>) {
+    if shared.committed.receiver_count() == 0 {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match shared.store.last_event_seq().await {
+            Ok(seq) => {
+                shared.committed.send_if_modified(|v| {
+                    let newer = seq > *v;
+                    *v = (*v).max(seq);
+                    newer
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the last committed seq failed"),
+        }
+    });
 }
 
 fn send(shared: &Shared, train: &str, event: Event) {

@@ -35,8 +35,11 @@ mod artifacts;
 mod cells;
 mod pipelines;
 mod revisions;
+mod stream;
 mod tokens;
 mod trains;
+
+pub use stream::MAX_STREAMS;
 
 /// Largest JSON body accepted.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
@@ -68,6 +71,8 @@ pub const ROUTES: &[(&str, &str, Action)] = {
         ("POST", "/trains/{id}/reject", Approve),
         ("POST", "/trains/{id}/cancel", CancelOrRollback),
         ("POST", "/trains/{id}/rollback", CancelOrRollback),
+        ("GET", "/trains/{id}/stream", Read),
+        ("GET", "/stream", Read),
         ("GET", "/cells", Read),
         ("POST", "/cells", ManageCells),
         ("GET", "/cells/deploys", Read),
@@ -407,6 +412,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pipelines::routes())
         .merge(revisions::routes())
         .merge(trains::routes())
+        .merge(stream::routes())
         .merge(cells::routes())
         .merge(artifacts::routes())
         .merge(tokens::routes())

@@ -9,6 +9,7 @@ use super::*;
 use tokio::time::Instant;
 
 /// HTTP client for the API.
+#[derive(Clone)]
 pub(super) struct Client {
     pub(super) base: String,
     pub(super) token: String,
@@ -40,7 +41,7 @@ struct SendError {
     unsent: bool,
 }
 
-fn unreachable(base: &str, why: impl std::fmt::Display) -> CliError {
+pub(super) fn unreachable(base: &str, why: impl std::fmt::Display) -> CliError {
     CliError {
         code: exit::UNREACHABLE,
         message: format!("cannot reach the Conductor at {base}: {why}"),
@@ -95,13 +96,22 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
-        let msg = body["message"]
-            .as_str()
-            .unwrap_or("request failed")
-            .to_string();
+        // Even a proxy's 502 may come after the Conductor got the request;
+        // a replica's `no_leader` says that nothing was done.
+        let unsent = status.as_u16() == 503 && body["code"] == "no_leader";
+        Err(SendError {
+            unsent,
+            err: self.http_error(status, &body),
+        })
+    }
+
+    /// The error of an answer that is not a success (`body`: its JSON, or
+    /// Null): 502-504 (a proxy, or a Conductor that cannot serve now) is
+    /// unreachable; other client errors are usage errors.
+    pub(super) fn http_error(&self, status: reqwest::StatusCode, body: &Value) -> CliError {
+        let msg = body["message"].as_str().unwrap_or("request failed");
         let code = body["code"].as_str().unwrap_or("error");
-        let err = match status.as_u16() {
-            // A proxy (or the Conductor's engine) that cannot serve: unreachable.
+        match status.as_u16() {
             502..=504 => unreachable(&self.base, format!("HTTP {} ({msg})", status.as_u16())),
             _ => CliError {
                 code: if status.is_client_error() {
@@ -111,11 +121,7 @@ impl Client {
                 },
                 message: format!("{msg} ({code}, HTTP {})", status.as_u16()),
             },
-        };
-        // Even a proxy's 502 may come after the Conductor got the request;
-        // a replica's `no_leader` says that nothing was done.
-        let unsent = status.as_u16() == 503 && code == "no_leader";
-        Err(SendError { unsent, err })
+        }
     }
 
     pub(super) async fn send(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
@@ -206,7 +212,7 @@ impl Client {
     }
 }
 
-fn human_std(d: Duration) -> String {
+pub(super) fn human_std(d: Duration) -> String {
     human(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
 }
 

@@ -18,7 +18,9 @@ mod cells;
 mod client;
 mod pipeline_cmd;
 mod revisions;
+mod sse;
 mod train;
+mod watch;
 
 pub use admin::{ArtifactCmd, AuditArgs, AuditCmd, TokenCmd};
 pub use capacity::{PlanCmd, PolicyArgs, TenantsCmd};

@@ -1,6 +1,7 @@
 //! `conductor train`: start, watch, approve, reject, cancel, roll back.
 
 use super::client::Patience;
+use super::watch::{wait_for, watch, Follow};
 use super::*;
 use chrono::{DateTime, Utc};
 use conductor_core::duration::Dur;
@@ -9,7 +10,7 @@ use std::collections::BTreeMap;
 /// How `--wait` copes with a Conductor it cannot reach.
 #[derive(Args, Clone, Copy)]
 pub struct WaitOpts {
-    /// With --wait: how long to keep retrying while the Conductor cannot be
+    /// While following a train: how long to keep retrying while the Conductor cannot be
     /// reached (e.g. while it restarts) before giving up with exit status 4.
     /// A duration such as 90s, 5m or 1h.
     #[arg(long, default_value = "5m", value_parser = parse_bound)]
@@ -80,6 +81,21 @@ pub enum TrainCmd {
         /// for `start --wait`.
         #[arg(long)]
         gate: Option<String>,
+        #[command(flatten)]
+        patience: WaitOpts,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the train's events as they happen (from its first), until it
+    /// ends; exit status as for `start --wait`. Reconnects after a dropped
+    /// connection without missing or repeating an event.
+    Watch {
+        /// The train's id (see `conductor train list`).
+        id: String,
+        /// One JSON object per line (`{seq, train, at, event}`; at the end
+        /// `{train, end: {status, summary}}`) instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         patience: WaitOpts,
         #[command(flatten)]
@@ -224,7 +240,7 @@ fn rollback_skips(t: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn skip_warning(t: &Value) -> Option<String> {
+pub(super) fn skip_warning(t: &Value) -> Option<String> {
     let skips = rollback_skips(t);
     if skips.is_empty() {
         return None;
@@ -303,88 +319,6 @@ pub(super) fn status_text(t: &Value, now: DateTime<Utc>) -> String {
     out.join("\n")
 }
 
-/// How `wait_for` reports and when it returns.
-#[derive(Default)]
-pub(super) struct Follow<'a> {
-    /// Progress on standard error instead of standard output.
-    pub(super) quiet: bool,
-    /// Return once this gated wave waits for an approval (or was approved).
-    pub(super) gate: Option<&'a str>,
-}
-
-/// Has the gated wave `gate` reached its gate (waiting, or approved)?
-fn gate_reached(t: &Value, gate: &str) -> Result<bool, CliError> {
-    let waves = t["spec"]["plan"]["waves"].as_array();
-    let Some(i) = waves
-        .into_iter()
-        .flatten()
-        .position(|w| w["name"].as_str() == Some(gate))
-    else {
-        return Err(CliError::usage(format!(
-            "train {} has no wave {gate:?}",
-            s(&t["spec"]["id"])
-        )));
-    };
-    if waves
-        .and_then(|w| w.get(i))
-        .is_none_or(|w| w["approval"].is_null())
-    {
-        return Err(CliError::usage(format!(
-            "wave {gate:?} has no approval gate"
-        )));
-    }
-    // Waiting at the gate, or past it (approved and running or done).
-    Ok(matches!(
-        t["waves"][i]["status"].as_str(),
-        Some("awaiting_approval" | "running" | "done")
-    ))
-}
-
-/// Follow a train until it ends (or reaches `follow.gate`); its exit
-/// status. While the Conductor cannot be reached, polls keep retrying for
-/// `patience`'s bound.
-pub(super) async fn wait_for(
-    client: &Client,
-    id: &str,
-    patience: Patience,
-    follow: Follow<'_>,
-) -> CliResult {
-    let say = |line: &str| {
-        if follow.quiet {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    };
-    let mut last = String::new();
-    loop {
-        let t = client
-            .get_patiently(&format!("/trains/{}", enc(id)), patience)
-            .await?;
-        let line = progress_line(&t, Utc::now());
-        if line != last {
-            say(&line);
-            last = line;
-        }
-        if let Some(gate) = follow.gate {
-            if gate_reached(&t, gate)? {
-                return Ok(exit::OK);
-            }
-        }
-        let status = s(&t["status"]);
-        if !matches!(status.as_str(), "queued" | "running" | "rolling_back") {
-            if let Some(f) = t["failure"].as_str() {
-                say(f);
-            }
-            if let Some(w) = skip_warning(&t) {
-                say(&w);
-            }
-            return Ok(status_exit(&status));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// Approve or reject (`verb`) the gate `gate` of train `id`.
 async fn decide(
     conn: &Conn,
@@ -448,6 +382,12 @@ pub(super) async fn train_cmd(c: TrainCmd) -> CliResult {
             };
             wait_for(&Client::new(&conn)?, &id, patience.patience(), follow).await
         }
+        TrainCmd::Watch {
+            id,
+            json,
+            patience,
+            conn,
+        } => watch(&Client::new(&conn)?, &id, json, patience.patience()).await,
         TrainCmd::Status { id, json, conn } => {
             let t = Client::new(&conn)?
                 .get(&format!("/trains/{}", enc(&id)))

@@ -57,6 +57,7 @@ mod deploys;
 mod leadership;
 mod log;
 mod pipelines;
+mod stream;
 mod tokens;
 mod trains;
 
@@ -66,6 +67,7 @@ pub use log::TrainLog;
 pub use trains::NewEvent;
 
 pub use cells::CellProcessRow;
+pub use stream::StreamEvent;
 
 /// Rows per multi-row INSERT of events.
 const EVENT_CHUNK: usize = 500;

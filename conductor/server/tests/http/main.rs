@@ -7,5 +7,6 @@ mod common;
 mod errors;
 mod revisions;
 mod roles;
+mod stream;
 mod tokens;
 mod upgrade;

@@ -74,6 +74,9 @@ const TABLE: &[(&str, &str, &str, &str)] = &[
         "/trains/nope/rollback",
         "developer sre admin",
     ),
+    // Streams asked with a bad position or of no train: answered at once.
+    ("GET", "/trains/{id}/stream", "/trains/nope/stream", "all"),
+    ("GET", "/stream", "/stream?after=none", "all"),
     ("GET", "/cells", "/cells", "all"),
     ("POST", "/cells", "/cells", "sre admin"),
     ("GET", "/cells/deploys", "/cells/deploys", "all"),
