@@ -106,3 +106,67 @@ impl Db {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
+    /// The pragmas are per connection: every connection of the pool has them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_is_private_and_every_connection_has_the_pragmas() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("fga.db");
+        let db = Db::open(&file).await.expect("open");
+        assert_eq!(db.backend(), "sqlite");
+        assert_eq!(mode(&file), 0o600);
+        db.create_store("s").await.expect("write");
+        let wal = dir.path().join("fga.db-wal");
+        assert!(wal.exists(), "WAL mode makes a -wal file");
+        assert_eq!(mode(&wal), 0o600);
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            conns.push(db.pool.acquire().await.expect("acquire"));
+        }
+        for c in &mut conns {
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut **c)
+                .await
+                .expect("journal_mode");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut **c)
+                .await
+                .expect("synchronous");
+            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                .fetch_one(&mut **c)
+                .await
+                .expect("busy_timeout");
+            assert_eq!((journal.as_str(), sync, busy), ("wal", 1, 10_000));
+        }
+    }
+
+    #[tokio::test]
+    async fn sqlite_urls_and_missing_directories() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("a b#c.db");
+        let url = format!("sqlite://{}", file.display());
+        let db = Db::connect(&url)
+            .await
+            .expect("a path with a space and a #");
+        db.create_store("s").await.expect("write");
+        assert_eq!(mode(&file), 0o600);
+        let missing = dir.path().join("nope").join("fga.db");
+        let e = Db::open(&missing).await.err().expect("no directory");
+        assert!(matches!(e, StoreError::File { .. }), "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        // Read-only: never created.
+        let ro = dir.path().join("ro.db");
+        let r = Db::connect(&format!("sqlite://{}?mode=ro", ro.display())).await;
+        assert!(r.is_err());
+        assert!(!ro.exists());
+    }
+}
