@@ -1,6 +1,7 @@
-//! Persistent storage: SQLite through sqlx (migrations in
-//! `migrations/sqlite/fga`). Every read the evaluator makes goes through an
-//! index; nothing scans a store.
+//! Persistent storage: SQLite (the default) or PostgreSQL through sqlx's
+//! `Any` driver (migrations in `migrations/{sqlite,postgres}/fga`). Every
+//! query is written once, with `$N` placeholders both understand. Every read
+//! the evaluator makes goes through an index; nothing scans a store.
 
 use crate::cache::{ModelCache, TupleCache};
 use crate::engine::{object_type, TupleKey};
@@ -8,11 +9,8 @@ use crate::model::AuthorizationModel;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::Serialize;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +21,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("the SQLite database {path}: {message}")]
+    File { path: String, message: String },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -106,32 +106,17 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
-/// The database behind a [`Db`]: SQLite (embedded, the default) or
-/// PostgreSQL (the scale option). Every query is written once, with `$N`
-/// placeholders both understand, and run on either pool by [`on_pool!`].
-#[derive(Clone)]
-enum Pool {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-/// Run `$body` with `$p` bound to the concrete pool, whichever back end it is.
-macro_rules! on_pool {
-    ($pool:expr, $p:ident => $body:expr) => {
-        match $pool {
-            Pool::Sqlite($p) => $body,
-            Pool::Postgres($p) => $body,
-        }
-    };
-}
-
+mod connect;
+pub use connect::is_postgres_url;
 mod reader;
 mod warm;
 pub use reader::SqlReader;
 
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool,
+    pool: AnyPool,
+    /// `"sqlite"` or `"postgres"`.
+    backend: &'static str,
     tuples: Option<Arc<TupleCache>>,
     models: Arc<ModelCache>,
 }
@@ -179,48 +164,9 @@ impl Db {
         Db::connect_with(url, DbOptions::for_url(url)).await
     }
 
-    pub async fn connect_with(url: &str, opts: DbOptions) -> Result<Db> {
-        let pool = if is_postgres_url(url) {
-            let pool = PgPoolOptions::new()
-                .max_connections(opts.max_connections)
-                .acquire_timeout(std::time::Duration::from_secs(10))
-                .connect(url)
-                .await?;
-            sqlx::migrate!("../../migrations/postgres/fga")
-                .run(&pool)
-                .await?;
-            Pool::Postgres(pool)
-        } else {
-            let path = url.strip_prefix("sqlite://").unwrap_or(url);
-            let o = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(std::time::Duration::from_secs(10));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(opts.max_connections)
-                .connect_with(o)
-                .await?;
-            sqlx::migrate!("../../migrations/sqlite/fga")
-                .run(&pool)
-                .await?;
-            Pool::Sqlite(pool)
-        };
-        Ok(Db {
-            pool,
-            tuples: opts
-                .cache
-                .then(|| Arc::new(TupleCache::new(opts.cache_tuples))),
-            models: Arc::new(ModelCache::new(opts.cache)),
-        })
-    }
-
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
-        match self.pool {
-            Pool::Sqlite(_) => "sqlite",
-            Pool::Postgres(_) => "postgres",
-        }
+        self.backend
     }
 
     fn invalidate<'a>(&self, store: &str, keys: impl Iterator<Item = &'a TupleKey>) {
@@ -237,14 +183,16 @@ impl Db {
             created_at: now.clone(),
             updated_at: now,
         };
-        on_pool!(&self.pool, p => sqlx::query("INSERT INTO stores (id, name, created_at, updated_at) VALUES ($1, $2, $3, $4)")
-            .bind(&row.id)
-            .bind(&row.name)
-            .bind(&row.created_at)
-            .bind(&row.updated_at)
-            .execute(p)
-            .await
-            .map(drop))?;
+        sqlx::query(
+            "INSERT INTO stores (id, name, created_at, updated_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(&row.created_at)
+        .bind(&row.updated_at)
+        .execute(&self.pool)
+        .await
+        .map(drop)?;
         self.models.put_store_live(&row.id);
         Ok(row)
     }
@@ -263,10 +211,10 @@ impl Db {
 
     pub async fn get_store(&self, id: &str) -> Result<Option<StoreRow>> {
         Ok(
-            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE id = $1 AND deleted_at IS NULL")
+            sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE id = $1 AND deleted_at IS NULL")
             .bind(id)
-            .fetch_optional(p)
-            .await)?,
+            .fetch_optional(&self.pool)
+            .await?,
         )
     }
 
@@ -279,12 +227,12 @@ impl Db {
         name: Option<&str>,
     ) -> Result<Vec<StoreRow>> {
         Ok(
-            on_pool!(&self.pool, p => sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 AND ($2 IS NULL OR name = $2) ORDER BY id LIMIT $3")
+            sqlx::query_as("SELECT id, name, created_at, updated_at FROM stores WHERE deleted_at IS NULL AND id > $1 AND ($2 IS NULL OR name = $2) ORDER BY id LIMIT $3")
             .bind(after)
             .bind(name)
             .bind(limit)
-            .fetch_all(p)
-            .await)?,
+            .fetch_all(&self.pool)
+            .await?,
         )
     }
 
@@ -293,12 +241,13 @@ impl Db {
         if let Some(c) = &self.tuples {
             c.drop_store(id);
         }
-        let n = on_pool!(&self.pool, p => sqlx::query("UPDATE stores SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
-            .bind(ts(Utc::now()))
-            .bind(id)
-            .execute(p)
-            .await
-            .map(|r| r.rows_affected()))?;
+        let n =
+            sqlx::query("UPDATE stores SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
+                .bind(ts(Utc::now()))
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map(|r| r.rows_affected())?;
         Ok(n > 0)
     }
 
@@ -308,14 +257,14 @@ impl Db {
         let mut m = m.clone();
         m.id = id.clone();
         let body = serde_json::to_string(&m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        on_pool!(&self.pool, p => sqlx::query("INSERT INTO models (store, id, body, created_at) VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO models (store, id, body, created_at) VALUES ($1, $2, $3, $4)")
             .bind(store)
             .bind(&id)
             .bind(&body)
             .bind(ts(Utc::now()))
-            .execute(p)
+            .execute(&self.pool)
             .await
-            .map(drop))?;
+            .map(drop)?;
         let m = Arc::new(m);
         self.models.put_model(store, m.clone());
         self.models.put_latest(store, m);
@@ -331,11 +280,12 @@ impl Db {
         if let Some(m) = self.models.model(store, id) {
             return Ok(Some(m));
         }
-        let body: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND id = $2")
-            .bind(store)
-            .bind(id)
-            .fetch_optional(p)
-            .await)?;
+        let body: Option<String> =
+            sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND id = $2")
+                .bind(store)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(body) = body else { return Ok(None) };
         let m = Arc::new(parse_model(&body)?);
         self.models.put_model(store, m.clone());
@@ -347,10 +297,11 @@ impl Db {
         if let Some(m) = self.models.latest(store) {
             return Ok(Some(m));
         }
-        let id: Option<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT id FROM models WHERE store = $1 ORDER BY id DESC LIMIT 1")
-            .bind(store)
-            .fetch_optional(p)
-            .await)?;
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM models WHERE store = $1 ORDER BY id DESC LIMIT 1")
+                .bind(store)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(id) = id else { return Ok(None) };
         let m = self.get_model(store, &id).await?;
         if let Some(m) = &m {
@@ -366,12 +317,12 @@ impl Db {
         before: &str,
         limit: i64,
     ) -> Result<Vec<AuthorizationModel>> {
-        let bodies: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
+        let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM models WHERE store = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3")
             .bind(store)
             .bind(before)
             .bind(limit)
-            .fetch_all(p)
-            .await)?;
+            .fetch_all(&self.pool)
+            .await?;
         bodies.iter().map(|b| parse_model(b)).collect()
     }
 
@@ -385,46 +336,52 @@ impl Db {
         on_missing: OnConflict,
     ) -> std::result::Result<(), WriteError> {
         let now = ts(Utc::now());
-        on_pool!(&self.pool, p => {
-            let mut tx = p.begin().await?;
-            for (t, write) in deletes.iter().map(|t| (t, false)).chain(writes.iter().map(|t| (t, true))) {
-                let (ot, oid) = split(&t.object);
-                let q = if write {
-                    "INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
-                } else {
-                    "DELETE FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5"
-                };
-                let mut q = sqlx::query(q)
-                    .bind(store)
-                    .bind(ot)
-                    .bind(oid)
-                    .bind(&t.relation)
-                    .bind(&t.user);
-                if write {
-                    q = q.bind(object_type(&t.user)).bind(ulid()).bind(&now);
-                }
-                if q.execute(&mut *tx).await?.rows_affected() == 0 {
-                    match (write, on_duplicate, on_missing) {
-                        (true, OnConflict::Error, _) => return Err(WriteError::Exists(t.clone())),
-                        (false, _, OnConflict::Error) => return Err(WriteError::Missing(t.clone())),
-                        _ => continue,
-                    }
-                }
-                let op = if write { "TUPLE_OPERATION_WRITE" } else { "TUPLE_OPERATION_DELETE" };
-                sqlx::query("INSERT INTO changes (store, object_type, object, relation, \"user\", operation, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-                    .bind(store)
-                    .bind(object_type(&t.object))
-                    .bind(&t.object)
-                    .bind(&t.relation)
-                    .bind(&t.user)
-                    .bind(op)
-                    .bind(&now)
-                    .execute(&mut *tx)
-                    .await?;
+        let mut tx = self.pool.begin().await?;
+        for (t, write) in deletes
+            .iter()
+            .map(|t| (t, false))
+            .chain(writes.iter().map(|t| (t, true)))
+        {
+            let (ot, oid) = split(&t.object);
+            let q = if write {
+                "INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5"
+            };
+            let mut q = sqlx::query(q)
+                .bind(store)
+                .bind(ot)
+                .bind(oid)
+                .bind(&t.relation)
+                .bind(&t.user);
+            if write {
+                q = q.bind(object_type(&t.user)).bind(ulid()).bind(&now);
             }
-            tx.commit().await?;
-        });
+            if q.execute(&mut *tx).await?.rows_affected() == 0 {
+                match (write, on_duplicate, on_missing) {
+                    (true, OnConflict::Error, _) => return Err(WriteError::Exists(t.clone())),
+                    (false, _, OnConflict::Error) => return Err(WriteError::Missing(t.clone())),
+                    _ => continue,
+                }
+            }
+            let op = if write {
+                "TUPLE_OPERATION_WRITE"
+            } else {
+                "TUPLE_OPERATION_DELETE"
+            };
+            sqlx::query("INSERT INTO changes (store, object_type, object, relation, \"user\", operation, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(store)
+                .bind(object_type(&t.object))
+                .bind(&t.object)
+                .bind(&t.relation)
+                .bind(&t.user)
+                .bind(op)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         self.invalidate(store, writes.iter().chain(deletes.iter()));
         Ok(())
     }
@@ -432,27 +389,47 @@ impl Db {
     /// Load many tuples at once (benchmarks, imports): one transaction, no
     /// changelog, existing tuples skipped.
     pub async fn bulk_insert(&self, store: &str, tuples: &[TupleKey]) -> Result<()> {
+        const COLUMNS: usize = 8;
         let now = ts(Utc::now());
-        on_pool!(&self.pool, p => {
-            let mut tx = p.begin().await?;
-            for chunk in tuples.chunks(500) {
-                let mut q = sqlx::QueryBuilder::new("INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at) ");
-                q.push_values(chunk, |mut b, t| {
-                    let (ot, oid) = split(&t.object);
-                    b.push_bind(store.to_string())
-                        .push_bind(ot.to_string())
-                        .push_bind(oid.to_string())
-                        .push_bind(t.relation.clone())
-                        .push_bind(t.user.clone())
-                        .push_bind(object_type(&t.user).to_string())
-                        .push_bind(ulid())
-                        .push_bind(now.clone());
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(&mut *tx).await?;
+        let mut tx = self.pool.begin().await?;
+        for chunk in tuples.chunks(500) {
+            // `$N` placeholders written out: they work on both databases
+            // (the `Any` driver's query builder would write `?`).
+            let mut sql = String::from(
+                "INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * COLUMNS;
+                let sep = if i == 0 { "" } else { ", " };
+                sql.push_str(&format!(
+                    "{sep}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7,
+                    b + 8
+                ));
             }
-            tx.commit().await?;
-        });
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut q = sqlx::query(&sql);
+            for t in chunk {
+                let (ot, oid) = split(&t.object);
+                q = q
+                    .bind(store)
+                    .bind(ot)
+                    .bind(oid)
+                    .bind(&t.relation)
+                    .bind(&t.user)
+                    .bind(object_type(&t.user))
+                    .bind(ulid())
+                    .bind(&now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         self.invalidate(store, tuples.iter());
         Ok(())
     }
@@ -476,7 +453,7 @@ impl Db {
             }
             None => (None, None),
         };
-        let rows: Vec<(String, String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
             "SELECT object_type, object_id, relation, \"user\", inserted_at FROM tuples
              WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND ($3 IS NULL OR object_id = $3)
                AND ($4 IS NULL OR relation = $4) AND ($5 IS NULL OR \"user\" = $5)
@@ -493,8 +470,8 @@ impl Db {
         .bind(&after[2])
         .bind(&after[3])
         .bind(limit)
-        .fetch_all(p)
-        .await)?;
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(ot, oid, relation, user, timestamp)| TupleRow {
@@ -519,7 +496,7 @@ impl Db {
         since: Option<&str>,
         limit: i64,
     ) -> Result<Vec<ChangeRow>> {
-        let rows: Vec<(i64, String, String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+        let rows: Vec<(i64, String, String, String, String, String)> = sqlx::query_as(
             "SELECT seq, object, relation, \"user\", operation, at FROM changes
              WHERE store = $1 AND ($2 IS NULL OR object_type = $2) AND seq > $3
                AND ($4 IS NULL OR at >= $4) ORDER BY seq LIMIT $5",
@@ -529,8 +506,8 @@ impl Db {
         .bind(after)
         .bind(since)
         .bind(limit)
-        .fetch_all(p)
-        .await)?;
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
             .map(
@@ -550,19 +527,19 @@ impl Db {
 
     pub async fn tuple_count(&self, store: &str) -> Result<i64> {
         Ok(
-            on_pool!(&self.pool, p => sqlx::query_scalar("SELECT COUNT(*) FROM tuples WHERE store = $1")
-            .bind(store)
-            .fetch_one(p)
-            .await)?,
+            sqlx::query_scalar("SELECT COUNT(*) FROM tuples WHERE store = $1")
+                .bind(store)
+                .fetch_one(&self.pool)
+                .await?,
         )
     }
 
     /// Tuple count of every store (for metrics).
     pub async fn tuple_counts(&self) -> Result<Vec<(String, i64)>> {
         Ok(
-            on_pool!(&self.pool, p => sqlx::query_as("SELECT s.id, (SELECT COUNT(*) FROM tuples t WHERE t.store = s.id) FROM stores s WHERE s.deleted_at IS NULL ORDER BY s.id")
-            .fetch_all(p)
-            .await)?,
+            sqlx::query_as("SELECT s.id, (SELECT COUNT(*) FROM tuples t WHERE t.store = s.id) FROM stores s WHERE s.deleted_at IS NULL ORDER BY s.id")
+            .fetch_all(&self.pool)
+            .await?,
         )
     }
 
@@ -574,11 +551,6 @@ impl Db {
             cache: self.tuples.clone(),
         }
     }
-}
-
-/// Does `url` name a PostgreSQL database (else SQLite)?
-pub fn is_postgres_url(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// A Read filter: any of object (`type:` or `type:id`), relation, user.

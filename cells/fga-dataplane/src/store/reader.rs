@@ -1,15 +1,16 @@
 //! [`SqlReader`]: the evaluator's reads of one store, through the tuple
 //! cache when it is on, else by indexed queries only.
 
-use super::{split, Pool};
+use super::split;
 use crate::cache::{ObjectTuples, TupleCache};
 use crate::engine::{EvalError, TupleReader, Users};
 use futures::future::BoxFuture;
+use sqlx::AnyPool;
 use std::sync::Arc;
 
 /// [`TupleReader`] over one store; every query uses an index.
 pub struct SqlReader {
-    pub(super) pool: Pool,
+    pub(super) pool: AnyPool,
     pub(super) store: String,
     pub(super) cache: Option<Arc<TupleCache>>,
 }
@@ -33,13 +34,13 @@ impl SqlReader {
         }
         let generation = cache.generation();
         let (ot, oid) = split(object);
-        let rows: Vec<(String, String)> = on_pool!(&self.pool, p => sqlx::query_as("SELECT relation, \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 LIMIT $4")
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT relation, \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 LIMIT $4")
             .bind(&self.store)
             .bind(ot)
             .bind(oid)
             .bind(MAX_CACHED_OBJECT as i64 + 1)
-            .fetch_all(p)
-            .await)
+            .fetch_all(&self.pool)
+            .await
         .map_err(storage)?;
         if rows.len() > MAX_CACHED_OBJECT {
             return Ok(None);
@@ -55,13 +56,13 @@ impl SqlReader {
             return Ok(o.users(relation));
         }
         let (ot, oid) = split(object);
-        let v: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4")
+        let v: Vec<String> = sqlx::query_scalar("SELECT \"user\" FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4")
             .bind(&self.store)
             .bind(ot)
             .bind(oid)
             .bind(relation)
-            .fetch_all(p)
-            .await)
+            .fetch_all(&self.pool)
+            .await
         .map_err(storage)?;
         Ok(Arc::new(v))
     }
@@ -77,14 +78,14 @@ impl SqlReader {
             return Ok(o.contains(relation, user));
         }
         let (ot, oid) = split(object);
-        let hit: Option<i32> = on_pool!(&self.pool, p => sqlx::query_scalar("SELECT 1 FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5")
+        let hit = sqlx::query("SELECT 1 FROM tuples WHERE store = $1 AND object_type = $2 AND object_id = $3 AND relation = $4 AND \"user\" = $5")
             .bind(&self.store)
             .bind(ot)
             .bind(oid)
             .bind(relation)
             .bind(user)
-            .fetch_optional(p)
-            .await)
+            .fetch_optional(&self.pool)
+            .await
         .map_err(storage)?;
         Ok(hit.is_some())
     }
@@ -116,13 +117,13 @@ impl TupleReader for SqlReader {
         ty: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Vec<String>, EvalError>> {
         Box::pin(async move {
-            let ids: Vec<String> = on_pool!(&self.pool, p => sqlx::query_scalar(
+            let ids: Vec<String> = sqlx::query_scalar(
                 "SELECT DISTINCT object_id FROM tuples WHERE store = $1 AND object_type = $2",
             )
             .bind(&self.store)
             .bind(ty)
-            .fetch_all(p)
-            .await)
+            .fetch_all(&self.pool)
+            .await
             .map_err(storage)?;
             Ok(ids.into_iter().map(|id| format!("{ty}:{id}")).collect())
         })
@@ -132,11 +133,13 @@ impl TupleReader for SqlReader {
         ty: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Vec<String>, EvalError>> {
         Box::pin(async move {
-            on_pool!(&self.pool, p => sqlx::query_scalar("SELECT DISTINCT \"user\" FROM tuples WHERE store = $1 AND user_type = $2")
-                .bind(&self.store)
-                .bind(ty)
-                .fetch_all(p)
-                .await)
+            sqlx::query_scalar(
+                "SELECT DISTINCT \"user\" FROM tuples WHERE store = $1 AND user_type = $2",
+            )
+            .bind(&self.store)
+            .bind(ty)
+            .fetch_all(&self.pool)
+            .await
             .map_err(storage)
         })
     }
@@ -145,13 +148,13 @@ impl TupleReader for SqlReader {
         user: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Vec<(String, String)>, EvalError>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
                 "SELECT object_type, object_id, relation FROM tuples WHERE store = $1 AND \"user\" = $2",
             )
             .bind(&self.store)
             .bind(user)
-            .fetch_all(p)
-            .await)
+            .fetch_all(&self.pool)
+            .await
             .map_err(storage)?;
             Ok(rows
                 .into_iter()

@@ -1,7 +1,7 @@
 //! Warming the tuple cache at start: every store's objects in key order,
 //! while the cache has room, safe beside traffic.
 
-use super::{Db, Pool, Result};
+use super::{Db, Result};
 use crate::cache::ObjectTuples;
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ impl Db {
                 break;
             }
             let generation = cache.generation();
-            let rows: Vec<(String, String, String, String)> = on_pool!(&self.pool, p => sqlx::query_as(
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
                 "SELECT object_type, object_id, relation, \"user\" FROM tuples
                  WHERE store = $1 AND (object_type, object_id, relation, \"user\") > ($2, $3, $4, $5)
                  ORDER BY object_type, object_id, relation, \"user\" LIMIT $6",
@@ -33,8 +33,8 @@ impl Db {
             .bind(&after[2])
             .bind(&after[3])
             .bind(PAGE)
-            .fetch_all(p)
-            .await)?;
+            .fetch_all(&self.pool)
+            .await?;
             let full = rows.len() as i64 == PAGE;
             let Some(last) = rows.last().cloned() else {
                 break;
