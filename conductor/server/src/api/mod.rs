@@ -32,6 +32,7 @@ use std::sync::Arc;
 use yamlspan::Diagnostics;
 
 mod artifacts;
+mod capacity;
 mod cells;
 mod pipelines;
 mod revisions;
@@ -410,7 +411,7 @@ pub fn router(state: AppState) -> Router {
         .merge(cells::routes())
         .merge(artifacts::routes())
         .merge(tokens::routes())
-        .merge(crate::capacity::routes())
+        .merge(capacity::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
