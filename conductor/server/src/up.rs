@@ -10,7 +10,7 @@ use crate::procs::sandbox::{self, RunAs, Sandbox};
 use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
-use crate::targets::{ArtifactDir, CellExecutor, Supervisor, SupervisorConfig};
+use crate::targets::{ArtifactDir, CellExecutor, Supervisor, SupervisorConfig, Targets};
 use anyhow::{Context, Result};
 use cells_inventory::Shape;
 use conductor_core::pipeline::{self, Artifact};
@@ -405,8 +405,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .no_proxy()
         .build()
         .context("building the HTTP client")?;
+    let targets = Targets::local(supervisor.clone(), sb.clone(), store.clone());
     let executor = Arc::new(CellExecutor {
         store: store.clone(),
+        targets: targets.clone(),
         supervisor: supervisor.clone(),
         http,
         sandbox: sb.clone(),
@@ -446,6 +448,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         metrics,
         artifacts,
         supervisor: supervisor.clone(),
+        targets,
         resizer,
         planner: planner.map(Arc::new),
         template: Arc::new(template),

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
 use crate::store::{ArtifactRow, AuditEntry, StoreError};
-use crate::targets::{valid_version, ArtifactDir, Supervisor};
+use crate::targets::{valid_version, ArtifactDir, Supervisor, Targets};
 use axum::body::Bytes;
 use axum::extract::MatchedPath;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -20,7 +20,7 @@ use axum::http::{header, request::Parts, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cells_inventory::{valid_id, CellTemplate, TargetSpec};
+use cells_inventory::{valid_id, CellTemplate};
 use conductor_core::pipeline::{self, ArtifactKind};
 use conductor_core::plan::{self, Estimates};
 use conductor_core::train::{Event, Refusal, TrainSpec};
@@ -120,6 +120,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub artifacts: ArtifactDir,
     pub supervisor: Arc<Supervisor>,
+    /// The deploy targets, by cell target kind.
+    pub targets: Targets,
     pub resizer: Resizer,
     pub planner: Option<Arc<Planner>>,
     pub template: Arc<CellTemplate>,

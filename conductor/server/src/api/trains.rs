@@ -53,13 +53,17 @@ async fn start_train(
             ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
         })?;
     let (p, pl) = check_pipeline(&st, &format!("{}.yaml", b.pipeline), &row.yaml).await?;
-    // Local cells run the artifact binary: it must have been pushed.
+    // Cells whose target runs the artifact binary (local ones) need it pushed.
     if p.artifact.kind == ArtifactKind::Binary {
         let cells = st.engine.store().cell_specs().await?;
-        let local = cells
-            .iter()
-            .any(|c| pl.cell_tz.contains_key(&c.id) && c.target == TargetSpec::Local);
-        if local
+        let runs_binary = cells.iter().any(|c| {
+            pl.cell_tz.contains_key(&c.id)
+                && st
+                    .targets
+                    .for_cell(c)
+                    .is_ok_and(|t| t.runs_pushed_artifacts())
+        });
+        if runs_binary
             && st
                 .engine
                 .store()

@@ -13,7 +13,7 @@ use conductor::leases::Leases;
 use conductor::metrics::Metrics;
 use conductor::resizer::{CapacityActuator, Resizer};
 use conductor::store::Store;
-use conductor::targets::{ArtifactDir, SimExecutor, Supervisor};
+use conductor::targets::{ArtifactDir, SimExecutor, Supervisor, Targets};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -129,7 +129,7 @@ impl TestApp {
         let supervisor = Supervisor::new(conductor::targets::SupervisorConfig {
             artifacts: artifacts.clone(),
             data_dir: dir.path().join("data"),
-            sandbox,
+            sandbox: sandbox.clone(),
             store: store.clone(),
             workers_by_shape: shapes.iter().map(|s| (s.name.clone(), s.workers)).collect(),
             cell_env: Default::default(),
@@ -157,6 +157,7 @@ impl TestApp {
             engine: engine.clone(),
             metrics,
             artifacts: artifacts.clone(),
+            targets: Targets::local(supervisor.clone(), sandbox, store.clone()),
             supervisor,
             resizer,
             planner: None,
