@@ -4,6 +4,7 @@
 
 use crate::store::CellRow;
 use cells_inventory::TargetSpec;
+use conductor_core::CellStatus;
 use serde_json::Value;
 
 /// The artifact that makes a cell host tenants (FGA stores): the planner
@@ -23,8 +24,8 @@ pub fn fga_version(c: &CellRow) -> Option<Option<&str>> {
 /// tenants: a draining cell takes no new ones, and a cell without the data
 /// plane (a command-target cell, whatever its scripts deployed) cannot be
 /// scraped, limited or placed on.
-pub fn accepts_tenants(status: &str, fga_workers_running: usize) -> bool {
-    status == "active" && fga_workers_running > 0
+pub fn accepts_tenants(status: CellStatus, fga_workers_running: usize) -> bool {
+    status == CellStatus::Active && fga_workers_running > 0
 }
 
 /// The tenants a cell hosts, from the planner's `/tenants` answer about it;

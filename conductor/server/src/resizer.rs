@@ -13,6 +13,7 @@ use crate::store::{AuditEntry, Store, StoreError};
 use crate::targets::Supervisor;
 use cells_inventory::{CellSpec, Shape, TargetSpec};
 use conductor_core::resize::{Resize, ResizeEffect, ResizeEvent, ResizeRefusal};
+use conductor_core::CellStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +63,7 @@ pub enum ResizeError {
     #[error("no shape {0:?} (shapes: {1})")]
     NoShape(String, String),
     #[error("cell {0} is {1}; only active or draining cells can be resized")]
-    NotActive(String, String),
+    NotActive(String, CellStatus),
     #[error("cell {0} is already {1}")]
     SameShape(String, String),
     #[error("cell {cell} already has an unfinished resize ({id}); wait for it or reject it")]
@@ -164,7 +165,7 @@ impl Resizer {
             .await?
             .ok_or_else(|| ResizeError::NoCell(req.cell.clone()))?;
         let status = store.cell_status(&req.cell).await?.unwrap_or_default();
-        if status != "active" && status != "draining" {
+        if !status.in_service() {
             return Err(ResizeError::NotActive(req.cell, status));
         }
         if self.shape(&req.shape).is_none() {

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use capacity_planner::FleetReport;
 use cells_inventory::valid_id;
+use conductor_core::{CellStatus, LeaseHolder};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -59,7 +60,7 @@ async fn planner_cells(st: &AppState) -> ApiResult<Vec<Value>> {
         .list_cells()
         .await?
         .into_iter()
-        .filter(|c| c.status != "retired")
+        .filter(|c| c.status != CellStatus::Retired)
         .map(|c| {
             let fga_workers = st
                 .supervisor
@@ -67,7 +68,7 @@ async fn planner_cells(st: &AppState) -> ApiResult<Vec<Value>> {
                 .get(FGA_ARTIFACT)
                 .copied()
                 .unwrap_or(0);
-            let accepts = accepts_tenants(&c.status, fga_workers);
+            let accepts = accepts_tenants(c.status, fga_workers);
             json!({"id": c.spec.id, "region": c.spec.region, "shape": c.spec.shape, "accepts_tenants": accepts})
         })
         .collect())
@@ -373,7 +374,7 @@ async fn add_cell(
     Ok((StatusCode::CREATED, Json(json!({ "cell": cell }))))
 }
 
-async fn cell_status(st: &AppState, cell: &str) -> ApiResult<String> {
+async fn cell_status(st: &AppState, cell: &str) -> ApiResult<CellStatus> {
     if !valid_id(cell) {
         return Err(ApiError::bad_request(format!("invalid cell id {cell:?}")));
     }
@@ -392,9 +393,9 @@ async fn drain_cell(
     Path(cell): Path<String>,
 ) -> ApiResult<Json<Value>> {
     require(&id, Action::ManageCells)?;
-    match cell_status(&st, &cell).await?.as_str() {
-        "active" => {}
-        "draining" => return Ok(Json(json!({"cell": cell, "status": "draining"}))),
+    match cell_status(&st, &cell).await? {
+        CellStatus::Active => {}
+        CellStatus::Draining => return Ok(Json(json!({"cell": cell, "status": "draining"}))),
         other => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -407,7 +408,7 @@ async fn drain_cell(
         .store()
         .set_cell_status(
             &cell,
-            "draining",
+            CellStatus::Draining,
             st.engine.now(),
             &entry(&id, "cell.drain", &cell, ""),
         )
@@ -466,10 +467,10 @@ async fn retire_cell(
             "only an admin may force a retire (the tenants left on the cell are lost)",
         ));
     }
-    match cell_status(&st, &cell).await?.as_str() {
-        "draining" => {}
-        "retired" => return Ok(Json(json!({"cell": cell, "status": "retired"}))),
-        _ => {
+    match cell_status(&st, &cell).await? {
+        CellStatus::Draining => {}
+        CellStatus::Retired => return Ok(Json(json!({"cell": cell, "status": "retired"}))),
+        CellStatus::Active => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",
@@ -512,7 +513,7 @@ async fn retire_cell(
         }
         Err(why) => (Some(format!("forced; its tenants are unknown: {why}")), Vec::new()),
     };
-    let holder = format!("retire:{cell}");
+    let holder = LeaseHolder::Retire(cell.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
     st.engine.leases().acquire(&cell, &holder, move || {
         let _ = tx.send(());
@@ -531,7 +532,7 @@ async fn retire_cell(
         .store()
         .set_cell_status(
             &cell,
-            "retired",
+            CellStatus::Retired,
             st.engine.now(),
             &match &forced {
                 Some(detail) => entry(&id, "cell.retire.force", &cell, detail),
