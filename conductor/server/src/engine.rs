@@ -27,17 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where time comes from; tests and the benchmark may substitute their own.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-pub struct SystemClock;
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
+pub use crate::clock::{Clock, SystemClock};
 
 /// What running an effect on a cell came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +252,11 @@ impl Engine {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.shared.clock.now()
+    }
+
+    /// The engine's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
     }
 
     /// Create a train (queued behind a running train of the same pipeline).

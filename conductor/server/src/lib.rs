@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod capacity;
 pub mod cli;
+pub mod clock;
 pub mod engine;
 pub mod leases;
 pub mod metrics;

@@ -102,14 +102,10 @@ pub struct Resizer {
     inner: Arc<Inner>,
 }
 
-fn resize_id() -> String {
+fn resize_id(now: chrono::DateTime<chrono::Utc>) -> String {
     let mut b = [0u8; 3];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-    format!(
-        "rz-{}-{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S"),
-        hex::encode(b)
-    )
+    format!("rz-{}-{}", now.format("%Y%m%d%H%M%S"), hex::encode(b))
 }
 
 impl Resizer {
@@ -186,15 +182,16 @@ impl Resizer {
                 id: open.id,
             });
         }
+        let now = self.inner.engine.now();
         let (rz, fx) = Resize::new(
-            resize_id(),
+            resize_id(now),
             req.cell,
             spec.shape,
             req.shape,
             req.by,
             req.reason,
             req.needs_approval,
-            self.inner.engine.now(),
+            now,
         );
         let audit = AuditEntry::new(
             &rz.requested_by,

@@ -17,6 +17,7 @@
 //! the key already changed the cell, the target reports that instead of
 //! acting again.
 
+use crate::clock::Clock;
 use crate::engine::BoxFut;
 use crate::procs::sandbox::Sandbox;
 use crate::store::Store;
@@ -94,10 +95,20 @@ pub struct Targets {
 
 impl Targets {
     /// The one-machine targets: local processes and commands.
-    pub fn local(supervisor: Arc<Supervisor>, sandbox: Arc<Sandbox>, store: Store) -> Targets {
+    pub fn local(
+        supervisor: Arc<Supervisor>,
+        sandbox: Arc<Sandbox>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> Targets {
+        let command = CommandTarget {
+            sandbox,
+            store,
+            clock,
+        };
         Targets::default()
             .with("local", Arc::new(LocalTarget { supervisor }))
-            .with("command", Arc::new(CommandTarget { sandbox, store }))
+            .with("command", Arc::new(command))
     }
 
     /// Serve cells of target kind `kind` with `target`.

@@ -207,7 +207,12 @@ pub fn load_inventory(
 /// The admin token, created with the database: returned only when created
 /// now (shown once), and written to `file` (mode 0600) when asked. Only its
 /// hash is stored; its creation is audited in the same transaction.
-async fn admin_token(store: &Store, file: Option<&Path>, json: bool) -> Result<Option<String>> {
+async fn admin_token(
+    store: &Store,
+    file: Option<&Path>,
+    json: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>> {
     if store.count_tokens().await? > 0 {
         return Ok(None);
     }
@@ -234,7 +239,7 @@ async fn admin_token(store: &Store, file: Option<&Path>, json: bool) -> Result<O
             &[],
             &hash_token(&token),
             None,
-            chrono::Utc::now(),
+            now,
             &audit,
         )
         .await?;
@@ -369,11 +374,18 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .await
         .context("opening the database")?;
     secure_data_dir(&data_dir).context("securing the database files")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let added = store
-        .seed_cells(&cells, chrono::Utc::now())
+        .seed_cells(&cells, clock.now())
         .await
         .context("seeding cells")?;
-    let token = admin_token(&store, opts.write_admin_token.as_deref(), opts.json).await?;
+    let token = admin_token(
+        &store,
+        opts.write_admin_token.as_deref(),
+        opts.json,
+        clock.now(),
+    )
+    .await?;
 
     let metrics = Arc::new(Metrics::default());
     let leases = Arc::new(Leases::new(metrics.clone()));
@@ -405,18 +417,18 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .no_proxy()
         .build()
         .context("building the HTTP client")?;
-    let targets = Targets::local(supervisor.clone(), sb.clone(), store.clone());
+    let targets = Targets::local(supervisor.clone(), sb.clone(), store.clone(), clock.clone());
     let executor = Arc::new(CellExecutor {
         store: store.clone(),
+        clock: clock.clone(),
         targets: targets.clone(),
         supervisor: supervisor.clone(),
         http,
         sandbox: sb.clone(),
     });
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let engine = Engine::start(
         store.clone(),
-        clock,
+        clock.clone(),
         executor,
         leases.clone(),
         metrics.clone(),
@@ -574,18 +586,20 @@ mod tests {
     async fn json_output_never_shows_the_admin_token_so_the_first_start_needs_a_file() {
         let t = tempfile::tempdir().expect("tmp");
         let store = Store::open(&t.path().join("c.db")).await.expect("open");
-        let e = admin_token(&store, None, true).await.expect_err("refused");
+        let e = admin_token(&store, None, true, chrono::Utc::now())
+            .await
+            .expect_err("refused");
         assert!(e.to_string().contains("--write-admin-token"), "{e}");
         assert_eq!(store.count_tokens().await.expect("count"), 0);
         let f = t.path().join("admin.token");
-        let tok = admin_token(&store, Some(&f), true)
+        let tok = admin_token(&store, Some(&f), true, chrono::Utc::now())
             .await
             .expect("made")
             .expect("new");
         assert_eq!(std::fs::read_to_string(&f).expect("file"), tok);
         assert_eq!(mode(&f), 0o600);
         // Only its hash is stored, and it is made once.
-        assert!(admin_token(&store, Some(&f), true)
+        assert!(admin_token(&store, Some(&f), true, chrono::Utc::now())
             .await
             .expect("again")
             .is_none());

@@ -108,9 +108,12 @@ async fn rollbacks_skip_cells_changed_since_and_replay_as_done() {
             last: 28999,
         },
     });
+    let clock: std::sync::Arc<dyn conductor::clock::Clock> =
+        std::sync::Arc::new(conductor::clock::SystemClock);
     let ex = CellExecutor {
         store: store.clone(),
-        targets: Targets::local(supervisor.clone(), sandbox.clone(), store.clone()),
+        clock: clock.clone(),
+        targets: Targets::local(supervisor.clone(), sandbox.clone(), store.clone(), clock),
         supervisor,
         http: reqwest::Client::new(),
         sandbox,

@@ -22,12 +22,12 @@ struct StartBody {
     version: String,
 }
 
-fn train_id(pipeline: &str) -> String {
+fn train_id(pipeline: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     let mut b = [0u8; 3];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
     format!(
         "{pipeline}-{}-{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        now.format("%Y%m%d%H%M%S"),
         hex::encode(b)
     )
 }
@@ -81,7 +81,7 @@ async fn start_train(
             ));
         }
     }
-    let tid = train_id(&p.name);
+    let tid = train_id(&p.name, st.engine.now());
     let audit = entry(
         &id,
         "train.start",

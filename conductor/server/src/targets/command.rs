@@ -4,12 +4,13 @@
 //! ([`crate::procs::sandbox`]); exit status 0 means success.
 
 use super::{ChangeKind, DeployTarget, VersionChange};
+use crate::clock::Clock;
 use crate::engine::BoxFut;
 use crate::procs::run_shell;
 use crate::procs::sandbox::Sandbox;
 use crate::store::Store;
 use cells_inventory::{CellSpec, TargetSpec};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use conductor_core::pipeline::Step;
 use conductor_core::train::TrainSpec;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ pub struct CommandTarget {
     pub sandbox: Arc<Sandbox>,
     /// Where the commands' output is kept (the train's step logs).
     pub store: Store,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl DeployTarget for CommandTarget {
@@ -43,7 +45,15 @@ impl DeployTarget for CommandTarget {
                 ChangeKind::Rollback => rollback,
             };
             let r = run_shell(script, &env, c.timeout, &self.sandbox).await;
-            keep_log(&self.store, c.key, &c.train.id, &c.cell.id, &r.output).await;
+            keep_log(
+                &self.store,
+                self.clock.now(),
+                c.key,
+                &c.train.id,
+                &c.cell.id,
+                &r.output,
+            )
+            .await;
             if r.ok {
                 Ok(())
             } else {
@@ -54,8 +64,15 @@ impl DeployTarget for CommandTarget {
 }
 
 /// Keep a command's output as the step's log (a failure to is logged).
-pub(super) async fn keep_log(store: &Store, key: &str, train: &str, cell: &str, text: &str) {
-    if let Err(e) = store.put_step_log(key, train, cell, text, Utc::now()).await {
+pub(super) async fn keep_log(
+    store: &Store,
+    now: DateTime<Utc>,
+    key: &str,
+    train: &str,
+    cell: &str,
+    text: &str,
+) {
+    if let Err(e) = store.put_step_log(key, train, cell, text, now).await {
         tracing::warn!(key, error = %e, "could not keep a step's output");
     }
 }

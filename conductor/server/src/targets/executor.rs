@@ -4,12 +4,12 @@
 
 use super::command::{cell_env, keep_log};
 use super::{ChangeKind, Supervisor, Targets, VersionChange};
+use crate::clock::Clock;
 use crate::engine::{BoxFut, Executor, Outcome, RollbackRequest, StepRequest};
 use crate::procs::run_shell;
 use crate::procs::sandbox::Sandbox;
 use crate::store::Store;
 use cells_inventory::CellSpec;
-use chrono::Utc;
 use conductor_core::pipeline::Step;
 use conductor_core::train::{step_key, TrainSpec};
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 /// Runs steps on real cells: local processes or commands.
 pub struct CellExecutor {
     pub store: Store,
+    pub clock: Arc<dyn Clock>,
     /// The deploy targets, by cell target kind.
     pub targets: Targets,
     /// The local cells' processes (the live endpoint tests and commands use).
@@ -30,7 +31,7 @@ pub struct CellExecutor {
 
 impl CellExecutor {
     async fn log(&self, key: &str, train: &str, cell: &str, text: &str) {
-        keep_log(&self.store, key, train, cell, text).await
+        keep_log(&self.store, self.clock.now(), key, train, cell, text).await
     }
 
     /// Change a cell's version through its target, at most once per key.
@@ -74,7 +75,14 @@ impl CellExecutor {
         match result {
             Ok(()) => match self
                 .store
-                .set_cell_version(&cell.id, &art.name, to, key, kind.as_str(), Utc::now())
+                .set_cell_version(
+                    &cell.id,
+                    &art.name,
+                    to,
+                    key,
+                    kind.as_str(),
+                    self.clock.now(),
+                )
                 .await
             {
                 Ok(prev) => Outcome {

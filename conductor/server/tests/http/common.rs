@@ -8,7 +8,8 @@ use cells_inventory::{CellSpec, Shape, TargetSpec};
 use chrono::Utc;
 use conductor::api::{router, AppState};
 use conductor::auth::hash_token;
-use conductor::engine::{BoxFut, Clock, Engine};
+use conductor::clock::{Clock, TestClock};
+use conductor::engine::{BoxFut, Engine};
 use conductor::leases::Leases;
 use conductor::metrics::Metrics;
 use conductor::resizer::{CapacityActuator, Resizer};
@@ -23,25 +24,6 @@ use std::time::Duration;
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Real time plus an offset that tests move forward.
-#[derive(Default)]
-pub struct TestClock {
-    offset: std::sync::Mutex<chrono::Duration>,
-}
-
-impl TestClock {
-    pub fn advance(&self, d: chrono::Duration) {
-        let mut o = self.offset.lock().unwrap_or_else(|p| p.into_inner());
-        *o += d;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> chrono::DateTime<Utc> {
-        Utc::now() + *self.offset.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// An actuator that changes nothing and says so.
@@ -157,7 +139,7 @@ impl TestApp {
             engine: engine.clone(),
             metrics,
             artifacts: artifacts.clone(),
-            targets: Targets::local(supervisor.clone(), sandbox, store.clone()),
+            targets: Targets::local(supervisor.clone(), sandbox, store.clone(), clock.clone()),
             supervisor,
             resizer,
             planner: None,
