@@ -17,3 +17,4 @@ pub mod resizer;
 pub mod store;
 pub mod targets;
 pub mod up;
+pub mod workflow;

@@ -7,10 +7,12 @@
 //! it. Trains on other cells never see it; a train that reaches this cell
 //! waits for the lease like it would for another train.
 
-use crate::engine::{BoxFut, Engine};
+use crate::clock::Clock;
+use crate::engine::BoxFut;
 use crate::leases::Leases;
 use crate::store::{AuditEntry, Store, StoreError};
 use crate::targets::Supervisor;
+use crate::workflow::Workflow;
 use cells_inventory::{CellSpec, Shape, TargetSpec};
 use conductor_core::resize::{Resize, ResizeEffect, ResizeEvent, ResizeRefusal};
 use conductor_core::CellStatus;
@@ -89,7 +91,8 @@ pub struct ResizeRequest {
 struct Inner {
     store: Store,
     leases: Arc<Leases>,
-    engine: Engine,
+    workflow: Arc<dyn Workflow>,
+    clock: Arc<dyn Clock>,
     actuator: Arc<dyn CapacityActuator>,
     shapes: Vec<Shape>,
     /// One state change at a time (they are rare; this keeps each
@@ -113,7 +116,8 @@ impl Resizer {
     pub async fn start(
         store: Store,
         leases: Arc<Leases>,
-        engine: Engine,
+        workflow: Arc<dyn Workflow>,
+        clock: Arc<dyn Clock>,
         actuator: Arc<dyn CapacityActuator>,
         shapes: Vec<Shape>,
     ) -> Result<Resizer, StoreError> {
@@ -121,7 +125,8 @@ impl Resizer {
             inner: Arc::new(Inner {
                 store,
                 leases,
-                engine,
+                workflow,
+                clock,
                 actuator,
                 shapes,
                 lock: tokio::sync::Mutex::new(()),
@@ -182,7 +187,7 @@ impl Resizer {
                 id: open.id,
             });
         }
-        let now = self.inner.engine.now();
+        let now = self.inner.clock.now();
         let (rz, fx) = Resize::new(
             resize_id(now),
             req.cell,
@@ -246,7 +251,7 @@ impl Resizer {
             .get_resize(id)
             .await?
             .ok_or_else(|| ResizeError::NotFound(id.to_string()))?;
-        let fx = rz.apply(&event, self.inner.engine.now())?;
+        let fx = rz.apply(&event, self.inner.clock.now())?;
         match new_shape_of {
             Some(cell) => {
                 self.inner
@@ -333,7 +338,7 @@ impl Resizer {
             .await
         {
             Ok(done) => {
-                if let Err(e) = self.inner.engine.refresh_cells().await {
+                if let Err(e) = self.inner.workflow.refresh_cells().await {
                     tracing::warn!(error = %e, "could not refresh the cell inventory");
                 }
                 tracing::info!(resize = %done.id, cell = %done.cell, ok, %detail, "resize finished");

@@ -11,6 +11,7 @@ use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
 use crate::targets::{ArtifactDir, CellExecutor, Supervisor, SupervisorConfig, Targets};
+use crate::workflow::Workflow;
 use anyhow::{Context, Result};
 use cells_inventory::Shape;
 use conductor_core::pipeline::{self, Artifact};
@@ -439,9 +440,17 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         supervisor: supervisor.clone(),
         health_timeout: Duration::from_secs(60),
     });
-    let resizer = Resizer::start(store, leases, engine.clone(), actuator, shapes)
-        .await
-        .context("resuming resize operations")?;
+    let workflow: Arc<dyn Workflow> = Arc::new(engine);
+    let resizer = Resizer::start(
+        store.clone(),
+        leases.clone(),
+        workflow.clone(),
+        clock.clone(),
+        actuator,
+        shapes,
+    )
+    .await
+    .context("resuming resize operations")?;
     let (planner, _planner_child) = match opts.planner {
         PlannerMode::Off => (None, None),
         PlannerMode::Url(url, token) => (Some(Planner::new(&url, &token)), None),
@@ -456,7 +465,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let planner_url = planner.as_ref().map(|p| p.url.clone());
 
     let app = router(AppState {
-        engine,
+        workflow,
+        store,
+        clock,
+        leases,
         metrics,
         artifacts,
         supervisor: supervisor.clone(),

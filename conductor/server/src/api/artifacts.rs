@@ -28,7 +28,7 @@ static PUBLISH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn list_artifacts(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
     Ok(Json(
-        json!({ "artifacts": st.engine.store().list_artifacts().await? }),
+        json!({ "artifacts": st.store.list_artifacts().await? }),
     ))
 }
 
@@ -86,7 +86,7 @@ async fn push_artifact(
     if declared == Some(0) {
         return Err(ApiError::bad_request("empty artifact"));
     }
-    let store = st.engine.store();
+    let store = &st.store;
     if store.get_artifact(&name, &version).await?.is_some() {
         return Err(exists(&name, &version));
     }
@@ -118,7 +118,7 @@ async fn push_artifact(
         sha256: sha.clone(),
         size: size as i64,
         pushed_by: id.name.clone(),
-        pushed_at: st.engine.now().to_rfc3339(),
+        pushed_at: st.clock.now().to_rfc3339(),
     };
     let audit = entry(
         &id,
@@ -133,7 +133,7 @@ async fn push_artifact(
         return Err(exists(&name, &version));
     }
     tmp.persist(&path).map_err(|e| write_failed(e.error))?;
-    if let Err(e) = store.put_artifact(&row, &audit, st.engine.now()).await {
+    if let Err(e) = store.put_artifact(&row, &audit, st.clock.now()).await {
         // Not indexed, so never used; do not leave it looking pushed.
         if let Err(rm) = std::fs::remove_file(&path) {
             tracing::warn!(error = %rm, path = %path.display(), "could not remove an unindexed artifact");

@@ -55,8 +55,7 @@ struct PolicyQuery {
 /// limited or placed on.
 async fn planner_cells(st: &AppState) -> ApiResult<Vec<Value>> {
     Ok(st
-        .engine
-        .store()
+        .store
         .list_cells()
         .await?
         .into_iter()
@@ -327,8 +326,7 @@ async fn place(
 /// Stamp a new cell from the template and add it to the inventory.
 async fn stamp(st: &AppState, id: &Identity, region: &str, shape: &str) -> ApiResult<Value> {
     let existing: Vec<_> = st
-        .engine
-        .store()
+        .store
         .list_cells()
         .await?
         .into_iter()
@@ -344,11 +342,8 @@ async fn stamp(st: &AppState, id: &Identity, region: &str, shape: &str) -> ApiRe
         &cell.id,
         &format!("{} {} from the template", cell.region, cell.shape),
     );
-    st.engine
-        .store()
-        .add_cell(&cell, st.engine.now(), &audit)
-        .await?;
-    st.engine.refresh_cells().await?;
+    st.store.add_cell(&cell, st.clock.now(), &audit).await?;
+    st.workflow.refresh_cells().await?;
     Ok(json!(cell))
 }
 
@@ -378,8 +373,7 @@ async fn cell_status(st: &AppState, cell: &str) -> ApiResult<CellStatus> {
     if !valid_id(cell) {
         return Err(ApiError::bad_request(format!("invalid cell id {cell:?}")));
     }
-    st.engine
-        .store()
+    st.store
         .cell_status(cell)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no cell {cell:?} in the inventory")))
@@ -404,12 +398,11 @@ async fn drain_cell(
             ))
         }
     }
-    st.engine
-        .store()
+    st.store
         .set_cell_status(
             &cell,
             CellStatus::Draining,
-            st.engine.now(),
+            st.clock.now(),
             &entry(&id, "cell.drain", &cell, ""),
         )
         .await?;
@@ -481,8 +474,7 @@ async fn retire_cell(
         }
     }
     let row = st
-        .engine
-        .store()
+        .store
         .list_cells()
         .await?
         .into_iter()
@@ -515,11 +507,11 @@ async fn retire_cell(
     };
     let holder = LeaseHolder::Retire(cell.clone());
     let (tx, rx) = tokio::sync::oneshot::channel();
-    st.engine.leases().acquire(&cell, &holder, move || {
+    st.leases.acquire(&cell, &holder, move || {
         let _ = tx.send(());
     });
     if tokio::time::timeout(RETIRE_WAIT, rx).await.is_err() {
-        st.engine.leases().release(&cell, &holder);
+        st.leases.release(&cell, &holder);
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -528,21 +520,20 @@ async fn retire_cell(
     }
     st.supervisor.stop_cell(&cell);
     let r = st
-        .engine
-        .store()
+        .store
         .set_cell_status(
             &cell,
             CellStatus::Retired,
-            st.engine.now(),
+            st.clock.now(),
             &match &forced {
                 Some(detail) => entry(&id, "cell.retire.force", &cell, detail),
                 None => entry(&id, "cell.retire", &cell, "no tenants left"),
             },
         )
         .await;
-    st.engine.leases().release(&cell, &holder);
+    st.leases.release(&cell, &holder);
     r?;
-    st.engine.refresh_cells().await?;
+    st.workflow.refresh_cells().await?;
     Ok(Json(
         json!({"cell": cell, "status": "retired", "forced": forced.is_some(), "tenants_lost": lost}),
     ))

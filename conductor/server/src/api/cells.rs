@@ -18,7 +18,7 @@ pub(super) fn routes() -> Router<AppState> {
 
 async fn list_cells(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
     let mut cells = Vec::new();
-    for c in st.engine.store().list_cells().await? {
+    for c in st.store.list_cells().await? {
         // Desired (the shape's workers) next to observed (what runs).
         let want = st.supervisor.workers_for(&c.spec.shape);
         let running = st.supervisor.worker_counts(&c.spec.id);
@@ -122,7 +122,7 @@ async fn list_resizes(
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(
-        json!({ "resizes": st.engine.store().list_resizes(q.open, limit).await? }),
+        json!({ "resizes": st.store.list_resizes(q.open, limit).await? }),
     ))
 }
 
@@ -132,8 +132,7 @@ async fn get_resize(
     Path(rid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let rz = st
-        .engine
-        .store()
+        .store
         .get_resize(&rid)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no resize {rid:?}")))?;
@@ -210,12 +209,12 @@ async fn deploy_log(
     Query(q): Query<CellQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
-        json!({ "deploys": st.engine.store().deploy_log(q.cell.as_deref()).await? }),
+        json!({ "deploys": st.store.deploy_log(q.cell.as_deref()).await? }),
     ))
 }
 
 async fn leases(State(st): State<AppState>, _id: Identity) -> Json<Value> {
-    Json(json!({ "leases": st.engine.leases().view() }))
+    Json(json!({ "leases": st.leases.view() }))
 }
 
 async fn route_table(State(st): State<AppState>, _id: Identity) -> Json<Value> {

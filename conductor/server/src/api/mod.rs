@@ -7,12 +7,15 @@
 //! change. Errors are JSON `{"code", "message"}` with a stable code.
 
 use crate::auth::{hash_token, new_token, Action, Identity, Role};
-use crate::engine::{Engine, EngineError};
+use crate::clock::Clock;
+use crate::engine::EngineError;
+use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
-use crate::store::{ArtifactRow, AuditEntry, StoreError};
+use crate::store::{ArtifactRow, AuditEntry, Store, StoreError};
 use crate::targets::{valid_version, ArtifactDir, Supervisor, Targets};
+use crate::workflow::Workflow;
 use axum::body::Bytes;
 use axum::extract::MatchedPath;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -116,7 +119,11 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    /// The train workflow backend (the embedded engine).
+    pub workflow: Arc<dyn Workflow>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub leases: Arc<Leases>,
     pub metrics: Arc<Metrics>,
     pub artifacts: ArtifactDir,
     pub supervisor: Arc<Supervisor>,
@@ -283,7 +290,7 @@ pub(crate) async fn authenticate(parts: &Parts, app: &AppState) -> ApiResult<Ide
     if token.is_empty() || token.len() > 256 {
         return Err(refuse("malformed token", None, NEED));
     }
-    let Some(row) = app.engine.store().token_by_hash(&hash_token(token)).await? else {
+    let Some(row) = app.store.token_by_hash(&hash_token(token)).await? else {
         return Err(refuse("unknown token", None, NEED));
     };
     if row.revoked {
@@ -293,7 +300,7 @@ pub(crate) async fn authenticate(parts: &Parts, app: &AppState) -> ApiResult<Ide
             "this token was revoked",
         ));
     }
-    if row.expires_at.is_some_and(|t| t <= app.engine.now()) {
+    if row.expires_at.is_some_and(|t| t <= app.clock.now()) {
         return Err(refuse(
             "expired token",
             Some(&row.name),
@@ -397,9 +404,8 @@ pub(crate) async fn audit(
     target: &str,
     detail: &str,
 ) -> ApiResult<()> {
-    st.engine
-        .store()
-        .audit(&entry(id, action, target, detail), st.engine.now())
+    st.store
+        .audit(&entry(id, action, target, detail), st.clock.now())
         .await?;
     Ok(())
 }
@@ -498,7 +504,7 @@ async fn whoami(id: Identity) -> Json<Identity> {
 }
 
 async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
-    let by_state = st.engine.store().count_trains_by_status().await?;
+    let by_state = st.store.count_trains_by_status().await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(&by_state),

@@ -44,18 +44,13 @@ async fn start_train(
             b.version
         )));
     }
-    let row = st
-        .engine
-        .store()
-        .get_pipeline(&b.pipeline)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
-        })?;
+    let row = st.store.get_pipeline(&b.pipeline).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
+    })?;
     let (p, pl) = check_pipeline(&st, &format!("{}.yaml", b.pipeline), &row.yaml).await?;
     // Cells whose target runs the artifact binary (local ones) need it pushed.
     if p.artifact.kind == ArtifactKind::Binary {
-        let cells = st.engine.store().cell_specs().await?;
+        let cells = st.store.cell_specs().await?;
         let runs_binary = cells.iter().any(|c| {
             pl.cell_tz.contains_key(&c.id)
                 && st
@@ -65,8 +60,7 @@ async fn start_train(
         });
         if runs_binary
             && st
-                .engine
-                .store()
+                .store
                 .get_artifact(&p.artifact.name, &b.version)
                 .await?
                 .is_none()
@@ -81,7 +75,7 @@ async fn start_train(
             ));
         }
     }
-    let tid = train_id(&p.name, st.engine.now());
+    let tid = train_id(&p.name, st.clock.now());
     let audit = entry(
         &id,
         "train.start",
@@ -103,7 +97,7 @@ async fn start_train(
         plan: pl,
     };
     // The audit row is committed with the train's first events.
-    let t = st.engine.start_train(spec, Some(audit)).await?;
+    let t = st.workflow.start_train(spec, Some(audit)).await?;
     Ok((StatusCode::CREATED, Json(train_json(&t))))
 }
 
@@ -120,11 +114,7 @@ async fn list_trains(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let rows = st
-        .engine
-        .store()
-        .list_trains(q.pipeline.as_deref(), limit)
-        .await?;
+    let rows = st.store.list_trains(q.pipeline.as_deref(), limit).await?;
     Ok(Json(json!({ "trains": rows })))
 }
 
@@ -134,7 +124,7 @@ async fn get_train(
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let t = st
-        .engine
+        .workflow
         .train(&tid)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
@@ -157,8 +147,7 @@ async fn train_events(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
     let rows = st
-        .engine
-        .store()
+        .store
         .train_events(
             &tid,
             q.after.unwrap_or(0),
@@ -173,9 +162,7 @@ async fn train_logs(
     _id: Identity,
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({ "logs": st.engine.store().step_logs(&tid).await? }),
-    ))
+    Ok(Json(json!({ "logs": st.store.step_logs(&tid).await? })))
 }
 
 #[derive(Deserialize)]
@@ -230,7 +217,7 @@ async fn decide(
         &format!("gate {} reason {:?}", b.gate, b.reason.unwrap_or_default()),
     );
     // Committed with the event, and only if the engine accepts it.
-    let t = st.engine.command(tid, ev, Some(audit)).await?;
+    let t = st.workflow.command(tid, ev, Some(audit)).await?;
     Ok(Json(train_json(&t)))
 }
 
@@ -263,7 +250,7 @@ async fn stop_train(
 ) -> ApiResult<Json<Value>> {
     require(id, Action::CancelOrRollback)?;
     let t = st
-        .engine
+        .workflow
         .command(tid, event, Some(entry(id, action, tid, "")))
         .await?;
     Ok(Json(train_json(&t)))

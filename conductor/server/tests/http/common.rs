@@ -122,8 +122,9 @@ impl TestApp {
         });
         let resizer = Resizer::start(
             store.clone(),
-            leases,
-            engine.clone(),
+            leases.clone(),
+            Arc::new(engine.clone()),
+            clock.clone(),
             Arc::new(NoActuator),
             shapes,
         )
@@ -136,7 +137,10 @@ impl TestApp {
         )
         .expect("parse template");
         let app = router(AppState {
-            engine: engine.clone(),
+            workflow: Arc::new(engine.clone()),
+            store: store.clone(),
+            clock: clock.clone(),
+            leases,
             metrics,
             artifacts: artifacts.clone(),
             targets: Targets::local(supervisor.clone(), sandbox, store.clone(), clock.clone()),
