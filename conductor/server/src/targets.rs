@@ -33,11 +33,13 @@ mod executor;
 mod local;
 mod pidfd;
 pub mod ports;
+pub mod routing;
 pub mod supervisor;
 
 pub use command::CommandTarget;
 pub use executor::{CellExecutor, SimExecutor};
 pub use local::LocalTarget;
+pub use routing::{CellRouting, LocalRoutesFile};
 pub use supervisor::{Supervisor, SupervisorConfig, MAX_LOCAL_WORKERS};
 
 /// Whether a version change is a train's deploy or a rollback.
