@@ -9,7 +9,7 @@
 //! reads the request body (`read_json`, `import`): a caller who may not act
 //! cannot make the Conductor buffer anything.
 
-use super::{audit, entry, require, ApiError, ApiResult, AppState, JsonBody, MAX_JSON_BODY};
+use super::{audit, entry, require, wire, ApiError, ApiResult, AppState, JsonBody, MAX_JSON_BODY};
 use crate::auth::{Action, Identity, Role};
 use crate::capacity::{accepts_tenants, fga_version, tenants_from_answer, FGA_ARTIFACT};
 use crate::resizer::{ResizeError, ResizeRequest};
@@ -186,7 +186,9 @@ async fn apply(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"plan": report, "resizes": created, "skipped": skipped})),
+        Json(
+            json!({"plan": report, "resizes": wire::views::<_, wire::ResizeView>(&created), "skipped": skipped}),
+        ),
     ))
 }
 

@@ -41,6 +41,7 @@ mod pipelines;
 mod revisions;
 mod tokens;
 mod trains;
+pub mod wire;
 
 /// Largest JSON body accepted.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;

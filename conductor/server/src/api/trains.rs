@@ -115,7 +115,8 @@ async fn list_trains(
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let rows = st.store.list_trains(q.pipeline.as_deref(), limit).await?;
-    Ok(Json(json!({ "trains": rows })))
+    let trains: Vec<wire::TrainSummary> = wire::views(&rows);
+    Ok(Json(json!({ "trains": trains })))
 }
 
 async fn get_train(
@@ -131,13 +132,9 @@ async fn get_train(
     Ok(Json(train_json(&t)))
 }
 
-/// A train as every train endpoint answers it: its state, the gates waiting
-/// for an approval and the count of cells per phase.
+/// A train as every train endpoint answers it ([`wire::TrainView`]).
 fn train_json(t: &conductor_core::train::Train) -> Value {
-    let mut v = json!(t);
-    v["gates_waiting"] = json!(t.gates_waiting());
-    v["summary"] = json!(t.cell_summary());
-    v
+    json!(wire::TrainView::from(t))
 }
 
 async fn train_events(
