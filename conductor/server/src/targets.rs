@@ -24,10 +24,11 @@ use crate::store::Store;
 use cells_inventory::CellSpec;
 use conductor_core::train::TrainSpec;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod artifacts;
 mod command;
 mod executor;
 mod local;
@@ -36,6 +37,7 @@ pub mod ports;
 pub mod routing;
 pub mod supervisor;
 
+pub use artifacts::{ArtifactStore, LocalArtifactDir, Upload};
 pub use command::CommandTarget;
 pub use executor::{CellExecutor, SimExecutor};
 pub use local::LocalTarget;
@@ -131,17 +133,8 @@ impl Targets {
     }
 }
 
-/// Where pushed artifacts live: `<root>/<name>/<version>/<name>`.
-#[derive(Clone)]
-pub struct ArtifactDir {
-    pub root: PathBuf,
-}
-
-impl ArtifactDir {
-    pub fn path(&self, name: &str, version: &str) -> PathBuf {
-        self.root.join(name).join(version).join(name)
-    }
-}
+/// The local artifact store (its earlier name).
+pub type ArtifactDir = LocalArtifactDir;
 
 /// Versions must be safe as path components and in environment variables.
 pub fn valid_version(v: &str) -> bool {

@@ -470,7 +470,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         clock,
         leases,
         metrics,
-        artifacts,
+        artifacts: Arc::new(artifacts),
         supervisor: supervisor.clone(),
         targets,
         resizer,

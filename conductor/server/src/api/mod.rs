@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
 use crate::store::{ArtifactRow, AuditEntry, Store, StoreError};
-use crate::targets::{valid_version, ArtifactDir, Supervisor, Targets};
+use crate::targets::{valid_version, ArtifactStore, Supervisor, Targets};
 use crate::workflow::Workflow;
 use axum::body::Bytes;
 use axum::extract::MatchedPath;
@@ -30,7 +30,6 @@ use conductor_core::train::{Event, Refusal, TrainSpec};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use yamlspan::Diagnostics;
 
@@ -126,7 +125,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub leases: Arc<Leases>,
     pub metrics: Arc<Metrics>,
-    pub artifacts: ArtifactDir,
+    pub artifacts: Arc<dyn ArtifactStore>,
     pub supervisor: Arc<Supervisor>,
     /// The deploy targets, by cell target kind.
     pub targets: Targets,

@@ -142,7 +142,7 @@ impl TestApp {
             clock: clock.clone(),
             leases,
             metrics,
-            artifacts: artifacts.clone(),
+            artifacts: Arc::new(artifacts.clone()),
             targets: Targets::local(supervisor.clone(), sandbox, store.clone(), clock.clone()),
             supervisor,
             resizer,
