@@ -55,6 +55,17 @@ pub enum TargetSpec {
     Command { deploy: String, rollback: String },
 }
 
+impl TargetSpec {
+    /// The kind's name (`local`, `command`), as in a cells file: what the
+    /// Conductor's target registry is keyed by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetSpec::Local => "local",
+            TargetSpec::Command { .. } => "command",
+        }
+    }
+}
+
 /// A cell as declared in a cells file (and as stored in the inventory).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -145,8 +145,8 @@ impl Resize {
     }
 
     /// The lease holder name of this resize.
-    pub fn holder(&self) -> String {
-        format!("resize:{}", self.id)
+    pub fn holder(&self) -> crate::cell::LeaseHolder {
+        crate::cell::LeaseHolder::Resize(self.id.clone())
     }
 
     /// Would `event` be accepted?
@@ -241,7 +241,7 @@ mod tests {
     fn a_grow_takes_the_lease_acts_and_releases() {
         let (mut r, fx) = new(false);
         assert_eq!(fx, vec![ResizeEffect::AcquireLease]);
-        assert_eq!(r.holder(), "resize:r1");
+        assert_eq!(r.holder().to_string(), "resize:r1");
         assert_eq!(
             r.apply(&ResizeEvent::LeaseGranted, t(1)),
             Ok(vec![ResizeEffect::Actuate])

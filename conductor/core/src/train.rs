@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod machine;
+pub mod queue;
 mod validate;
 
 /// Everything fixed when a train is created.

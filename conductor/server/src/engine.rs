@@ -15,7 +15,9 @@ use crate::metrics::Metrics;
 use crate::store::{AuditEntry, Store, StoreError, TrainLog};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
+use conductor_core::train::queue::{self, QueuedTrain};
 use conductor_core::train::{Effect, Event, Refusal, Train, TrainSpec, TrainStatus};
+use conductor_core::LeaseHolder;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,17 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where time comes from; tests and the benchmark may substitute their own.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-pub struct SystemClock;
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
+pub use crate::clock::{Clock, SystemClock};
 
 /// What running an effect on a cell came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -339,6 +331,11 @@ impl Engine {
         self.shared.clock.now()
     }
 
+    /// The engine's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
+    }
+
     /// Create a train (queued behind a running train of the same pipeline).
     /// `audit` (the caller's audit row) is committed in the same transaction
     /// as the train's first events.
@@ -389,8 +386,8 @@ async fn refresh_cells(shared: &Shared) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn holder(train: &str) -> String {
-    format!("train:{train}")
+fn holder(train: &str) -> LeaseHolder {
+    LeaseHolder::Train(train.to_string())
 }
 
 struct Batch {
@@ -485,7 +482,7 @@ impl Batch {
         &self,
         trains: &HashMap<String, Arc<Train>>,
         pipeline: &str,
-    ) -> Vec<(String, TrainStatus, DateTime<Utc>)> {
+    ) -> Vec<QueuedTrain> {
         let mut v: HashMap<String, (TrainStatus, DateTime<Utc>)> = trains
             .values()
             .filter(|t| t.spec.pipeline == pipeline)
@@ -494,9 +491,13 @@ impl Batch {
         for t in self.staged.values().filter(|t| t.spec.pipeline == pipeline) {
             v.insert(t.spec.id.clone(), (t.status, t.created_at));
         }
-        let mut out: Vec<_> = v.into_iter().map(|(k, (s, c))| (k, s, c)).collect();
-        out.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-        out
+        v.into_iter()
+            .map(|(id, (status, created_at))| QueuedTrain {
+                id,
+                status,
+                created_at,
+            })
+            .collect()
     }
 
     fn promote_next(
@@ -506,13 +507,8 @@ impl Batch {
         now: DateTime<Utc>,
     ) {
         let all = self.of_pipeline(trains, pipeline);
-        if all
-            .iter()
-            .any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack))
-        {
-            return;
-        }
-        if let Some((id, _, _)) = all.into_iter().find(|(_, s, _)| *s == TrainStatus::Queued) {
+        if let Some(id) = queue::next_to_promote(&all) {
+            let id = id.to_string();
             let _ = self.apply(trains, &id, Event::Promoted, now);
         }
     }
@@ -525,9 +521,8 @@ impl Batch {
     ) -> Result<String, EngineError> {
         let id = spec.id.clone();
         let all = self.of_pipeline(trains, &spec.pipeline);
-        let busy = all
-            .iter()
-            .any(|(_, s, _)| matches!(s, TrainStatus::Running | TrainStatus::RollingBack));
+        let decision = queue::on_start(&all);
+        let busy = decision.queued;
         let created = Event::Created {
             spec: Box::new(spec.clone()),
             queued: busy,
@@ -537,10 +532,8 @@ impl Batch {
         self.seqs.insert(id.clone(), 1);
         self.events.push((id.clone(), 1, created, now));
         // A newer train takes the place of any train still queued.
-        for (q, s, _) in all {
-            if s == TrainStatus::Queued {
-                let _ = self.apply(trains, &q, Event::Superseded { by: id.clone() }, now);
-            }
+        for q in decision.supersedes {
+            let _ = self.apply(trains, &q, Event::Superseded { by: id.clone() }, now);
         }
         if !busy {
             self.apply(trains, &id, Event::Wake { cell: None }, now)?;

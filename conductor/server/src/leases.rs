@@ -6,6 +6,7 @@
 //! of trains (and resize operations), and is restored from it on start.
 
 use crate::metrics::Metrics;
+use conductor_core::LeaseHolder;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,22 +15,22 @@ use std::time::Instant;
 type Grant = Box<dyn FnOnce() + Send>;
 
 struct Waiter {
-    holder: String,
+    holder: LeaseHolder,
     since: Instant,
     grant: Grant,
 }
 
 #[derive(Default)]
 struct CellLease {
-    holder: Option<String>,
+    holder: Option<LeaseHolder>,
     waiters: VecDeque<Waiter>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LeaseView {
     pub cell: String,
-    pub holder: Option<String>,
-    pub waiting: Vec<String>,
+    pub holder: Option<LeaseHolder>,
+    pub waiting: Vec<LeaseHolder>,
 }
 
 pub struct Leases {
@@ -52,13 +53,13 @@ impl Leases {
     }
 
     /// Mark `holder` as holding `cell` (restoring state after a restart).
-    pub fn hold(&self, cell: &str, holder: &str) {
-        self.lock().entry(cell.to_string()).or_default().holder = Some(holder.to_string());
+    pub fn hold(&self, cell: &str, holder: &LeaseHolder) {
+        self.lock().entry(cell.to_string()).or_default().holder = Some(holder.clone());
     }
 
     /// Ask for `cell`. `grant` runs once the lease is ours (at once if free or
     /// already ours). A second request by a waiting holder is ignored.
-    pub fn acquire(&self, cell: &str, holder: &str, grant: impl FnOnce() + Send + 'static) {
+    pub fn acquire(&self, cell: &str, holder: &LeaseHolder, grant: impl FnOnce() + Send + 'static) {
         // The callback runs either now or later: share it between both paths.
         let slot = Arc::new(Mutex::new(Some(grant)));
         let later = slot.clone();
@@ -80,18 +81,18 @@ impl Leases {
     pub fn try_acquire(
         &self,
         cell: &str,
-        holder: &str,
+        holder: &LeaseHolder,
         later: impl FnOnce() + Send + 'static,
     ) -> bool {
         let mut m = self.lock();
         let l = m.entry(cell.to_string()).or_default();
         match &l.holder {
-            None => l.holder = Some(holder.to_string()),
+            None => l.holder = Some(holder.clone()),
             Some(h) if h == holder => {}
             Some(_) => {
-                if !l.waiters.iter().any(|w| w.holder == holder) {
+                if !l.waiters.iter().any(|w| &w.holder == holder) {
                     l.waiters.push_back(Waiter {
-                        holder: holder.to_string(),
+                        holder: holder.clone(),
                         since: Instant::now(),
                         grant: Box::new(later),
                     });
@@ -106,11 +107,11 @@ impl Leases {
 
     /// Release `cell` if `holder` holds it (handing it to the next waiter), or
     /// withdraw `holder`'s pending request.
-    pub fn release(&self, cell: &str, holder: &str) {
+    pub fn release(&self, cell: &str, holder: &LeaseHolder) {
         let next = {
             let mut m = self.lock();
             let Some(l) = m.get_mut(cell) else { return };
-            if l.holder.as_deref() == Some(holder) {
+            if l.holder.as_ref() == Some(holder) {
                 l.holder = None;
                 match l.waiters.pop_front() {
                     Some(w) => {
@@ -120,7 +121,7 @@ impl Leases {
                     None => None,
                 }
             } else {
-                l.waiters.retain(|w| w.holder != holder);
+                l.waiters.retain(|w| &w.holder != holder);
                 None
             }
         };
@@ -151,6 +152,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn train(id: &str) -> LeaseHolder {
+        LeaseHolder::Train(id.into())
+    }
+
     #[test]
     fn serializes_per_cell_only() {
         let l = Leases::new(Arc::new(Metrics::default()));
@@ -161,17 +166,17 @@ mod tests {
                 n.fetch_add(1, Ordering::SeqCst);
             }
         };
-        l.acquire("a", "t1", bump(&n));
-        l.acquire("b", "t2", bump(&n));
-        l.acquire("a", "t2", bump(&n)); // waits
+        l.acquire("a", &train("t1"), bump(&n));
+        l.acquire("b", &train("t2"), bump(&n));
+        l.acquire("a", &train("t2"), bump(&n)); // waits
         assert_eq!(n.load(Ordering::SeqCst), 2);
-        l.release("a", "t1");
+        l.release("a", &train("t1"));
         assert_eq!(n.load(Ordering::SeqCst), 3);
-        assert_eq!(l.view()[0].holder.as_deref(), Some("t2"));
+        assert_eq!(l.view()[0].holder, Some(train("t2")));
         // Withdrawing a request that is still waiting.
-        l.acquire("b", "t3", bump(&n));
-        l.release("b", "t3");
-        l.release("b", "t2");
+        l.acquire("b", &train("t3"), bump(&n));
+        l.release("b", &train("t3"));
+        l.release("b", &train("t2"));
         assert_eq!(n.load(Ordering::SeqCst), 3);
         assert!(l.view().iter().all(|v| v.cell != "b"));
     }

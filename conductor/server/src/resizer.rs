@@ -7,12 +7,15 @@
 //! it. Trains on other cells never see it; a train that reaches this cell
 //! waits for the lease like it would for another train.
 
-use crate::engine::{BoxFut, Engine};
+use crate::clock::Clock;
+use crate::engine::BoxFut;
 use crate::leases::Leases;
 use crate::store::{AuditEntry, Store, StoreError};
 use crate::targets::Supervisor;
+use crate::workflow::Workflow;
 use cells_inventory::{CellSpec, Shape, TargetSpec};
 use conductor_core::resize::{Resize, ResizeEffect, ResizeEvent, ResizeRefusal};
+use conductor_core::CellStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +65,7 @@ pub enum ResizeError {
     #[error("no shape {0:?} (shapes: {1})")]
     NoShape(String, String),
     #[error("cell {0} is {1}; only active or draining cells can be resized")]
-    NotActive(String, String),
+    NotActive(String, CellStatus),
     #[error("cell {0} is already {1}")]
     SameShape(String, String),
     #[error("cell {cell} already has an unfinished resize ({id}); wait for it or reject it")]
@@ -88,7 +91,8 @@ pub struct ResizeRequest {
 struct Inner {
     store: Store,
     leases: Arc<Leases>,
-    engine: Engine,
+    workflow: Arc<dyn Workflow>,
+    clock: Arc<dyn Clock>,
     actuator: Arc<dyn CapacityActuator>,
     shapes: Vec<Shape>,
     /// One state change at a time (they are rare; this keeps each
@@ -101,14 +105,10 @@ pub struct Resizer {
     inner: Arc<Inner>,
 }
 
-fn resize_id() -> String {
+fn resize_id(now: chrono::DateTime<chrono::Utc>) -> String {
     let mut b = [0u8; 3];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
-    format!(
-        "rz-{}-{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S"),
-        hex::encode(b)
-    )
+    format!("rz-{}-{}", now.format("%Y%m%d%H%M%S"), hex::encode(b))
 }
 
 impl Resizer {
@@ -116,11 +116,12 @@ impl Resizer {
     pub async fn start(
         store: Store,
         leases: Arc<Leases>,
-        engine: Engine,
+        workflow: Arc<dyn Workflow>,
+        clock: Arc<dyn Clock>,
         actuator: Arc<dyn CapacityActuator>,
         shapes: Vec<Shape>,
     ) -> Result<Resizer, StoreError> {
-        let r = Resizer::idle(store, leases, engine, actuator, shapes);
+        let r = Resizer::idle(store, leases, workflow, clock, actuator, shapes);
         r.resume().await?;
         Ok(r)
     }
@@ -130,7 +131,8 @@ impl Resizer {
     pub fn idle(
         store: Store,
         leases: Arc<Leases>,
-        engine: Engine,
+        workflow: Arc<dyn Workflow>,
+        clock: Arc<dyn Clock>,
         actuator: Arc<dyn CapacityActuator>,
         shapes: Vec<Shape>,
     ) -> Resizer {
@@ -138,7 +140,8 @@ impl Resizer {
             inner: Arc::new(Inner {
                 store,
                 leases,
-                engine,
+                workflow,
+                clock,
                 actuator,
                 shapes,
                 lock: tokio::sync::Mutex::new(()),
@@ -183,7 +186,7 @@ impl Resizer {
             .await?
             .ok_or_else(|| ResizeError::NoCell(req.cell.clone()))?;
         let status = store.cell_status(&req.cell).await?.unwrap_or_default();
-        if status != "active" && status != "draining" {
+        if !status.in_service() {
             return Err(ResizeError::NotActive(req.cell, status));
         }
         if self.shape(&req.shape).is_none() {
@@ -204,15 +207,16 @@ impl Resizer {
                 id: open.id,
             });
         }
+        let now = self.inner.clock.now();
         let (rz, fx) = Resize::new(
-            resize_id(),
+            resize_id(now),
             req.cell,
             spec.shape,
             req.shape,
             req.by,
             req.reason,
             req.needs_approval,
-            self.inner.engine.now(),
+            now,
         );
         let audit = AuditEntry::new(
             &rz.requested_by,
@@ -267,7 +271,7 @@ impl Resizer {
             .get_resize(id)
             .await?
             .ok_or_else(|| ResizeError::NotFound(id.to_string()))?;
-        let fx = rz.apply(&event, self.inner.engine.now())?;
+        let fx = rz.apply(&event, self.inner.clock.now())?;
         match new_shape_of {
             Some(cell) => {
                 self.inner
@@ -354,7 +358,7 @@ impl Resizer {
             .await
         {
             Ok(done) => {
-                if let Err(e) = self.inner.engine.refresh_cells().await {
+                if let Err(e) = self.inner.workflow.refresh_cells().await {
                     tracing::warn!(error = %e, "could not refresh the cell inventory");
                 }
                 tracing::info!(resize = %done.id, cell = %done.cell, ok, %detail, "resize finished");

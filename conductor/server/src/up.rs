@@ -12,7 +12,8 @@ use crate::replica::{Elector, Me};
 use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
-use crate::targets::{ArtifactDir, CellExecutor, Supervisor, SupervisorConfig};
+use crate::targets::{ArtifactDir, ArtifactStore, CellExecutor, Supervisor, SupervisorConfig, Targets};
+use crate::workflow::Workflow;
 use anyhow::{Context, Result};
 use cells_inventory::Shape;
 use conductor_core::pipeline::{self, Artifact};
@@ -213,7 +214,12 @@ pub fn load_inventory(
 /// The admin token, created with the database: returned only when created
 /// now (shown once), and written to `file` (mode 0600) when asked. Only its
 /// hash is stored; its creation is audited in the same transaction.
-async fn admin_token(store: &Store, file: Option<&Path>, json: bool) -> Result<Option<String>> {
+async fn admin_token(
+    store: &Store,
+    file: Option<&Path>,
+    json: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<String>> {
     if store.count_tokens().await? > 0 {
         return Ok(None);
     }
@@ -240,7 +246,7 @@ async fn admin_token(store: &Store, file: Option<&Path>, json: bool) -> Result<O
             &[],
             &hash_token(&token),
             None,
-            chrono::Utc::now(),
+            now,
             &audit,
         )
         .await?;
@@ -384,11 +390,18 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     }
     .context("opening the database")?;
     secure_data_dir(&data_dir).context("securing the database files")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let added = store
-        .seed_cells(&cells, chrono::Utc::now())
+        .seed_cells(&cells, clock.now())
         .await
         .context("seeding cells")?;
-    let token = admin_token(&store, opts.write_admin_token.as_deref(), opts.json).await?;
+    let token = admin_token(
+        &store,
+        opts.write_admin_token.as_deref(),
+        opts.json,
+        clock.now(),
+    )
+    .await?;
 
     let metrics = Arc::new(Metrics::default());
     let leases = Arc::new(Leases::new(metrics.clone()));
@@ -418,18 +431,21 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         .no_proxy()
         .build()
         .context("building the HTTP client")?;
+    let targets = Targets::local(supervisor.clone(), sb.clone(), store.clone(), clock.clone());
     let executor = Arc::new(CellExecutor {
         store: store.clone(),
+        clock: clock.clone(),
+        targets: targets.clone(),
         supervisor: supervisor.clone(),
         http,
         sandbox: sb.clone(),
     });
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let actuator = Arc::new(LocalActuator {
         supervisor: supervisor.clone(),
         health_timeout: Duration::from_secs(60),
     });
     let template = Arc::new(template);
+    let artifact_store: Arc<dyn ArtifactStore> = Arc::new(artifacts);
 
     // Serve at once: until this replica leads, it forwards to the leader
     // (or answers reads from the database while none can be reached).
@@ -445,15 +461,21 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         leases.clone(),
         metrics.clone(),
     );
+    let idle: Arc<dyn Workflow> = Arc::new(idle_engine);
     let follower = AppState {
-        engine: idle_engine.clone(),
+        workflow: idle.clone(),
+        store: store.clone(),
+        clock: clock.clone(),
+        leases: leases.clone(),
         metrics: metrics.clone(),
-        artifacts: artifacts.clone(),
+        artifacts: artifact_store.clone(),
         supervisor: supervisor.clone(),
+        targets: targets.clone(),
         resizer: Resizer::idle(
             store.clone(),
             leases.clone(),
-            idle_engine,
+            idle,
+            clock.clone(),
             actuator.clone(),
             shapes.clone(),
         ),
@@ -482,7 +504,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         banner.print(opts.json, true);
         followed.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    let now = || chrono::Utc::now();
+    let now = || clock.now();
     let mut server = server;
     let leadership = tokio::select! {
         l = elector.campaign(&store, &me, now, waiting) => l.context("running for leadership")?,
@@ -499,16 +521,24 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     supervisor.restore(&artifact_specs(&store).await?).await;
     let engine = Engine::start(
         store.clone(),
-        clock,
+        clock.clone(),
         executor,
         leases.clone(),
         metrics.clone(),
     )
     .await
     .context("starting the engine")?;
-    let resizer = Resizer::start(store.clone(), leases, engine.clone(), actuator, shapes)
-        .await
-        .context("resuming resize operations")?;
+    let workflow: Arc<dyn Workflow> = Arc::new(engine.clone());
+    let resizer = Resizer::start(
+        store.clone(),
+        leases.clone(),
+        workflow.clone(),
+        clock.clone(),
+        actuator,
+        shapes,
+    )
+    .await
+    .context("resuming resize operations")?;
     let (planner, _planner_child) = match opts.planner {
         PlannerMode::Off => (None, None),
         PlannerMode::Url(url, token) => (Some(Planner::new(&url, &token)), None),
@@ -523,10 +553,14 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let planner_url = planner.as_ref().map(|p| p.url.clone());
     front.lead(
         router(AppState {
-            engine: engine.clone(),
+            workflow,
+            store,
+            clock,
+            leases,
             metrics,
-            artifacts,
+            artifacts: artifact_store,
             supervisor: supervisor.clone(),
+            targets,
             resizer,
             planner: planner.map(Arc::new),
             template,
@@ -659,18 +693,20 @@ mod tests {
     async fn json_output_never_shows_the_admin_token_so_the_first_start_needs_a_file() {
         let t = tempfile::tempdir().expect("tmp");
         let store = Store::open(&t.path().join("c.db")).await.expect("open");
-        let e = admin_token(&store, None, true).await.expect_err("refused");
+        let e = admin_token(&store, None, true, chrono::Utc::now())
+            .await
+            .expect_err("refused");
         assert!(e.to_string().contains("--write-admin-token"), "{e}");
         assert_eq!(store.count_tokens().await.expect("count"), 0);
         let f = t.path().join("admin.token");
-        let tok = admin_token(&store, Some(&f), true)
+        let tok = admin_token(&store, Some(&f), true, chrono::Utc::now())
             .await
             .expect("made")
             .expect("new");
         assert_eq!(std::fs::read_to_string(&f).expect("file"), tok);
         assert_eq!(mode(&f), 0o600);
         // Only its hash is stored, and it is made once.
-        assert!(admin_token(&store, Some(&f), true)
+        assert!(admin_token(&store, Some(&f), true, chrono::Utc::now())
             .await
             .expect("again")
             .is_none());

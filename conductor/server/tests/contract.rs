@@ -6,6 +6,7 @@
 use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
 use conductor::store::{AuditEntry, CellProcessRow, Decided, NewRevision, Revoke, Store};
+use conductor_core::cell::CellStatus;
 use conductor_core::resize::Resize;
 use sqlx::Connection;
 
@@ -123,12 +124,12 @@ async fn cells_resizes_ports_and_processes() {
             .add_cell(&cell("c3", Some(7001)), now, &a("x"))
             .await
             .is_err());
-        s.set_cell_status("c2", "draining", now, &a("cell.drain"))
+        s.set_cell_status("c2", CellStatus::Draining, now, &a("cell.drain"))
             .await
             .expect("status");
         assert_eq!(
-            s.cell_status("c2").await.expect("status").as_deref(),
-            Some("draining")
+            s.cell_status("c2").await.expect("status"),
+            Some(CellStatus::Draining)
         );
         assert_eq!(s.cell_specs().await.expect("specs").len(), 2);
         assert_eq!(

@@ -3,12 +3,14 @@
 
 use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
-use conductor::engine::{Clock, Engine, SystemClock};
+use conductor::engine::{
+    BoxFut, Clock, Engine, Executor, Outcome, RollbackRequest, StepRequest, SystemClock,
+};
 use conductor::leases::Leases;
 use conductor::metrics::Metrics;
 use conductor::store::Store;
 use conductor::targets::SimExecutor;
-use conductor_core::train::{Train, TrainSpec, TrainStatus};
+use conductor_core::train::{CellPhase, Train, TrainSpec, TrainStatus};
 use conductor_core::{pipeline, plan};
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,4 +231,100 @@ async fn another_train_log_drops_in() {
         store.train_event_count("t9").await.expect("count"),
         through as i64
     );
+}
+
+/// Steps that finish at once, without touching time.
+struct Instant_;
+impl Executor for Instant_ {
+    fn run_step(&self, _req: StepRequest) -> BoxFut<'_, Outcome> {
+        Box::pin(async { Outcome::ok("done") })
+    }
+    fn rollback(&self, _req: RollbackRequest) -> BoxFut<'_, Outcome> {
+        Box::pin(async { Outcome::ok("rolled back") })
+    }
+}
+
+/// A bake of an hour completes when paused time moves on by an hour, and
+/// not before: the engine's wake timer sleeps on tokio's clock, and the
+/// test clock moves with it. No real hour passes, nor any real sleep.
+#[tokio::test(start_paused = true)]
+async fn a_bake_completes_when_paused_time_moves_on() {
+    // Keep the runtime busy so that time moves only when the test moves it
+    // (an idle paused runtime jumps to its next timer, database timeouts
+    // included).
+    let spinner = tokio::spawn(async {
+        loop {
+            tokio::task::yield_now().await;
+        }
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&dir.path().join("c.db")).await.expect("store");
+    let cs = cells(2);
+    let start = chrono::DateTime::from_timestamp(1_750_000_000, 0).expect("an instant");
+    let clock = Arc::new(conductor::clock::TestClock::new(start));
+    store.seed_cells(&cs, clock.now()).await.expect("seed");
+    let metrics = Arc::new(Metrics::default());
+    let e = Engine::start(
+        store.clone(),
+        clock.clone() as Arc<dyn Clock>,
+        Arc::new(Instant_),
+        Arc::new(Leases::new(metrics.clone())),
+        metrics,
+    )
+    .await
+    .expect("engine");
+    let mut done = e.finished();
+    let yaml = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - deploy: {}\n  - bake: 1h\nwaves:\n  - { name: all, percent: 100, max_parallel: 2 }\n";
+    e.start_train(spec("t3", yaml, &cs), None)
+        .await
+        .expect("start");
+    // Both cells deployed and baking (as committed).
+    let baking = |t: &Train| {
+        t.cells
+            .values()
+            .filter(|c| matches!(c.phase, CellPhase::Baking { .. }))
+            .count()
+    };
+    let mut polls = 0;
+    while baking(&e.train("t3").await.expect("train").expect("active")) < 2 {
+        polls += 1;
+        assert!(polls < 100_000, "the cells never started baking");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(clock.now(), start, "no time passed yet");
+
+    // Half the bake: nothing finishes.
+    tokio::time::advance(Duration::from_secs(30 * 60)).await;
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        done.try_recv().is_err(),
+        "finished before the bake was over"
+    );
+    let t = e.train("t3").await.expect("train").expect("active");
+    assert_eq!((t.status, baking(&t)), (TrainStatus::Running, 2));
+
+    // The rest of it: the wake timers fire and the train succeeds.
+    tokio::time::advance(Duration::from_secs(31 * 60)).await;
+    let mut polls = 0;
+    let (id, status) = loop {
+        polls += 1;
+        assert!(polls < 100_000, "the train did not finish after its bake");
+        match done.try_recv() {
+            Ok(r) => break r,
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("no finished train: {e}"),
+        }
+    };
+    assert_eq!((id.as_str(), status), ("t3", TrainStatus::Succeeded));
+    let t = store.get_train("t3").await.expect("get").expect("train");
+    let took = t.updated_at - start;
+    assert!(
+        took >= chrono::Duration::hours(1) && took < chrono::Duration::minutes(62),
+        "the train finished {took} after it started, by the clock"
+    );
+    spinner.abort();
 }

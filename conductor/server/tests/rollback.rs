@@ -7,7 +7,7 @@ use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
 use conductor::engine::{Executor, RollbackRequest};
 use conductor::store::Store;
-use conductor::targets::{ArtifactDir, CellExecutor, Supervisor};
+use conductor::targets::{ArtifactDir, CellExecutor, Supervisor, Targets};
 use conductor_core::pipeline::{Artifact, ArtifactKind, DeployStep, OnFailure, Step};
 use conductor_core::plan::Plan;
 use conductor_core::train::{step_key, TrainSpec};
@@ -94,22 +94,27 @@ async fn rollbacks_skip_cells_changed_since_and_replay_as_done() {
         conductor::procs::sandbox::Sandbox::new(&dir.path().join("run"), &data, None, None)
             .expect("sandbox"),
     );
+    let supervisor = Supervisor::new(conductor::targets::SupervisorConfig {
+        artifacts: ArtifactDir {
+            root: data.join("artifacts"),
+        },
+        data_dir: data.clone(),
+        sandbox: sandbox.clone(),
+        store: store.clone(),
+        workers_by_shape: Default::default(),
+        cell_env: Default::default(),
+        ports: conductor::targets::ports::PortRange {
+            first: 28000,
+            last: 28999,
+        },
+    });
+    let clock: std::sync::Arc<dyn conductor::clock::Clock> =
+        std::sync::Arc::new(conductor::clock::SystemClock);
     let ex = CellExecutor {
         store: store.clone(),
-        supervisor: Supervisor::new(conductor::targets::SupervisorConfig {
-            artifacts: ArtifactDir {
-                root: data.join("artifacts"),
-            },
-            data_dir: data.clone(),
-            sandbox: sandbox.clone(),
-            store: store.clone(),
-            workers_by_shape: Default::default(),
-            cell_env: Default::default(),
-            ports: conductor::targets::ports::PortRange {
-                first: 28000,
-                last: 28999,
-            },
-        }),
+        clock: clock.clone(),
+        targets: Targets::local(supervisor.clone(), sandbox.clone(), store.clone(), clock),
+        supervisor,
         http: reqwest::Client::new(),
         sandbox,
     };

@@ -7,10 +7,10 @@
 //! a failed or interrupted upload leaves nothing behind.
 
 use super::*;
+use crate::targets::Upload;
 use axum::body::{Body, HttpBody};
 use axum::http::HeaderMap;
 use std::pin::Pin;
-use tokio::io::AsyncWriteExt;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -28,7 +28,7 @@ static PUBLISH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn list_artifacts(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
     Ok(Json(
-        json!({ "artifacts": st.engine.store().list_artifacts().await? }),
+        json!({ "artifacts": st.store.list_artifacts().await? }),
     ))
 }
 
@@ -86,31 +86,19 @@ async fn push_artifact(
     if declared == Some(0) {
         return Err(ApiError::bad_request("empty artifact"));
     }
-    let store = st.engine.store();
+    let store = &st.store;
     if store.get_artifact(&name, &version).await?.is_some() {
         return Err(exists(&name, &version));
     }
-    let path = st.artifacts.path(&name, &version);
-    let dir = path
-        .parent()
-        .ok_or_else(|| write_failed(std::io::Error::other("artifact path has no parent")))?
-        .to_path_buf();
-    tokio::fs::create_dir_all(&dir)
+    // Removed unless published: on every error below, nothing is left.
+    let mut upload = st
+        .artifacts
+        .begin(&name, &version)
         .await
         .map_err(write_failed)?;
-    // Removed when dropped: on every error below, nothing is left behind.
-    let tmp = tempfile::Builder::new()
-        .prefix(".upload-")
-        .tempfile_in(&dir)
-        .map_err(write_failed)?;
-    let (sha, size) = receive(body, &tmp, MAX_ARTIFACT as u64).await?;
+    let (sha, size) = receive(body, upload.as_mut(), MAX_ARTIFACT as u64).await?;
     if size == 0 {
         return Err(ApiError::bad_request("empty artifact"));
-    }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-            .map_err(write_failed)?;
     }
     let row = ArtifactRow {
         name: name.clone(),
@@ -118,7 +106,7 @@ async fn push_artifact(
         sha256: sha.clone(),
         size: size as i64,
         pushed_by: id.name.clone(),
-        pushed_at: st.engine.now().to_rfc3339(),
+        pushed_at: st.clock.now().to_rfc3339(),
     };
     let audit = entry(
         &id,
@@ -132,27 +120,20 @@ async fn push_artifact(
     if store.get_artifact(&name, &version).await?.is_some() {
         return Err(exists(&name, &version));
     }
-    tmp.persist(&path).map_err(|e| write_failed(e.error))?;
-    if let Err(e) = store.put_artifact(&row, &audit, st.engine.now()).await {
+    upload.publish().map_err(write_failed)?;
+    if let Err(e) = store.put_artifact(&row, &audit, st.clock.now()).await {
         // Not indexed, so never used; do not leave it looking pushed.
-        if let Err(rm) = std::fs::remove_file(&path) {
-            tracing::warn!(error = %rm, path = %path.display(), "could not remove an unindexed artifact");
+        if let Err(rm) = st.artifacts.remove(&name, &version) {
+            tracing::warn!(error = %rm, %name, %version, "could not remove an unindexed artifact");
         }
         return Err(e.into());
     }
     Ok((StatusCode::CREATED, Json(json!(row))))
 }
 
-/// Stream `body` into `tmp`, hashing it; refuse it past `limit` bytes.
-/// Returns the SHA-256 and the size once the file is synced.
-async fn receive(
-    mut body: Body,
-    tmp: &tempfile::NamedTempFile,
-    limit: u64,
-) -> ApiResult<(String, u64)> {
-    let file = tmp.as_file().try_clone().map_err(write_failed)?;
-    let mut file = tokio::fs::File::from_std(file);
-    let mut hasher = Sha256::new();
+/// Stream `body` into `upload`, which hashes it; refuse it past `limit`
+/// bytes. Returns the SHA-256 and the size once the upload is synced.
+async fn receive(mut body: Body, upload: &mut dyn Upload, limit: u64) -> ApiResult<(String, u64)> {
     let mut size: u64 = 0;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = frame.map_err(|e| {
@@ -166,34 +147,39 @@ async fn receive(
         if size > limit {
             return Err(too_large());
         }
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(write_failed)?;
+        upload.write(&chunk).await.map_err(write_failed)?;
     }
-    file.flush().await.map_err(write_failed)?;
-    file.sync_all().await.map_err(write_failed)?;
-    Ok((hex::encode(hasher.finalize()), size))
+    upload.finish().await.map_err(write_failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::LocalArtifactDir;
+    use sha2::{Digest, Sha256};
 
     #[tokio::test]
     async fn a_body_past_the_limit_is_refused_while_it_streams() {
         let dir = tempfile::tempdir().expect("dir");
+        let store = LocalArtifactDir {
+            root: dir.path().to_path_buf(),
+        };
         // Many small frames, no declared length: counted as they come.
         let frames = (0..10).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 1000])));
-        let tmp = tempfile::NamedTempFile::new_in(dir.path()).expect("tmp");
-        let path = tmp.path().to_path_buf();
+        let mut up = store.begin("svc", "1").await.expect("begin");
         let body = Body::from_stream(futures::stream::iter(frames));
-        let e = receive(body, &tmp, 4096).await.expect_err("over the limit");
+        let e = receive(body, up.as_mut(), 4096)
+            .await
+            .expect_err("over the limit");
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(std::fs::metadata(&path).expect("tmp").len() <= 4096);
-        drop(tmp);
-        assert!(!path.exists(), "the partial file is removed");
+        drop(up);
+        let left = std::fs::read_dir(dir.path().join("svc/1"))
+            .expect("dir")
+            .count();
+        assert_eq!(left, 0, "the partial upload is removed");
         // At the limit: taken, hashed.
-        let tmp = tempfile::NamedTempFile::new_in(dir.path()).expect("tmp");
-        let (sha, size) = receive(Body::from(vec![1u8; 4096]), &tmp, 4096)
+        let mut up = store.begin("svc", "1").await.expect("begin");
+        let (sha, size) = receive(Body::from(vec![1u8; 4096]), up.as_mut(), 4096)
             .await
             .expect("at the limit");
         assert_eq!(size, 4096);

@@ -18,13 +18,13 @@ pub(super) fn routes() -> Router<AppState> {
 
 async fn list_cells(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
     let mut cells = Vec::new();
-    for c in st.engine.store().list_cells().await? {
+    for c in st.store.list_cells().await? {
         // Desired (the shape's workers) next to observed (what runs).
-        let want = st.supervisor.workers_for(&c.spec.shape);
-        let running = st.supervisor.worker_counts(&c.spec.id);
-        let mut v = serde_json::to_value(&c).unwrap_or(Value::Null);
-        v["workers"] = json!({ "desired": want, "running": running });
-        cells.push(v);
+        let workers = wire::Workers {
+            desired: st.supervisor.workers_for(&c.spec.shape),
+            running: st.supervisor.worker_counts(&c.spec.id),
+        };
+        cells.push(json!(wire::CellView::new(&c, workers)));
     }
     Ok(Json(json!({ "cells": cells })))
 }
@@ -104,7 +104,10 @@ async fn resize_cell(
             needs_approval: false,
         })
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "resize": rz }))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "resize": wire::ResizeView::from(&rz) })),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -121,9 +124,9 @@ async fn list_resizes(
     Query(q): Query<ResizeQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(
-        json!({ "resizes": st.engine.store().list_resizes(q.open, limit).await? }),
-    ))
+    let rows = st.store.list_resizes(q.open, limit).await?;
+    let resizes: Vec<wire::ResizeView> = wire::views(&rows);
+    Ok(Json(json!({ "resizes": resizes })))
 }
 
 async fn get_resize(
@@ -132,12 +135,11 @@ async fn get_resize(
     Path(rid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let rz = st
-        .engine
-        .store()
+        .store
         .get_resize(&rid)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no resize {rid:?}")))?;
-    Ok(Json(json!({ "resize": rz })))
+    Ok(Json(json!({ "resize": wire::ResizeView::from(&rz) })))
 }
 
 #[derive(Deserialize, Default)]
@@ -170,7 +172,7 @@ async fn approve_resize(
             entry(&id, "resize.approve", &rid, &b.reason),
         )
         .await?;
-    Ok(Json(json!({ "resize": rz })))
+    Ok(Json(json!({ "resize": wire::ResizeView::from(&rz) })))
 }
 
 async fn reject_resize(
@@ -195,7 +197,7 @@ async fn reject_resize(
             entry(&id, "resize.reject", &rid, &b.reason),
         )
         .await?;
-    Ok(Json(json!({ "resize": rz })))
+    Ok(Json(json!({ "resize": wire::ResizeView::from(&rz) })))
 }
 
 #[derive(Deserialize)]
@@ -210,12 +212,12 @@ async fn deploy_log(
     Query(q): Query<CellQuery>,
 ) -> ApiResult<Json<Value>> {
     Ok(Json(
-        json!({ "deploys": st.engine.store().deploy_log(q.cell.as_deref()).await? }),
+        json!({ "deploys": st.store.deploy_log(q.cell.as_deref()).await? }),
     ))
 }
 
 async fn leases(State(st): State<AppState>, _id: Identity) -> Json<Value> {
-    Json(json!({ "leases": st.engine.leases().view() }))
+    Json(json!({ "leases": st.leases.view() }))
 }
 
 async fn route_table(State(st): State<AppState>, _id: Identity) -> Json<Value> {

@@ -7,12 +7,15 @@
 //! change. Errors are JSON `{"code", "message"}` with a stable code.
 
 use crate::auth::{hash_token, new_token, Action, Identity, Role};
-use crate::engine::{Engine, EngineError};
+use crate::clock::Clock;
+use crate::engine::EngineError;
+use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
-use crate::store::{ArtifactRow, AuditEntry, StoreError};
-use crate::targets::{valid_version, ArtifactDir, Supervisor};
+use crate::store::{ArtifactRow, AuditEntry, Store, StoreError};
+use crate::targets::{valid_version, ArtifactStore, Supervisor, Targets};
+use crate::workflow::Workflow;
 use axum::body::Bytes;
 use axum::extract::MatchedPath;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -20,24 +23,25 @@ use axum::http::{header, request::Parts, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use cells_inventory::{valid_id, CellTemplate, TargetSpec};
+use cells_inventory::{valid_id, CellTemplate};
 use conductor_core::pipeline::{self, ArtifactKind};
 use conductor_core::plan::{self, Estimates};
 use conductor_core::train::{Event, Refusal, TrainSpec};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use yamlspan::Diagnostics;
 
 mod artifacts;
+mod capacity;
 mod cells;
 mod pipelines;
 mod revisions;
 mod stream;
 mod tokens;
 mod trains;
+pub mod wire;
 
 pub use stream::MAX_STREAMS;
 
@@ -120,10 +124,16 @@ pub fn route_action(method: &Method, route: &str) -> Option<Action> {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    /// The train workflow backend (the embedded engine).
+    pub workflow: Arc<dyn Workflow>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub leases: Arc<Leases>,
     pub metrics: Arc<Metrics>,
-    pub artifacts: ArtifactDir,
+    pub artifacts: Arc<dyn ArtifactStore>,
     pub supervisor: Arc<Supervisor>,
+    /// The deploy targets, by cell target kind.
+    pub targets: Targets,
     pub resizer: Resizer,
     pub planner: Option<Arc<Planner>>,
     pub template: Arc<CellTemplate>,
@@ -285,7 +295,7 @@ pub(crate) async fn authenticate(parts: &Parts, app: &AppState) -> ApiResult<Ide
     if token.is_empty() || token.len() > 256 {
         return Err(refuse("malformed token", None, NEED));
     }
-    let Some(row) = app.engine.store().token_by_hash(&hash_token(token)).await? else {
+    let Some(row) = app.store.token_by_hash(&hash_token(token)).await? else {
         return Err(refuse("unknown token", None, NEED));
     };
     if row.revoked {
@@ -295,7 +305,7 @@ pub(crate) async fn authenticate(parts: &Parts, app: &AppState) -> ApiResult<Ide
             "this token was revoked",
         ));
     }
-    if row.expires_at.is_some_and(|t| t <= app.engine.now()) {
+    if row.expires_at.is_some_and(|t| t <= app.clock.now()) {
         return Err(refuse(
             "expired token",
             Some(&row.name),
@@ -399,9 +409,8 @@ pub(crate) async fn audit(
     target: &str,
     detail: &str,
 ) -> ApiResult<()> {
-    st.engine
-        .store()
-        .audit(&entry(id, action, target, detail), st.engine.now())
+    st.store
+        .audit(&entry(id, action, target, detail), st.clock.now())
         .await?;
     Ok(())
 }
@@ -416,7 +425,7 @@ pub fn router(state: AppState) -> Router {
         .merge(cells::routes())
         .merge(artifacts::routes())
         .merge(tokens::routes())
-        .merge(crate::capacity::routes())
+        .merge(capacity::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -501,7 +510,7 @@ async fn whoami(id: Identity) -> Json<Identity> {
 }
 
 async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
-    let by_state = st.engine.store().count_trains_by_status().await?;
+    let by_state = st.store.count_trains_by_status().await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(&by_state),

@@ -29,7 +29,7 @@ pub(super) async fn check_pipeline(
     yaml: &str,
 ) -> ApiResult<(pipeline::Pipeline, plan::Plan)> {
     let (p, spans) = pipeline::parse(file, yaml).map_err(|d| ApiError::invalid(&d))?;
-    let cells = st.engine.store().cell_specs().await?;
+    let cells = st.store.cell_specs().await?;
     let pl = plan::plan(&p, &spans, &cells).map_err(|d| ApiError::invalid(&d))?;
     Ok((p, pl))
 }
@@ -44,12 +44,8 @@ pub(super) async fn plan_json(
     p: &pipeline::Pipeline,
     pl: &plan::Plan,
 ) -> ApiResult<Value> {
-    let history = st
-        .engine
-        .store()
-        .recent_trains(&p.name, MEASURED_TRAINS)
-        .await?;
-    let r = plan::report(p, pl, &history, st.engine.now(), Estimates::default());
+    let history = st.store.recent_trains(&p.name, MEASURED_TRAINS).await?;
+    let r = plan::report(p, pl, &history, st.clock.now(), Estimates::default());
     Ok(json!(r))
 }
 
@@ -78,11 +74,10 @@ async fn submit_pipeline(
 }
 
 async fn list_pipelines(State(st): State<AppState>, _id: Identity) -> ApiResult<Json<Value>> {
-    let rows = st.engine.store().list_pipelines().await?;
+    let rows = st.store.list_pipelines().await?;
     // Revisions waiting for an approval (not in effect yet).
     let pending: Vec<Value> = st
-        .engine
-        .store()
+        .store
         .pending_revisions()
         .await?
         .into_iter()
@@ -101,8 +96,7 @@ async fn get_pipeline(
 
 /// The revision in effect of a submitted pipeline, or 404.
 async fn pipeline_row(st: &AppState, name: &str) -> ApiResult<crate::store::PipelineRow> {
-    st.engine
-        .store()
+    st.store
         .get_pipeline(name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no pipeline {name:?}")))

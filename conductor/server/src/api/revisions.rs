@@ -38,7 +38,7 @@ struct Review {
 
 /// Compare a proposed pipeline (and its plan) with its baselines.
 async fn review(st: &AppState, p: &pipeline::Pipeline, pl: &plan::Plan) -> ApiResult<Review> {
-    let store = st.engine.store();
+    let store = &st.store;
     let current = store.get_pipeline(&p.name).await?;
     let cells = store.cell_specs().await?;
     let parse_and_plan = |row: &PipelineRow| {
@@ -144,12 +144,11 @@ pub(super) async fn submit(
             }
         };
         let res = st
-            .engine
-            .store()
+            .store
             .submit_revision(
                 &nr,
                 r.current.as_ref().map(|c| c.revision),
-                st.engine.now(),
+                st.clock.now(),
                 |rev| entry(id, "pipeline.submit", &p.name, &detail(rev)),
             )
             .await;
@@ -194,11 +193,11 @@ async fn list_revisions(
     _id: Identity,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let revs = st.engine.store().list_revisions(&name).await?;
+    let revs = st.store.list_revisions(&name).await?;
     if revs.is_empty() {
         return Err(ApiError::not_found(format!("no pipeline {name:?}")));
     }
-    let current = st.engine.store().get_pipeline(&name).await?;
+    let current = st.store.get_pipeline(&name).await?;
     Ok(Json(json!({
         "name": name,
         "in_effect": current.map(|c| c.revision),
@@ -212,7 +211,7 @@ async fn get_revision(
     _id: Identity,
     Path((name, rev)): Path<(String, i64)>,
 ) -> ApiResult<Json<Value>> {
-    let store = st.engine.store();
+    let store = &st.store;
     let r = store
         .get_revision(&name, rev)
         .await?
@@ -249,7 +248,7 @@ async fn decide(
     if !approve && b.reason.trim().is_empty() {
         return Err(ApiError::bad_request("a rejection needs a reason"));
     }
-    let store = st.engine.store();
+    let store = &st.store;
     let r = store
         .get_revision(name, rev)
         .await?
@@ -292,7 +291,7 @@ async fn decide(
             approve,
             &id.name,
             &b.reason,
-            st.engine.now(),
+            st.clock.now(),
             &audit,
         )
         .await?

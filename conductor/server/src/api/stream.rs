@@ -10,7 +10,8 @@
 //! may run in another replica.
 
 use super::*;
-use crate::store::StreamEvent;
+use crate::store::{Store, StreamEvent};
+use crate::workflow::Workflow;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Extension;
@@ -97,7 +98,7 @@ async fn all_trains(
 ) -> ApiResult<Response> {
     let after = match position(&headers, &q)? {
         Some(n) => n,
-        None => st.engine.store().last_event_seq().await?,
+        None => st.store.last_event_seq().await?,
     };
     let permit = streams.permit()?;
     Ok(respond(Follow::new(&st, None, after, permit)))
@@ -115,7 +116,7 @@ async fn one_train(
     Query(q): Query<StreamQuery>,
 ) -> ApiResult<Response> {
     let after = position(&headers, &q)?.unwrap_or(0);
-    if st.engine.store().train_status(&tid).await?.is_none() {
+    if st.store.train_status(&tid).await?.is_none() {
         return Err(ApiError::not_found(format!("no train {tid:?}")));
     }
     let permit = streams.permit()?;
@@ -134,7 +135,8 @@ fn respond(f: Follow) -> Response {
 /// One stream's state: its position, what is read but not yet sent, and
 /// the slot it holds until the client goes away.
 struct Follow {
-    engine: Engine,
+    store: Store,
+    workflow: Arc<dyn Workflow>,
     train: Option<String>,
     after: i64,
     committed: tokio::sync::watch::Receiver<i64>,
@@ -146,8 +148,9 @@ struct Follow {
 impl Follow {
     fn new(st: &AppState, train: Option<String>, after: i64, permit: OwnedSemaphorePermit) -> Self {
         Follow {
-            engine: st.engine.clone(),
-            committed: st.engine.committed(),
+            store: st.store.clone(),
+            workflow: st.workflow.clone(),
+            committed: st.workflow.committed(),
             train,
             after,
             queue: VecDeque::new(),
@@ -192,7 +195,7 @@ impl Follow {
 
     /// Read the next page; true if there is something to send.
     async fn fill(&mut self) -> Result<bool, EngineError> {
-        let store = self.engine.store();
+        let store = &self.store;
         // Status first, then events: a train's finished status is committed
         // with the events that finished it, so once it reads finished, the
         // page read after it holds every event left.
@@ -214,7 +217,7 @@ impl Follow {
         }
         if finished && !full {
             if let Some(id) = &self.train {
-                if let Some(t) = self.engine.train(id).await? {
+                if let Some(t) = self.workflow.train(id).await? {
                     if t.status.is_terminal() {
                         let data =
                             json!({"status": t.status.as_str(), "summary": t.cell_summary()});

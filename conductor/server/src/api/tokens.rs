@@ -73,7 +73,7 @@ async fn create_token(
             "groups must be at most 32 ids of lowercase letters, digits, '-' or '_'",
         ));
     }
-    let now = st.engine.now();
+    let now = st.clock.now();
     let expires_at = match &b.expires {
         None => None,
         Some(s) => Some(now + parse_lifetime(s).map_err(ApiError::bad_request)?),
@@ -88,8 +88,7 @@ async fn create_token(
         },
         expires_at.map_or("never".to_string(), |t| t.to_rfc3339())
     );
-    st.engine
-        .store()
+    st.store
         .create_token(
             &b.name,
             &role.to_string(),
@@ -111,10 +110,9 @@ async fn create_token(
 
 async fn list_tokens(State(st): State<AppState>, id: Identity) -> ApiResult<Json<Value>> {
     require(&id, Action::ManageTokens)?;
-    let now = st.engine.now();
+    let now = st.clock.now();
     let tokens: Vec<Value> = st
-        .engine
-        .store()
+        .store
         .list_tokens()
         .await?
         .into_iter()
@@ -167,9 +165,8 @@ async fn revoke_token(
         &format!("reason {:?}", reason.unwrap_or_default()),
     );
     match st
-        .engine
-        .store()
-        .revoke_token(&name, &id.name, st.engine.now(), &audit)
+        .store
+        .revoke_token(&name, &id.name, st.clock.now(), &audit)
         .await?
     {
         Revoke::Revoked => Ok(Json(json!({ "name": name, "status": "revoked" }))),
@@ -198,8 +195,7 @@ async fn audit_log(
 ) -> ApiResult<Json<Value>> {
     require(&id, Action::ReadAudit)?;
     let rows = st
-        .engine
-        .store()
+        .store
         .audit_log(q.after.unwrap_or(0), q.limit.unwrap_or(200).clamp(1, 5000))
         .await?;
     Ok(Json(json!({ "audit": rows })))
@@ -230,7 +226,7 @@ async fn verify_audit(
             Some((seq, hash.to_ascii_lowercase()))
         }
     };
-    let r = st.engine.store().verify_audit(anchor).await?;
+    let r = st.store.verify_audit(anchor).await?;
     Ok(Json(json!({
         "ok": r.ok(),
         "rows": r.rows,

@@ -22,12 +22,12 @@ struct StartBody {
     version: String,
 }
 
-fn train_id(pipeline: &str) -> String {
+fn train_id(pipeline: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     let mut b = [0u8; 3];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
     format!(
         "{pipeline}-{}-{}",
-        chrono::Utc::now().format("%Y%m%d%H%M%S"),
+        now.format("%Y%m%d%H%M%S"),
         hex::encode(b)
     )
 }
@@ -44,25 +44,23 @@ async fn start_train(
             b.version
         )));
     }
-    let row = st
-        .engine
-        .store()
-        .get_pipeline(&b.pipeline)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
-        })?;
+    let row = st.store.get_pipeline(&b.pipeline).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no pipeline {:?}; submit it first", b.pipeline))
+    })?;
     let (p, pl) = check_pipeline(&st, &format!("{}.yaml", b.pipeline), &row.yaml).await?;
-    // Local cells run the artifact binary: it must have been pushed.
+    // Cells whose target runs the artifact binary (local ones) need it pushed.
     if p.artifact.kind == ArtifactKind::Binary {
-        let cells = st.engine.store().cell_specs().await?;
-        let local = cells
-            .iter()
-            .any(|c| pl.cell_tz.contains_key(&c.id) && c.target == TargetSpec::Local);
-        if local
+        let cells = st.store.cell_specs().await?;
+        let runs_binary = cells.iter().any(|c| {
+            pl.cell_tz.contains_key(&c.id)
+                && st
+                    .targets
+                    .for_cell(c)
+                    .is_ok_and(|t| t.runs_pushed_artifacts())
+        });
+        if runs_binary
             && st
-                .engine
-                .store()
+                .store
                 .get_artifact(&p.artifact.name, &b.version)
                 .await?
                 .is_none()
@@ -77,7 +75,7 @@ async fn start_train(
             ));
         }
     }
-    let tid = train_id(&p.name);
+    let tid = train_id(&p.name, st.clock.now());
     let audit = entry(
         &id,
         "train.start",
@@ -99,7 +97,7 @@ async fn start_train(
         plan: pl,
     };
     // The audit row is committed with the train's first events.
-    let t = st.engine.start_train(spec, Some(audit)).await?;
+    let t = st.workflow.start_train(spec, Some(audit)).await?;
     Ok((StatusCode::CREATED, Json(train_json(&t))))
 }
 
@@ -116,12 +114,9 @@ async fn list_trains(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let rows = st
-        .engine
-        .store()
-        .list_trains(q.pipeline.as_deref(), limit)
-        .await?;
-    Ok(Json(json!({ "trains": rows })))
+    let rows = st.store.list_trains(q.pipeline.as_deref(), limit).await?;
+    let trains: Vec<wire::TrainSummary> = wire::views(&rows);
+    Ok(Json(json!({ "trains": trains })))
 }
 
 async fn get_train(
@@ -130,20 +125,16 @@ async fn get_train(
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let t = st
-        .engine
+        .workflow
         .train(&tid)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
     Ok(Json(train_json(&t)))
 }
 
-/// A train as every train endpoint answers it: its state, the gates waiting
-/// for an approval and the count of cells per phase.
+/// A train as every train endpoint answers it ([`wire::TrainView`]).
 fn train_json(t: &conductor_core::train::Train) -> Value {
-    let mut v = json!(t);
-    v["gates_waiting"] = json!(t.gates_waiting());
-    v["summary"] = json!(t.cell_summary());
-    v
+    json!(wire::TrainView::from(t))
 }
 
 async fn train_events(
@@ -153,8 +144,7 @@ async fn train_events(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Value>> {
     let rows = st
-        .engine
-        .store()
+        .store
         .train_events(
             &tid,
             q.after.unwrap_or(0),
@@ -169,9 +159,7 @@ async fn train_logs(
     _id: Identity,
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({ "logs": st.engine.store().step_logs(&tid).await? }),
-    ))
+    Ok(Json(json!({ "logs": st.store.step_logs(&tid).await? })))
 }
 
 #[derive(Deserialize)]
@@ -226,7 +214,7 @@ async fn decide(
         &format!("gate {} reason {:?}", b.gate, b.reason.unwrap_or_default()),
     );
     // Committed with the event, and only if the engine accepts it.
-    let t = st.engine.command(tid, ev, Some(audit)).await?;
+    let t = st.workflow.command(tid, ev, Some(audit)).await?;
     Ok(Json(train_json(&t)))
 }
 
@@ -259,7 +247,7 @@ async fn stop_train(
 ) -> ApiResult<Json<Value>> {
     require(id, Action::CancelOrRollback)?;
     let t = st
-        .engine
+        .workflow
         .command(tid, event, Some(entry(id, action, tid, "")))
         .await?;
     Ok(Json(train_json(&t)))

@@ -70,7 +70,7 @@ impl Store {
             }
             out.push(CellRow {
                 spec,
-                status: r.try_get(2)?,
+                status: cell_status(&r.try_get::<String, _>(2)?)?,
                 versions,
             });
         }
@@ -102,26 +102,26 @@ impl Store {
     }
 
     /// A cell's lifecycle status (`active`, `draining`, `retired`).
-    pub async fn cell_status(&self, id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query("SELECT status FROM cells WHERE id = $1")
+    pub async fn cell_status(&self, id: &str) -> Result<Option<CellStatus>> {
+        sqlx::query("SELECT status FROM cells WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .map(|r| r.try_get(0))
-            .transpose()?)
+            .map(|r| cell_status(&r.try_get::<String, _>(0)?))
+            .transpose()
     }
 
     /// Change a cell's lifecycle status and audit it, in one transaction.
     pub async fn set_cell_status(
         &self,
         id: &str,
-        status: &str,
+        status: CellStatus,
         now: DateTime<Utc>,
         audit: &AuditEntry,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE cells SET status = $1, updated_at = $2 WHERE id = $3")
-            .bind(status)
+            .bind(status.as_str())
             .bind(ts(now))
             .bind(id)
             .execute(&mut *tx)
@@ -362,4 +362,10 @@ impl Store {
 
 fn port_of(p: i64) -> Result<u16> {
     u16::try_from(p).map_err(|_| StoreError::Corrupt(format!("port {p} out of range")))
+}
+
+/// A stored cell status (one this build does not know is corrupt data).
+fn cell_status(s: &str) -> Result<CellStatus> {
+    s.parse()
+        .map_err(|e: conductor_core::cell::UnknownCellStatus| StoreError::Corrupt(e.to_string()))
 }

@@ -11,6 +11,7 @@ use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::resize::Resize;
 use conductor_core::train::{Event, Train};
+use conductor_core::CellStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, AnyPool, Row};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -126,7 +127,7 @@ pub struct CellVersion {
 pub struct CellRow {
     #[serde(flatten)]
     pub spec: CellSpec,
-    pub status: String,
+    pub status: CellStatus,
     pub versions: Vec<CellVersion>,
 }
 

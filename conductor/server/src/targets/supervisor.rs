@@ -15,6 +15,7 @@
 
 use super::pidfd::{proc_id, Pidfd};
 use super::ports::{artifact_port, bind_worker_listener, PortRange};
+use super::routing::{CellRouting, LocalRoutesFile};
 use super::ArtifactDir;
 use crate::procs::sandbox::{self, Sandbox, WORKER_FD};
 use crate::store::{CellProcessRow, Store};
@@ -66,22 +67,30 @@ pub struct Supervisor {
     cfg: SupervisorConfig,
     http: reqwest::Client,
     procs: Mutex<HashMap<(String, String), Proc>>,
-    routes_file: PathBuf,
-    /// Held while the routing table is written: one writer at a time, each
-    /// writing the table as it is then (two concurrent writers of one
-    /// temporary file lost a write, or left an older table in place).
+    /// Where the cells' routes are published (the local `routes.json`).
+    routing: Arc<dyn CellRouting>,
+    /// Held while routes are published: one publisher at a time, each
+    /// publishing the routes as they are then.
     routes_write: Mutex<()>,
 }
 
 impl Supervisor {
+    /// A supervisor publishing its routes to `routes.json` in the data
+    /// directory.
     pub fn new(cfg: SupervisorConfig) -> Arc<Supervisor> {
+        let routing = Arc::new(LocalRoutesFile::new(cfg.data_dir.join("routes.json")));
+        Supervisor::with_routing(cfg, routing)
+    }
+
+    /// A supervisor publishing its routes through `routing`.
+    pub fn with_routing(cfg: SupervisorConfig, routing: Arc<dyn CellRouting>) -> Arc<Supervisor> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
             .unwrap_or_default();
         Arc::new(Supervisor {
-            routes_file: cfg.data_dir.join("routes.json"),
+            routing,
             cfg,
             http,
             procs: Mutex::new(HashMap::new()),
@@ -149,12 +158,23 @@ impl Supervisor {
         m
     }
 
+    /// Publish every cell's routes as they are now, and remove the routes
+    /// of cells that run nothing any more.
     fn write_routes(&self) {
-        let result = replace_file(&self.routes_write, &self.routes_file, || {
-            serde_json::to_string_pretty(&self.routes()).unwrap_or_default()
-        });
-        if let Err(e) = result {
-            tracing::warn!(file = %self.routes_file.display(), error = %e, "could not write the routing table");
+        let _one_publisher = self.routes_write.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.routes();
+        let published = self.routing.table();
+        for (cell, routes) in &now {
+            if published.get(cell) != Some(routes) {
+                if let Err(e) = self.routing.publish(cell, routes.clone()) {
+                    tracing::warn!(%cell, error = %e, "could not publish a cell's routes");
+                }
+            }
+        }
+        for cell in published.keys().filter(|c| !now.contains_key(*c)) {
+            if let Err(e) = self.routing.remove(cell) {
+                tracing::warn!(%cell, error = %e, "could not remove a cell's routes");
+            }
         }
     }
 
@@ -317,47 +337,3 @@ mod restore;
 mod worker;
 
 use worker::{retire_all, Running, Worker, WorkerRun};
-
-/// Replace `path` with what `body` returns, atomically (a temporary file
-/// renamed over it), one writer at a time: `body` runs under `lock`, so the
-/// last file written holds the newest contents.
-fn replace_file(
-    lock: &Mutex<()>,
-    path: &std::path::Path,
-    body: impl FnOnce() -> String,
-) -> std::io::Result<()> {
-    let _one_writer = lock.lock().unwrap_or_else(|p| p.into_inner());
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, body())?;
-    std::fs::rename(&tmp, path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn concurrent_writers_of_the_routing_table_all_succeed() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("routes.json");
-        let lock = Arc::new(Mutex::new(()));
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let (lock, path) = (lock.clone(), path.clone());
-                std::thread::spawn(move || {
-                    (0..200)
-                        .map(|j| {
-                            replace_file(&lock, &path, || format!("{{\"w\": {i}, \"n\": {j}}}"))
-                        })
-                        .filter(Result::is_err)
-                        .count()
-                })
-            })
-            .collect();
-        let failed: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();
-        assert_eq!(failed, 0);
-        let last: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
-        assert_eq!(last["n"], 199);
-    }
-}

@@ -8,12 +8,13 @@ use cells_inventory::{CellSpec, Shape, TargetSpec};
 use chrono::Utc;
 use conductor::api::{router, AppState};
 use conductor::auth::hash_token;
-use conductor::engine::{BoxFut, Clock, Engine};
+use conductor::clock::{Clock, TestClock};
+use conductor::engine::{BoxFut, Engine};
 use conductor::leases::Leases;
 use conductor::metrics::Metrics;
 use conductor::resizer::{CapacityActuator, Resizer};
 use conductor::store::Store;
-use conductor::targets::{ArtifactDir, SimExecutor, Supervisor};
+use conductor::targets::{ArtifactDir, SimExecutor, Supervisor, Targets};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,25 +24,6 @@ use std::time::Duration;
 /// The workspace root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Real time plus an offset that tests move forward.
-#[derive(Default)]
-pub struct TestClock {
-    offset: std::sync::Mutex<chrono::Duration>,
-}
-
-impl TestClock {
-    pub fn advance(&self, d: chrono::Duration) {
-        let mut o = self.offset.lock().unwrap_or_else(|p| p.into_inner());
-        *o += d;
-    }
-}
-
-impl Clock for TestClock {
-    fn now(&self) -> chrono::DateTime<Utc> {
-        Utc::now() + *self.offset.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// An actuator that changes nothing and says so.
@@ -129,7 +111,7 @@ impl TestApp {
         let supervisor = Supervisor::new(conductor::targets::SupervisorConfig {
             artifacts: artifacts.clone(),
             data_dir: dir.path().join("data"),
-            sandbox,
+            sandbox: sandbox.clone(),
             store: store.clone(),
             workers_by_shape: shapes.iter().map(|s| (s.name.clone(), s.workers)).collect(),
             cell_env: Default::default(),
@@ -140,8 +122,9 @@ impl TestApp {
         });
         let resizer = Resizer::start(
             store.clone(),
-            leases,
-            engine.clone(),
+            leases.clone(),
+            Arc::new(engine.clone()),
+            clock.clone(),
             Arc::new(NoActuator),
             shapes,
         )
@@ -154,9 +137,13 @@ impl TestApp {
         )
         .expect("parse template");
         let app = router(AppState {
-            engine: engine.clone(),
+            workflow: Arc::new(engine.clone()),
+            store: store.clone(),
+            clock: clock.clone(),
+            leases,
             metrics,
-            artifacts: artifacts.clone(),
+            artifacts: Arc::new(artifacts.clone()),
+            targets: Targets::local(supervisor.clone(), sandbox, store.clone(), clock.clone()),
             supervisor,
             resizer,
             planner: None,

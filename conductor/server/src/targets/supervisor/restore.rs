@@ -45,7 +45,7 @@ impl Supervisor {
                     self.stop_rows(rows).await;
                     continue;
                 };
-                if c.status == "retired" {
+                if c.status == conductor_core::CellStatus::Retired {
                     self.stop_rows(rows).await;
                     continue;
                 }
