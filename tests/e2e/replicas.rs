@@ -54,8 +54,9 @@ fn keep_reading(
                 .send()
             {
                 Ok(r) if r.status().is_success() => match r.json::<Value>() {
-                    Ok(t) if t["id"] == id.as_str() => ok += 1,
-                    other => bad.push(format!("unreadable train: {other:?}")),
+                    Ok(t) if t["spec"]["id"] == id.as_str() => ok += 1,
+                    Ok(t) => bad.push(format!("another train: {}", t["spec"]["id"])),
+                    Err(e) => bad.push(format!("unreadable train: {e}")),
                 },
                 Ok(r) => bad.push(format!("{}: {}", r.status(), r.text().unwrap_or_default())),
                 Err(e) => bad.push(e.to_string()),
