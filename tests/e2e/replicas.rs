@@ -80,7 +80,8 @@ fn the_train_survives_kill_9_of_two_leaders_in_turn() {
 
     // Everything goes through the follower: it forwards to the leader.
     b.push_sample("1.0.0");
-    let waves = "  - { name: canary, cells: 1 }\n  - { name: rest, percent: 100, max_parallel: 2 }\n";
+    let waves =
+        "  - { name: canary, cells: 1 }\n  - { name: rest, percent: 100, max_parallel: 2 }\n";
     let p = b.file(
         "r.yaml",
         &sample_pipeline("replicated", waves, "rollback_cell_and_halt", "2s"),
@@ -98,7 +99,10 @@ fn the_train_survives_kill_9_of_two_leaders_in_turn() {
     failovers.lock().expect("lock").push(wait_leader(&b.url));
     stop.store(true, Ordering::Relaxed);
     let (ok, bad) = reader.join().expect("reader");
-    assert!(ok > 0 && bad.is_empty(), "the surviving replica did not answer every read: {bad:?}");
+    assert!(
+        ok > 0 && bad.is_empty(),
+        "the surviving replica did not answer every read: {bad:?}"
+    );
 
     // The first leader comes back as a follower; then the second dies too.
     a.boot();
@@ -114,7 +118,10 @@ fn the_train_survives_kill_9_of_two_leaders_in_turn() {
     a.cli_ok(&a.admin, &["train", "wait", &id], 0);
     stop.store(true, Ordering::Relaxed);
     let (ok, bad) = reader.join().expect("reader");
-    assert!(ok > 0 && bad.is_empty(), "the surviving replica did not answer every read: {bad:?}");
+    assert!(
+        ok > 0 && bad.is_empty(),
+        "the surviving replica did not answer every read: {bad:?}"
+    );
     eprintln!("fail-over times: {:?}", failovers.lock().expect("lock"));
 
     let t = a.train(&id);
@@ -166,7 +173,14 @@ fn a_follower_refuses_writes_while_no_replica_leads_and_a_second_sqlite_conducto
     // On SQLite a database has one Conductor: a second one is refused.
     let c = Conductor::start(&cells_yaml(25200, 1));
     let out = std::process::Command::new(e2e::bin("conductor"))
-        .args(["up", "--listen", "127.0.0.1:0", "--planner", "off", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--planner",
+            "off",
+            "--data-dir",
+        ])
         .arg(c.data_dir())
         .args(["--cells"])
         .arg(e2e::root().join("deploy/local/cells.yaml"))

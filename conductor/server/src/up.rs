@@ -12,7 +12,9 @@ use crate::replica::{Elector, Me};
 use crate::resizer::{LocalActuator, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
-use crate::targets::{ArtifactDir, ArtifactStore, CellExecutor, Supervisor, SupervisorConfig, Targets};
+use crate::targets::{
+    ArtifactDir, ArtifactStore, CellExecutor, Supervisor, SupervisorConfig, Targets,
+};
 use crate::workflow::Workflow;
 use anyhow::{Context, Result};
 use cells_inventory::Shape;
@@ -568,9 +570,15 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         leadership.epoch,
     );
     if followed.load(std::sync::atomic::Ordering::Relaxed) {
-        let line = format!("Conductor at {} now leads (epoch {})", me.address, leadership.epoch);
+        let line = format!(
+            "Conductor at {} now leads (epoch {})",
+            me.address, leadership.epoch
+        );
         if opts.json {
-            println!("{}", serde_json::json!({ "message": line, "role": "leader", "epoch": leadership.epoch }));
+            println!(
+                "{}",
+                serde_json::json!({ "message": line, "role": "leader", "epoch": leadership.epoch })
+            );
         } else {
             println!("{line}");
         }

@@ -30,8 +30,13 @@ const LEADER_TTL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 enum Mode {
     /// Answers reads while no leader is reachable.
-    Follower { local: Router },
-    Leader { router: Router, epoch: i64 },
+    Follower {
+        local: Router,
+    },
+    Leader {
+        router: Router,
+        epoch: i64,
+    },
 }
 
 pub struct Front {
@@ -111,10 +116,7 @@ impl Front {
                     *p.headers_mut() = parts.headers.clone();
                     p
                 });
-                match self
-                    .forward(&addr, Request::from_parts(parts, body))
-                    .await
-                {
+                match self.forward(&addr, Request::from_parts(parts, body)).await {
                     Ok(resp) => resp,
                     Err(e) => {
                         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -172,7 +174,9 @@ impl Front {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let mut out = self.http.request(parts.method.clone(), format!("{leader}{path}"));
+        let mut out = self
+            .http
+            .request(parts.method.clone(), format!("{leader}{path}"));
         for (k, v) in parts.headers.iter() {
             if !hop_by_hop(k) && k != header::HOST {
                 out = out.header(k, v);

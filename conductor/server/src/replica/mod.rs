@@ -125,7 +125,9 @@ impl Elector {
                                 f();
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, "cannot ask for the leadership; retrying"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot ask for the leadership; retrying")
+                        }
                     }
                     tokio::time::sleep(ELECTION_INTERVAL).await;
                 };
@@ -182,7 +184,10 @@ async fn watch_lock(mut conn: sqlx::AnyConnection, epoch: i64) {
 
 /// This process may no longer lead: stop now, loudly.
 pub fn deposed(why: &str) -> ! {
-    tracing::error!(reason = why, "lost the leadership; stopping (a supervisor restarts this replica as a follower)");
+    tracing::error!(
+        reason = why,
+        "lost the leadership; stopping (a supervisor restarts this replica as a follower)"
+    );
     eprintln!("conductor: lost the leadership ({why}); stopping");
     std::process::exit(EXIT_DEPOSED)
 }

@@ -327,7 +327,11 @@ async fn events_another_process_commits_are_streamed_too() {
         queued: true,
     };
     app.store
-        .commit(&[("elsewhere-1".to_string(), 1, created, now)], &[&train], &[])
+        .commit(
+            &[("elsewhere-1".to_string(), 1, created, now)],
+            &[&train],
+            &[],
+        )
         .await
         .expect("commit");
     let e = loop {
