@@ -114,6 +114,9 @@ pub struct Conn {
 pub enum Cmd {
     /// Start the Conductor and the local cells on this machine (Ctrl-C stops the
     /// Conductor; the cells keep serving and the next `up` adopts them; trains resume).
+    /// `serve` is the same command: with --database-url postgres://…, several
+    /// replicas share one database, one leads and the others forward to it.
+    #[command(visible_alias = "serve")]
     Up {
         /// Where the database, artifacts, keys and logs live (made mode 0700;
         /// steps and cells cannot read it).
