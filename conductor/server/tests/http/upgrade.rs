@@ -108,3 +108,71 @@ async fn a_database_of_the_previous_release_opens_and_carries_on() {
         .iter()
         .any(|a| a.actor == "alice" && a.action == "train.approve"));
 }
+
+/// `tests/fixtures/conductor-2f9af91.db`: written by `conductor up` at
+/// commit 2f9af91 (schema up to migration 0005: the leadership row and the
+/// events' per-train numbers): tokens dana (developer), alice (approver,
+/// release-managers), ci (ci) and the admin; sample-service 1.0.0 pushed;
+/// pipeline `svc` (canary, then `rest` gated by release-managers); a train
+/// started by ci whose canary succeeded and which waits at the gate; the
+/// server stopped and the WAL checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_release_with_replicas_opens_and_carries_on() {
+    const ALICE: &str = "cdt_768b1e18c55e18a598b55d15a32662e6a8d433a4f226f56ba6e34abe5c1183c7";
+    const CI: &str = "cdt_c4e225d314259f4f28556d10e24ccb2ac5a7c5e07642bd7adde7b05bfa9f1a23";
+    const ADMIN: &str = "cdt_4bfe5f811e5122af7faaeadd6547d474c0f9d0172c83de26bb6251f0a975e6c5";
+    const TRAIN: &str = "svc-20261129205221-45b1d1";
+    let fixture = root().join("tests/fixtures/conductor-2f9af91.db");
+    let app = TestApp::with_db(Some(&fixture)).await;
+    let (s, v) = app.call("GET", "/whoami", Some(CI), Value::Null).await;
+    assert_eq!((s, v["role"].as_str()), (StatusCode::OK, Some("ci")), "{v}");
+    let (_, v) = app
+        .call("GET", "/audit/verify", Some(ADMIN), Value::Null)
+        .await;
+    assert_eq!(v["ok"], json!(true), "{v}");
+    let (s, t) = app
+        .call("GET", &format!("/trains/{TRAIN}"), Some(CI), Value::Null)
+        .await;
+    assert_eq!(
+        (s, &t["status"]),
+        (StatusCode::OK, &json!("running")),
+        "{t}"
+    );
+    assert_eq!(t["gates_waiting"], json!(["rest"]), "{t}");
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/trains/{TRAIN}/approve"),
+            Some(ALICE),
+            json!({"gate": "rest", "reason": "after the upgrade"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut status = Value::Null;
+    for _ in 0..1500 {
+        let (_, t) = app
+            .call("GET", &format!("/trains/{TRAIN}"), Some(CI), Value::Null)
+            .await;
+        status = t["status"].clone();
+        if status == json!("succeeded") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, json!("succeeded"));
+    // Its events kept their per-train numbers: the new ones follow on.
+    let n = app.store.train_event_count(TRAIN).await.expect("count");
+    let (_, ev) = app
+        .call(
+            "GET",
+            &format!("/trains/{TRAIN}/events"),
+            Some(CI),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(ev["events"].as_array().map(Vec::len), Some(n as usize));
+    let (_, v) = app
+        .call("GET", "/audit/verify", Some(ADMIN), Value::Null)
+        .await;
+    assert_eq!(v["ok"], json!(true), "{v}");
+}
