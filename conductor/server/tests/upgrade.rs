@@ -28,10 +28,9 @@ fn cell(id: &str, port: Option<u16>) -> CellSpec {
     }
 }
 
-#[tokio::test]
-async fn cells_deployed_before_per_artifact_ports_keep_their_port() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = dir.path().join("conductor.db");
+/// A new SQLite database at `path` with the migrations before `version`
+/// only: what an earlier release left.
+async fn migrated_before(path: &std::path::Path, version: i64) -> SqlitePool {
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
         .expect("url")
         .create_if_missing(true);
@@ -41,13 +40,21 @@ async fn cells_deployed_before_per_artifact_ports_keep_their_port() {
         migrations: Cow::Owned(
             all.migrations
                 .iter()
-                .filter(|m| m.version < 4)
+                .filter(|m| m.version < version)
                 .cloned()
                 .collect(),
         ),
         ..Migrator::DEFAULT
     };
     before.run(&pool).await.expect("earlier migrations");
+    pool
+}
+
+#[tokio::test]
+async fn cells_deployed_before_per_artifact_ports_keep_their_port() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("conductor.db");
+    let pool = migrated_before(&path, 4).await;
     for c in [
         cell("c1", Some(18101)),
         cell("c2", Some(18103)),
@@ -95,22 +102,7 @@ async fn cells_deployed_before_per_artifact_ports_keep_their_port() {
 async fn events_of_an_earlier_release_are_numbered_per_train() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("conductor.db");
-    let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-        .expect("url")
-        .create_if_missing(true);
-    let pool = SqlitePool::connect_with(opts).await.expect("open");
-    let all = sqlx::migrate!("../../migrations/sqlite/conductor");
-    let before = Migrator {
-        migrations: Cow::Owned(
-            all.migrations
-                .iter()
-                .filter(|m| m.version < 5)
-                .cloned()
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    };
-    before.run(&pool).await.expect("earlier migrations");
+    let pool = migrated_before(&path, 5).await;
     for t in ["a", "b"] {
         sqlx::query("INSERT INTO trains (id, pipeline, version, status, started_by, state, created_at, updated_at) VALUES (?, 'p', '1', 'succeeded', 'x', '{}', 'then', 'then')")
             .bind(t)

@@ -20,6 +20,31 @@ const CI: &str = "cdt_87c546c20c2e0ac917eb81d34d6236f62ac67043e5d994b92f9b8b55b7
 const ADMIN: &str = "cdt_9c8379c9f2545366d3c25672ff859f9ee0b4a3bc2c9f7db76f806c5bce4c0059";
 const TRAIN: &str = "svc-20261129160414-2a569a";
 
+/// Alice approves the train's gate `rest`; the train then succeeds.
+async fn approve_and_wait(app: &TestApp, alice: &str, ci: &str, train: &str) {
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("/trains/{train}/approve"),
+            Some(alice),
+            json!({"gate": "rest", "reason": "after the upgrade"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut status = Value::Null;
+    for _ in 0..1500 {
+        let (_, t) = app
+            .call("GET", &format!("/trains/{train}"), Some(ci), Value::Null)
+            .await;
+        status = t["status"].clone();
+        if status == json!("succeeded") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, json!("succeeded"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_of_the_previous_release_opens_and_carries_on() {
     let fixture = root().join("tests/fixtures/conductor-b2c1557.db");
@@ -78,27 +103,7 @@ async fn a_database_of_the_previous_release_opens_and_carries_on() {
         .await;
     assert_eq!(s, StatusCode::OK, "{t}");
     assert_eq!(t["status"], json!("running"), "{t}");
-    let (s, v) = app
-        .call(
-            "POST",
-            &format!("/trains/{TRAIN}/approve"),
-            Some(ALICE),
-            json!({"gate": "rest", "reason": "after the upgrade"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let mut status = Value::Null;
-    for _ in 0..1500 {
-        let (_, t) = app
-            .call("GET", &format!("/trains/{TRAIN}"), Some(CI), Value::Null)
-            .await;
-        status = t["status"].clone();
-        if status == json!("succeeded") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, json!("succeeded"));
+    approve_and_wait(&app, ALICE, CI, TRAIN).await;
     let (_, v) = app
         .call("GET", "/audit/verify", Some(ADMIN), Value::Null)
         .await;
@@ -139,27 +144,7 @@ async fn a_database_of_the_release_with_replicas_opens_and_carries_on() {
         "{t}"
     );
     assert_eq!(t["gates_waiting"], json!(["rest"]), "{t}");
-    let (s, v) = app
-        .call(
-            "POST",
-            &format!("/trains/{TRAIN}/approve"),
-            Some(ALICE),
-            json!({"gate": "rest", "reason": "after the upgrade"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let mut status = Value::Null;
-    for _ in 0..1500 {
-        let (_, t) = app
-            .call("GET", &format!("/trains/{TRAIN}"), Some(CI), Value::Null)
-            .await;
-        status = t["status"].clone();
-        if status == json!("succeeded") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, json!("succeeded"));
+    approve_and_wait(&app, ALICE, CI, TRAIN).await;
     // Its events kept their per-train numbers: the new ones follow on.
     let n = app.store.train_event_count(TRAIN).await.expect("count");
     let (_, ev) = app
