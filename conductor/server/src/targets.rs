@@ -35,13 +35,15 @@ mod local;
 mod pidfd;
 pub mod ports;
 pub mod routing;
+mod sim;
 pub mod supervisor;
 
 pub use artifacts::{ArtifactStore, LocalArtifactDir, Upload};
 pub use command::CommandTarget;
-pub use executor::{CellExecutor, SimExecutor};
+pub use executor::CellExecutor;
 pub use local::LocalTarget;
 pub use routing::{CellRouting, LocalRoutesFile};
+pub use sim::SimExecutor;
 pub use supervisor::{Supervisor, SupervisorConfig, MAX_LOCAL_WORKERS};
 
 /// Whether a version change is a train's deploy or a rollback.

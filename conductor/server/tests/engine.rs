@@ -74,10 +74,7 @@ async fn replaying_stored_events_gives_the_final_state() {
 async fn replaying(store: &Store) {
     let cs = cells(9);
     store.seed_cells(&cs, Utc::now()).await.expect("seed");
-    let sim = Arc::new(SimExecutor {
-        deploy_time: Duration::from_millis(5),
-        deploys: Default::default(),
-    });
+    let sim = Arc::new(SimExecutor::new(Duration::from_millis(5)));
     let e = engine(store, sim.clone()).await;
     let mut done = e.finished();
     e.start_train(spec("t1", YAML, &cs), None)
@@ -117,10 +114,7 @@ async fn restarted(store: &Store) {
     let cs = cells(6);
     store.seed_cells(&cs, Utc::now()).await.expect("seed");
     // The first engine's deploys never finish: it "dies" with steps in flight.
-    let stuck = Arc::new(SimExecutor {
-        deploy_time: Duration::from_secs(3600),
-        deploys: Default::default(),
-    });
+    let stuck = Arc::new(SimExecutor::new(Duration::from_secs(3600)));
     let first = engine(store, stuck).await;
     first
         .start_train(spec("t2", YAML, &cs), None)
@@ -129,10 +123,7 @@ async fn restarted(store: &Store) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(first);
     // A second engine over the same store replays and resumes the step.
-    let sim = Arc::new(SimExecutor {
-        deploy_time: Duration::from_millis(5),
-        deploys: Default::default(),
-    });
+    let sim = Arc::new(SimExecutor::new(Duration::from_millis(5)));
     let second = engine(store, sim.clone()).await;
     let mut done = second.finished();
     let t = second.train("t2").await.expect("train").expect("active");
@@ -205,10 +196,7 @@ async fn another_train_log_drops_in() {
         events: Default::default(),
     });
     let metrics = Arc::new(Metrics::default());
-    let sim = Arc::new(SimExecutor {
-        deploy_time: Duration::from_millis(5),
-        deploys: Default::default(),
-    });
+    let sim = Arc::new(SimExecutor::new(Duration::from_millis(5)));
     let e = Engine::start_with_log(
         store.clone(),
         log.clone(),

@@ -226,3 +226,77 @@ async fn the_event_writer_reconnects_after_postgres_drops_it() {
     assert_eq!(failures, 1);
     assert_eq!(s.train_event_count("t4").await.expect("count"), 3);
 }
+
+/// Batches of every shape the append takes (SQLite pads a batch to a few
+/// statement sizes and splits one of more than 1,024 events; PostgreSQL
+/// sends any number as one JSON parameter), fenced or not: every event is
+/// stored once, in order, with its number and its body as written.
+#[tokio::test]
+async fn batches_of_any_size_are_stored_in_order() {
+    for db in db::both("batches").await {
+        let s = &db.store;
+        let t = train("big");
+        with_train(s, &t).await;
+        let epoch = s
+            .claim_leadership("a", "127.0.0.1:1", Utc::now())
+            .await
+            .expect("claim");
+        let mut n = 1;
+        for (size, fenced) in [
+            (1, false),
+            (15, true),
+            (16, false),
+            (17, true),
+            (64, false),
+            (65, true),
+            (256, true),
+            (1024, false),
+            (1025, true),
+            (2100, false),
+        ] {
+            s.set_fence(if fenced { epoch } else { 0 });
+            let batch: Vec<_> = (0..size)
+                .map(|i| {
+                    n += 1;
+                    // Bodies with quotes, backslashes, NUL and non-ASCII text.
+                    let detail = format!("#{n} \"q\" \\ \0 é {}", i % 7);
+                    let ev = Event::StepFinished {
+                        cell: "c1".into(),
+                        step: 0,
+                        attempt: n as u32,
+                        ok: true,
+                        detail,
+                        previous_version: None,
+                    };
+                    ("big".to_string(), n, ev, Utc::now())
+                })
+                .collect();
+            let snapshot = if size % 2 == 1 { vec![&t] } else { vec![] };
+            s.commit(&batch, &snapshot, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{}: {size} events: {e}", db.backend));
+        }
+        s.set_fence(0);
+        assert_eq!(s.train_event_count("big").await.expect("n"), n);
+        let stored = s.train_events("big", 0, 10_000).await.expect("events");
+        assert_eq!(stored.len() as i64, n, "{}", db.backend);
+        for (i, e) in stored.iter().enumerate().skip(1) {
+            let want = i as i64 + 1;
+            let ev: Event = serde_json::from_value(e.event.clone()).expect("event");
+            match &ev {
+                Event::StepFinished {
+                    attempt, detail, ..
+                } => {
+                    assert_eq!(i64::from(*attempt), want, "{}: order", db.backend);
+                    assert!(
+                        detail.starts_with(&format!("#{want} \"q\" \\ \0 é ")),
+                        "{}: {detail:?}",
+                        db.backend
+                    );
+                }
+                other => panic!("{}: {other:?}", db.backend),
+            }
+            assert!(e.seq > stored[i - 1].seq, "{}: seq order", db.backend);
+        }
+    }
+}

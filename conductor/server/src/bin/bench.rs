@@ -188,10 +188,7 @@ impl Rig {
         store.seed_cells(&s.cells, chrono::Utc::now()).await?;
         let metrics = Arc::new(Metrics::default());
         let leases = Arc::new(Leases::new(metrics.clone()));
-        let sim = Arc::new(SimExecutor {
-            deploy_time: o.deploy,
-            deploys: Default::default(),
-        });
+        let sim = Arc::new(SimExecutor::new(o.deploy));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let engine =
             Engine::start(store.clone(), clock, sim.clone(), leases, metrics.clone()).await?;

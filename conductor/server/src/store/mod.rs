@@ -70,9 +70,6 @@ pub use trains::NewEvent;
 pub use cells::CellProcessRow;
 pub use stream::StreamEvent;
 
-/// Rows per multi-row INSERT of events.
-const EVENT_CHUNK: usize = 500;
-
 fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }

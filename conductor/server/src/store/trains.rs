@@ -47,7 +47,7 @@ impl Store {
         // One statement is atomic on its own: most batches (events only, no
         // snapshot) need no BEGIN/COMMIT round trips. Fenced, the statement
         // inserts its rows only if the epoch is still ours.
-        if trains.is_empty() && audit.is_empty() && rows.len() <= EVENT_CHUNK {
+        if trains.is_empty() && audit.is_empty() && rows.len() <= max_rows(self.backend) {
             let n = insert_events(conn, self.backend, &rows, fence).await?;
             if n < rows.len() as u64 {
                 return Err(self.fenced(conn, fence).await);
@@ -93,7 +93,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for chunk in rows.chunks(EVENT_CHUNK) {
+        for chunk in rows.chunks(max_rows(self.backend)) {
             // Checked above, under the transaction's lock.
             insert_events(&mut tx, self.backend, chunk, 0).await?;
         }
@@ -248,57 +248,133 @@ fn event_rows(events: &[NewEvent]) -> Result<Vec<EventRowText<'_>>> {
         .collect()
 }
 
-/// Append events with one multi-row INSERT (one round trip). With a fence
-/// (not 0), the rows are inserted only if the leadership's epoch is the
-/// fence (PostgreSQL: the row read FOR SHARE, so that a claim waits for
-/// this statement); returns how many were inserted. A number already taken
-/// in its train is [`StoreError::SequenceTaken`].
+/// SQLite: row counts of the event INSERTs. A batch's rows are padded with
+/// NULL rows (skipped by the statement) up to the next of these, so that
+/// the few statements are prepared once per connection and then cached (a
+/// new SQL text per batch size costs a prepare per commit, about as long
+/// as inserting the rows). PostgreSQL takes any number of rows in one
+/// statement.
+const PADDED_ROWS: [usize; 4] = [16, 64, 256, 1024];
+
+/// The most events one INSERT appends.
+fn max_rows(backend: Backend) -> usize {
+    match backend {
+        Backend::Sqlite => PADDED_ROWS[PADDED_ROWS.len() - 1],
+        Backend::Postgres => usize::MAX,
+    }
+}
+
+/// SQLite: the INSERT of up to `rows` events (NULL rows skipped), fenced
+/// or not. Anonymous `?`: sqlx looks up each numbered parameter's name, a
+/// linear search in SQLite, so that binding N numbered ones costs N^2.
+fn sqlite_insert(rows: usize, fenced: bool) -> &'static str {
+    use std::sync::OnceLock;
+    static SQL: [[OnceLock<String>; 2]; PADDED_ROWS.len()] =
+        [const { [const { OnceLock::new() }; 2] }; PADDED_ROWS.len()];
+    let r = PADDED_ROWS
+        .iter()
+        .position(|&n| n == rows)
+        .unwrap_or(PADDED_ROWS.len() - 1);
+    SQL[r][usize::from(fenced)].get_or_init(|| {
+        let mut sql = String::with_capacity(120 + rows * 14);
+        sql.push_str("INSERT INTO events (train_id, train_seq, at, body) SELECT * FROM (VALUES ");
+        for i in 0..rows {
+            sql.push_str(if i == 0 {
+                "(?, ?, ?, ?)"
+            } else {
+                ", (?, ?, ?, ?)"
+            });
+        }
+        sql.push_str(") AS v WHERE v.column1 IS NOT NULL");
+        if fenced {
+            sql.push_str(" AND (SELECT epoch FROM leadership WHERE id = 1) = ?");
+        }
+        sql
+    })
+}
+
+/// PostgreSQL: one statement for any number of events, given as one JSON
+/// array (one parameter; the statement is prepared once and cached), in
+/// their order. Fenced, the leadership row is read FOR SHARE, so that a
+/// claim waits for this statement.
+const PG_INSERT: &str = "INSERT INTO events (train_id, train_seq, at, body)
+    SELECT r.t, r.n, r.a, r.b
+    FROM ROWS FROM (json_to_recordset($1::JSON) AS (t TEXT, n BIGINT, a TEXT, b TEXT))
+        WITH ORDINALITY AS r (t, n, a, b, i)
+    ORDER BY r.i";
+const PG_INSERT_FENCED: &str = "INSERT INTO events (train_id, train_seq, at, body)
+    SELECT r.t, r.n, r.a, r.b
+    FROM ROWS FROM (json_to_recordset($1::JSON) AS (t TEXT, n BIGINT, a TEXT, b TEXT))
+        WITH ORDINALITY AS r (t, n, a, b, i)
+    WHERE EXISTS (SELECT 1 FROM leadership WHERE id = 1 AND epoch = $2 FOR SHARE)
+    ORDER BY r.i";
+
+#[derive(serde::Serialize)]
+struct PgRow<'a> {
+    t: &'a str,
+    n: i64,
+    a: &'a str,
+    b: &'a str,
+}
+
+/// Append up to [`max_rows`] events with one INSERT (one round trip). With
+/// a fence (not 0), the rows are inserted only if the leadership's epoch is
+/// the fence; returns how many were inserted. A number already taken in
+/// its train is [`StoreError::SequenceTaken`].
 async fn insert_events(
     conn: &mut AnyConnection,
     backend: Backend,
     rows: &[EventRowText<'_>],
     fence: i64,
 ) -> Result<u64> {
-    // `$N` placeholders written out: they work on both databases (the Any
-    // driver's query builder would write `?`).
-    let mut sql = String::with_capacity(40 + rows.len() * 24);
-    sql.push_str("INSERT INTO events (train_id, train_seq, at, body) ");
-    sql.push_str(if fence == 0 {
-        "VALUES "
-    } else {
-        "SELECT * FROM (VALUES "
-    });
-    for i in 0..rows.len() {
-        let b = i * 4;
-        if i > 0 {
-            sql.push_str(", ");
+    let json;
+    let mut q = match backend {
+        Backend::Postgres => {
+            let v: Vec<PgRow> = rows
+                .iter()
+                .map(|(t, n, a, b)| PgRow {
+                    t: t.as_str(),
+                    n: *n,
+                    a: a.as_str(),
+                    b: b.as_str(),
+                })
+                .collect();
+            json = serde_json::to_string(&v).map_err(corrupt)?;
+            let sql = if fence != 0 {
+                PG_INSERT_FENCED
+            } else {
+                PG_INSERT
+            };
+            sqlx::query(sql).bind(json.as_str())
         }
-        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-    }
-    if fence != 0 {
-        let k = rows.len() * 4 + 1;
-        sql.push_str(&match backend {
-            Backend::Sqlite => {
-                format!(") AS v WHERE (SELECT epoch FROM leadership WHERE id = 1) = ${k}")
+        Backend::Sqlite => {
+            let padded = PADDED_ROWS
+                .iter()
+                .copied()
+                .find(|&n| n >= rows.len())
+                .unwrap_or(max_rows(backend));
+            let mut q = sqlx::query(sqlite_insert(padded, fence != 0));
+            for (train, n, at, body) in rows {
+                q = q
+                    .bind(train.as_str())
+                    .bind(*n)
+                    .bind(at.as_str())
+                    .bind(body.as_str());
             }
-            Backend::Postgres => format!(
-                ") AS v WHERE EXISTS (SELECT 1 FROM leadership WHERE id = 1 AND epoch = ${k} FOR SHARE)"
-            ),
-        });
-    }
-    let mut q = sqlx::query(&sql);
-    for (train, n, at, body) in rows {
-        q = q
-            .bind(train.as_str())
-            .bind(*n)
-            .bind(at.as_str())
-            .bind(body.as_str());
-    }
+            for _ in rows.len()..padded {
+                q = q
+                    .bind(None::<&str>)
+                    .bind(None::<i64>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>);
+            }
+            q
+        }
+    };
     if fence != 0 {
         q = q.bind(fence);
     }
-    // Each row count is a new SQL text: keep it out of the statement cache.
-    match q.persistent(false).execute(conn).await {
+    match q.execute(conn).await {
         Ok(r) => Ok(r.rows_affected()),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             Err(StoreError::SequenceTaken(format!(

@@ -12,8 +12,8 @@ use crate::store::Store;
 use cells_inventory::CellSpec;
 use conductor_core::pipeline::Step;
 use conductor_core::train::{step_key, TrainSpec};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs steps on real cells: local processes or commands.
@@ -295,39 +295,5 @@ impl CellExecutor {
                 .collect::<String>();
             Outcome::failed(format!("command failed ({}): {last}", r.status))
         }
-    }
-}
-
-/// A simulated target for the benchmark: every deploy takes a fixed time
-/// and is counted in memory, nothing else.
-pub struct SimExecutor {
-    pub deploy_time: Duration,
-    pub deploys: Mutex<HashMap<String, u32>>,
-}
-
-impl Executor for SimExecutor {
-    fn run_step(&self, req: StepRequest) -> BoxFut<'_, Outcome> {
-        Box::pin(async move {
-            if matches!(req.train.steps.get(req.step), Some(Step::Deploy(_))) {
-                // tokio's timer wheel rounds a sleep up to the next
-                // millisecond; sleep to just short of the deadline, then
-                // yield until it, so that a deploy takes `deploy_time`.
-                let deadline = tokio::time::Instant::now() + self.deploy_time;
-                tokio::time::sleep_until(deadline - Duration::from_millis(1)).await;
-                while tokio::time::Instant::now() < deadline {
-                    tokio::task::yield_now().await;
-                }
-                *self
-                    .deploys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(req.key.clone())
-                    .or_insert(0) += 1;
-            }
-            Outcome::ok("simulated")
-        })
-    }
-    fn rollback(&self, _req: RollbackRequest) -> BoxFut<'_, Outcome> {
-        Box::pin(async move { Outcome::ok("simulated rollback") })
     }
 }

@@ -80,10 +80,7 @@ impl TestApp {
         let metrics = Arc::new(Metrics::default());
         let leases = Arc::new(Leases::new(metrics.clone()));
         let clock = Arc::new(TestClock::default());
-        let sim = Arc::new(SimExecutor {
-            deploy_time: Duration::from_millis(5),
-            deploys: Default::default(),
-        });
+        let sim = Arc::new(SimExecutor::new(Duration::from_millis(5)));
         let engine = Engine::start(
             store.clone(),
             clock.clone() as Arc<dyn Clock>,
