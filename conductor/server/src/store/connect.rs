@@ -150,6 +150,8 @@ impl Store {
                 (pool, writer)
             }
         };
+        let mut writer = writer;
+        super::trains::warm_writer(&mut writer, backend).await?;
         let store = Store {
             pool,
             backend,

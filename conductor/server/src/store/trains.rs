@@ -248,6 +248,33 @@ fn event_rows(events: &[NewEvent]) -> Result<Vec<EventRowText<'_>>> {
         .collect()
 }
 
+/// Make the event writer's first commit cost what the others do: run each
+/// append statement once with no rows (so that it is prepared and cached
+/// on the writer's connection, and PostgreSQL's new session has loaded the
+/// tables' catalog entries), and read the train table.
+pub(super) async fn warm_writer(conn: &mut AnyConnection, backend: Backend) -> Result<()> {
+    let none: [EventRowText<'_>; 0] = [];
+    match backend {
+        Backend::Postgres => {
+            for fence in [0, -1] {
+                insert_events(conn, backend, &none, fence).await?;
+            }
+        }
+        Backend::Sqlite => {
+            for n in PADDED_ROWS {
+                for fence in [0, -1] {
+                    insert_padded(conn, &none, n, fence).await?;
+                }
+            }
+        }
+    }
+    sqlx::query("SELECT state FROM trains WHERE id = $1")
+        .bind("")
+        .fetch_optional(conn)
+        .await?;
+    Ok(())
+}
+
 /// SQLite: row counts of the event INSERTs. A batch's rows are padded with
 /// NULL rows (skipped by the statement) up to the next of these, so that
 /// the few statements are prepared once per connection and then cached (a
@@ -327,53 +354,67 @@ async fn insert_events(
     rows: &[EventRowText<'_>],
     fence: i64,
 ) -> Result<u64> {
-    let json;
-    let mut q = match backend {
-        Backend::Postgres => {
-            let v: Vec<PgRow> = rows
-                .iter()
-                .map(|(t, n, a, b)| PgRow {
-                    t: t.as_str(),
-                    n: *n,
-                    a: a.as_str(),
-                    b: b.as_str(),
-                })
-                .collect();
-            json = serde_json::to_string(&v).map_err(corrupt)?;
-            let sql = if fence != 0 {
-                PG_INSERT_FENCED
-            } else {
-                PG_INSERT
-            };
-            sqlx::query(sql).bind(json.as_str())
-        }
-        Backend::Sqlite => {
-            let padded = PADDED_ROWS
-                .iter()
-                .copied()
-                .find(|&n| n >= rows.len())
-                .unwrap_or(max_rows(backend));
-            let mut q = sqlx::query(sqlite_insert(padded, fence != 0));
-            for (train, n, at, body) in rows {
-                q = q
-                    .bind(train.as_str())
-                    .bind(*n)
-                    .bind(at.as_str())
-                    .bind(body.as_str());
-            }
-            for _ in rows.len()..padded {
-                q = q
-                    .bind(None::<&str>)
-                    .bind(None::<i64>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>);
-            }
-            q
-        }
+    if backend == Backend::Sqlite {
+        let padded = PADDED_ROWS
+            .iter()
+            .copied()
+            .find(|&n| n >= rows.len())
+            .unwrap_or(max_rows(backend));
+        return insert_padded(conn, rows, padded, fence).await;
+    }
+    let v: Vec<PgRow> = rows
+        .iter()
+        .map(|(t, n, a, b)| PgRow {
+            t: t.as_str(),
+            n: *n,
+            a: a.as_str(),
+            b: b.as_str(),
+        })
+        .collect();
+    let json = serde_json::to_string(&v).map_err(corrupt)?;
+    let q = if fence != 0 {
+        sqlx::query(PG_INSERT_FENCED)
+            .bind(json.as_str())
+            .bind(fence)
+    } else {
+        sqlx::query(PG_INSERT).bind(json.as_str())
     };
+    run_insert(conn, q).await
+}
+
+/// SQLite: append `rows` (at most `padded`) with the statement of
+/// `padded` rows, the rest bound as NULL rows.
+async fn insert_padded(
+    conn: &mut AnyConnection,
+    rows: &[EventRowText<'_>],
+    padded: usize,
+    fence: i64,
+) -> Result<u64> {
+    let mut q = sqlx::query(sqlite_insert(padded, fence != 0));
+    for (train, n, at, body) in rows {
+        q = q
+            .bind(train.as_str())
+            .bind(*n)
+            .bind(at.as_str())
+            .bind(body.as_str());
+    }
+    for _ in rows.len()..padded {
+        q = q
+            .bind(None::<&str>)
+            .bind(None::<i64>)
+            .bind(None::<&str>)
+            .bind(None::<&str>);
+    }
     if fence != 0 {
         q = q.bind(fence);
     }
+    run_insert(conn, q).await
+}
+
+async fn run_insert<'q>(
+    conn: &mut AnyConnection,
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+) -> Result<u64> {
     match q.execute(conn).await {
         Ok(r) => Ok(r.rows_affected()),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
