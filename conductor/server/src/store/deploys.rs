@@ -86,7 +86,7 @@ impl Store {
         output: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO step_logs (key, train_id, cell_id, output, at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (key) DO UPDATE SET output = excluded.output, at = excluded.at",
         )
@@ -94,9 +94,8 @@ impl Store {
         .bind(train)
         .bind(cell)
         .bind(output)
-        .bind(ts(now))
-        .execute(&self.pool)
-        .await?;
+        .bind(ts(now));
+        self.write_one(q).await?;
         Ok(())
     }
 

@@ -65,15 +65,7 @@ impl Store {
                 tx
             }
         };
-        if fence != 0 {
-            let current = leadership::epoch_in(&mut tx, self.backend).await?;
-            if current != fence {
-                return Err(StoreError::Fenced {
-                    ours: fence,
-                    current,
-                });
-            }
-        }
+        self.check_fence(&mut tx).await?;
         for t in trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
             sqlx::query(
