@@ -2,6 +2,54 @@
 
 use super::*;
 
+/// A change of the version a cell runs of an artifact, made by a deploy
+/// target under the effect `key`: the engine commits it with the event
+/// that reports it (the cell's version and the deploy log row, in the
+/// event's transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellChange {
+    pub cell: String,
+    pub artifact: String,
+    /// What the cell runs now (None: the artifact was removed).
+    pub version: Option<String>,
+    /// What it ran before, as read before the target acted.
+    pub previous: Option<String>,
+    pub key: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Inside the commit's transaction: each change's cell version (the
+/// version it replaces becomes its previous one) and its deploy log row.
+pub(super) async fn write_changes(conn: &mut AnyConnection, changes: &[CellChange]) -> Result<()> {
+    for c in changes {
+        sqlx::query(
+            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
+                 version = excluded.version, updated_at = excluded.updated_at",
+        )
+        .bind(&c.cell)
+        .bind(&c.artifact)
+        .bind(&c.version)
+        .bind(&c.previous)
+        .bind(ts(c.at))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&c.cell)
+            .bind(&c.artifact)
+            .bind(&c.version)
+            .bind(&c.previous)
+            .bind(&c.key)
+            .bind(&c.kind)
+            .bind(ts(c.at))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Has the effect `key` already changed a cell's version? Returns the
     /// version the cell ran before it, when it has.
@@ -15,8 +63,10 @@ impl Store {
     }
 
     /// Record that a cell now runs `version` of `artifact` (None: nothing),
-    /// made so by the effect `key`; the version it ran before becomes its
-    /// previous version. Returns that previous version.
+    /// made so by the effect `key`, as the engine's commit does (the same
+    /// statements, fenced the same way). Returns the version it ran before.
+    /// For tools and tests: the engine records the changes of its deploys
+    /// and rollbacks with the events that report them.
     pub async fn set_cell_version(
         &self,
         cell: &str,
@@ -26,34 +76,19 @@ impl Store {
         kind: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>> {
-        // BEGIN IMMEDIATE: the transaction holds the write lock from the
-        // start (a deferred one that read first could not wait for it).
-        let mut tx = self.begin_write().await?;
-        let old: Option<String> = sqlx::query(
-            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES ($1, $2, $3, NULL, $4)
-             ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
-                 version = excluded.version, updated_at = excluded.updated_at
-             RETURNING previous_version",
-        )
-        .bind(cell)
-        .bind(artifact)
-        .bind(version)
-        .bind(ts(now))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(cell)
-            .bind(artifact)
-            .bind(version)
-            .bind(&old)
-            .bind(key)
-            .bind(kind)
-            .bind(ts(now))
-            .execute(&mut *tx)
+        let previous = self.cell_version(cell, artifact).await?;
+        let change = CellChange {
+            cell: cell.into(),
+            artifact: artifact.into(),
+            version: version.map(Into::into),
+            previous: previous.clone(),
+            key: key.into(),
+            kind: kind.into(),
+            at: now,
+        };
+        self.commit_all(&[], &[], &[], std::slice::from_ref(&change))
             .await?;
-        tx.commit().await?;
-        Ok(old)
+        Ok(previous)
     }
 
     pub async fn cell_version(&self, cell: &str, artifact: &str) -> Result<Option<String>> {
