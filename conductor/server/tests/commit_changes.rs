@@ -182,3 +182,81 @@ async fn a_commit_writes_its_version_changes_with_its_events_or_nothing() {
         assert_eq!(s.deploy_done("k3").await.expect("done"), None, "{be}");
     }
 }
+
+fn change_of(cell: &str, version: Option<&str>, previous: Option<&str>, key: &str) -> CellChange {
+    CellChange {
+        cell: cell.into(),
+        version: version.map(Into::into),
+        previous: previous.map(Into::into),
+        key: key.into(),
+        ..change("x", None, key)
+    }
+}
+
+#[tokio::test]
+async fn many_changes_in_one_commit_are_logged_in_order() {
+    for db in db::both("manychanges").await {
+        let (s, be) = (&db.store, db.backend);
+        let now = Utc::now();
+        let mut c2 = cell();
+        c2.id = "c2".into();
+        s.seed_cells(&[cell(), c2], now).await.expect("seed");
+        s.set_cell_version("c2", "a", Some("1"), "k0", "deploy", now)
+            .await
+            .expect("v1");
+        // Distinct cells (one statement on PostgreSQL), one a removal.
+        s.commit_all(
+            &[],
+            &[],
+            &[],
+            &[
+                change_of("c1", Some("5"), None, "k1"),
+                change_of("c2", None, Some("1"), "k2"),
+            ],
+        )
+        .await
+        .expect("distinct");
+        // The same cell twice (row by row).
+        s.commit_all(
+            &[],
+            &[],
+            &[],
+            &[
+                change_of("c1", Some("6"), Some("5"), "k3"),
+                change_of("c1", Some("7"), Some("6"), "k4"),
+            ],
+        )
+        .await
+        .expect("twice");
+        let log: Vec<(String, Option<String>, String)> = s
+            .deploy_log(None)
+            .await
+            .expect("log")
+            .into_iter()
+            .map(|r| (r.cell_id, r.version, r.key))
+            .collect();
+        let want = [
+            ("c2", Some("1"), "k0"),
+            ("c1", Some("5"), "k1"),
+            ("c2", None, "k2"),
+            ("c1", Some("6"), "k3"),
+            ("c1", Some("7"), "k4"),
+        ]
+        .map(|(c, v, k)| (c.to_string(), v.map(String::from), k.to_string()));
+        assert_eq!(log, want, "{be}");
+        assert_eq!(
+            s.deploy_done("k2").await.expect("k2"),
+            Some(Some("1".into()))
+        );
+        let cells = s.list_cells().await.expect("cells");
+        let v = |id: &str| {
+            cells
+                .iter()
+                .find(|c| c.spec.id == id)
+                .and_then(|c| c.versions.first())
+                .map(|v| (v.version.clone(), v.previous_version.clone()))
+        };
+        assert_eq!(v("c1"), Some((Some("7".into()), Some("6".into()))), "{be}");
+        assert_eq!(v("c2"), Some((None, Some("1".into()))), "{be}");
+    }
+}

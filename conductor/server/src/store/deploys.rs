@@ -20,9 +20,66 @@ pub struct CellChange {
     pub at: DateTime<Utc>,
 }
 
+/// PostgreSQL: every change's version and deploy log row in one statement
+/// (one round trip), the changes given as one JSON array, in their order.
+const PG_CHANGES: &str = "WITH r AS (
+        SELECT * FROM ROWS FROM (json_to_recordset($1::JSON)
+            AS (c TEXT, a TEXT, v TEXT, p TEXT, k TEXT, d TEXT, t TEXT)) WITH ORDINALITY AS r (c, a, v, p, k, d, t, i)
+    ), versions AS (
+        INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at)
+        SELECT c, a, v, p, t FROM r
+        ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
+            version = excluded.version, updated_at = excluded.updated_at
+    )
+    INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at)
+    SELECT c, a, v, p, k, d, t FROM r ORDER BY i";
+
+#[derive(serde::Serialize)]
+struct PgChange<'a> {
+    c: &'a str,
+    a: &'a str,
+    v: Option<&'a str>,
+    p: Option<&'a str>,
+    k: &'a str,
+    d: &'a str,
+    t: String,
+}
+
 /// Inside the commit's transaction: each change's cell version (the
 /// version it replaces becomes its previous one) and its deploy log row.
-pub(super) async fn write_changes(conn: &mut AnyConnection, changes: &[CellChange]) -> Result<()> {
+pub(super) async fn write_changes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    changes: &[CellChange],
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // One statement cannot change a row twice: a batch that changes a
+    // cell's artifact twice (never, under the cell's lease) goes row by row.
+    let distinct = changes
+        .iter()
+        .map(|c| (&c.cell, &c.artifact))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        == changes.len();
+    if backend == Backend::Postgres && distinct {
+        let rows: Vec<PgChange> = changes
+            .iter()
+            .map(|c| PgChange {
+                c: &c.cell,
+                a: &c.artifact,
+                v: c.version.as_deref(),
+                p: c.previous.as_deref(),
+                k: &c.key,
+                d: &c.kind,
+                t: ts(c.at),
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(corrupt)?;
+        sqlx::query(PG_CHANGES).bind(json).execute(conn).await?;
+        return Ok(());
+    }
     for c in changes {
         sqlx::query(
             "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES ($1, $2, $3, $4, $5)

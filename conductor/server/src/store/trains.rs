@@ -110,7 +110,7 @@ impl Store {
             // Checked above, under the transaction's lock.
             insert_events(&mut tx, self.backend, chunk, 0).await?;
         }
-        super::deploys::write_changes(&mut tx, changes).await?;
+        super::deploys::write_changes(&mut tx, self.backend, changes).await?;
         for (entry, at) in audit {
             append_audit(&mut tx, self.backend, entry, *at).await?;
         }
