@@ -576,3 +576,26 @@ fn a_worker_that_dies_at_start_fails_the_deploy_with_what_it_said() {
     );
     assert!(c.cell_pids().is_empty(), "nothing left running");
 }
+
+#[test]
+fn a_deploy_of_the_version_a_cell_runs_restarts_nothing_and_is_logged() {
+    let c = Conductor::start("cells:\n  - { id: a, region: us-east-1, shape: medium, port: 23141, labels: { service: fga } }\n");
+    c.push_sample("1.0.0");
+    deploy_sample(&c, "svc", "1.0.0");
+    let before = served(&c, "sample-service");
+    // As when a deploy runs again after a crash before the engine recorded
+    // it: the cell already runs the version, so its processes stay.
+    let id = c.start_train(&c.admin, "svc", "1.0.0");
+    c.cli_ok(&c.admin, &["train", "wait", &id], 0);
+    assert_eq!(served(&c, "sample-service"), before);
+    let deploys = c.get(&c.admin, "/cells/deploys");
+    let keys: Vec<&str> = deploys["deploys"]
+        .as_array()
+        .expect("deploys")
+        .iter()
+        .filter(|d| d["version"] == "1.0.0")
+        .filter_map(|d| d["key"].as_str())
+        .collect();
+    assert_eq!(keys.len(), 2, "{deploys}");
+    assert!(keys[1].starts_with(&id), "{keys:?}");
+}

@@ -149,10 +149,11 @@ impl conductor::store::TrainLog for Counting {
         events: &'a [conductor::store::NewEvent],
         trains: &'a [&'a Train],
         audit: &'a [(conductor::store::AuditEntry, chrono::DateTime<Utc>)],
+        changes: &'a [conductor::store::CellChange],
     ) -> conductor::engine::BoxFut<'a, conductor::store::Result<()>> {
         self.events
             .fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
-        Box::pin(self.store.commit(events, trains, audit))
+        Box::pin(self.store.commit_all(events, trains, audit, changes))
     }
     fn active_train_events(
         &self,

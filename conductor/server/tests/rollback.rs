@@ -127,7 +127,7 @@ async fn rollbacks_skip_cells_changed_since_and_replay_as_done() {
 
     // Rolling back a leaves the cell on b's version.
     let out = ex.rollback(rollback(&c, &a, None)).await;
-    assert!(out.ok && out.skipped, "{out:?}");
+    assert!(out.ok && out.skipped && out.change.is_none(), "{out:?}");
     assert!(
         out.detail.contains("x1 runs 2 now, not 1"),
         "{}",
@@ -143,13 +143,31 @@ async fn rollbacks_skip_cells_changed_since_and_replay_as_done() {
     // it is reported as done, not as skipped (the cell no longer runs 2).
     let out = ex.rollback(rollback(&c, &b, Some("1"))).await;
     assert!(out.ok && !out.skipped, "{out:?}");
+    // The executor wrote nothing: the outcome carries the change, and the
+    // engine commits it with the event (done here by hand).
+    assert_eq!(
+        store.cell_version("x1", ART).await.expect("v").as_deref(),
+        Some("2")
+    );
+    let change = out.change.clone().expect("a change");
+    assert_eq!(
+        (change.version.as_deref(), change.previous.as_deref()),
+        (Some("1"), Some("2"))
+    );
+    store
+        .commit_all(&[], &[], &[], std::slice::from_ref(&change))
+        .await
+        .expect("commit the change");
     assert_eq!(
         store.cell_version("x1", ART).await.expect("v").as_deref(),
         Some("1")
     );
     let again = ex.rollback(rollback(&c, &b, Some("1"))).await;
     assert!(again.ok && !again.skipped, "{again:?}");
-    assert!(again.detail.contains("already done"), "{}", again.detail);
+    assert!(
+        again.detail.contains("already done") && again.change.is_none(),
+        "{again:?}"
+    );
     assert_eq!(ran(), "b 1\n", "the rollback ran twice");
 
     // A cell whose deploy failed in train d (never recorded) is restored as before.

@@ -17,6 +17,8 @@ struct Batch {
     replies: Vec<(Reply, Result<String, EngineError>)>,
     /// Audit rows of the accepted commands, committed with their events.
     audit: Vec<(AuditEntry, DateTime<Utc>)>,
+    /// Cell version changes reported by outcomes, committed with them.
+    changes: Vec<CellChange>,
 }
 
 impl Batch {
@@ -200,12 +202,21 @@ pub(super) async fn run(
             effects: Vec::new(),
             replies: Vec::new(),
             audit: Vec::new(),
+            changes: Vec::new(),
         };
         for m in msgs {
             match m {
                 Msg::Internal { train, event } => {
                     // Stale internal events (a duplicate outcome, a late timer) are dropped.
                     let _ = b.apply(&mut trains, &train, event, now);
+                }
+                Msg::Outcome {
+                    train,
+                    event,
+                    change,
+                } => {
+                    let _ = b.apply(&mut trains, &train, event, now);
+                    b.changes.extend(change);
                 }
                 Msg::Command {
                     train,
@@ -270,8 +281,12 @@ pub(super) async fn run(
             .map(|t| (t.spec.id.clone(), t.status))
             .collect();
         let mut attempt = 0u32;
-        while !b.events.is_empty() {
-            match shared.log.commit(&b.events, &changed, &b.audit).await {
+        while !b.events.is_empty() || !b.changes.is_empty() {
+            match shared
+                .log
+                .commit(&b.events, &changed, &b.audit, &b.changes)
+                .await
+            {
                 Ok(()) => break,
                 // Another Conductor leads, or appended to these trains:
                 // retrying cannot help, and nothing may be acted on.

@@ -31,6 +31,15 @@ pub(super) fn send(shared: &Shared, train: &str, event: Event) {
     });
 }
 
+/// An effect's outcome, with the cell version change to commit with it.
+fn send_outcome(shared: &Shared, train: &str, event: Event, change: Option<CellChange>) {
+    let _ = shared.tx.send(Msg::Outcome {
+        train: train.to_string(),
+        event,
+        change,
+    });
+}
+
 /// Carry out one effect. Effects that act on cells run as their own tasks.
 pub(super) fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect) {
     let train = spec.id.clone();
@@ -82,7 +91,7 @@ pub(super) fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect
                     detail: out.detail,
                     previous_version: out.previous_version,
                 };
-                send(&shared, &train, ev);
+                send_outcome(&shared, &train, ev, out.change);
             });
         }
         Effect::Rollback {
@@ -101,16 +110,13 @@ pub(super) fn execute(shared: &Arc<Shared>, spec: Arc<TrainSpec>, effect: Effect
                     })
                 })
                 .await;
-                send(
-                    &shared,
-                    &train,
-                    Event::RollbackFinished {
-                        cell,
-                        ok: out.ok,
-                        detail: out.detail,
-                        skipped: out.skipped,
-                    },
-                );
+                let ev = Event::RollbackFinished {
+                    cell,
+                    ok: out.ok,
+                    detail: out.detail,
+                    skipped: out.skipped,
+                };
+                send_outcome(&shared, &train, ev, out.change);
             });
         }
         Effect::Finished { status } => {

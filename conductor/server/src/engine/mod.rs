@@ -12,7 +12,7 @@
 
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, Store, StoreError, TrainLog};
+use crate::store::{AuditEntry, CellChange, Store, StoreError, TrainLog};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::queue::{self, QueuedTrain};
@@ -44,6 +44,10 @@ pub struct Outcome {
     /// For rollbacks: the cell was left as it was (`ok` is true); see
     /// `CellPhase::RollbackSkipped`.
     pub skipped: bool,
+    /// The change of the cell's version the target made (deploys and
+    /// rollbacks that acted): the engine commits it with the event that
+    /// reports the outcome, so that executors never write the store.
+    pub change: Option<CellChange>,
 }
 
 impl Outcome {
@@ -53,6 +57,7 @@ impl Outcome {
             detail: detail.into(),
             previous_version: None,
             skipped: false,
+            change: None,
         }
     }
     pub fn failed(detail: impl Into<String>) -> Outcome {
@@ -61,6 +66,7 @@ impl Outcome {
             detail: detail.into(),
             previous_version: None,
             skipped: false,
+            change: None,
         }
     }
 }
@@ -107,6 +113,14 @@ enum Msg {
     Internal {
         train: String,
         event: Event,
+    },
+    /// The outcome of a step or a rollback, with the cell version change
+    /// the target made, if any (committed with the event, even if the
+    /// event is stale: the cell runs that version).
+    Outcome {
+        train: String,
+        event: Event,
+        change: Option<CellChange>,
     },
     /// A caller's command; its audit row is committed with its event, and
     /// only if the event is accepted.

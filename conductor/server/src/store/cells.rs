@@ -287,21 +287,20 @@ impl Store {
     /// changing nothing, when the artifact has ports already or the port is
     /// taken by another assignment.
     pub async fn assign_cell_port(&self, cell: &str, artifact: &str, port: u16) -> Result<bool> {
-        let res = sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO cell_ports (cell_id, artifact, port) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(cell)
         .bind(artifact)
-        .bind(i64::from(port))
-        .execute(&self.pool)
-        .await?;
+        .bind(i64::from(port));
+        let res = self.write_one(q).await?;
         Ok(res.rows_affected() == 1)
     }
 
     // ---- running worker processes of local cells ---------------------------
 
     pub async fn put_cell_process(&self, p: &CellProcessRow, now: DateTime<Utc>) -> Result<()> {
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO cell_processes (pid, started, cell_id, artifact, version, port, worker, worker_port, handover, at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (pid) DO UPDATE SET started = excluded.started, cell_id = excluded.cell_id,
@@ -318,20 +317,18 @@ impl Store {
         .bind(p.worker)
         .bind(p.worker_port)
         .bind(i64::from(p.handover))
-        .bind(ts(now))
-        .execute(&self.pool)
-        .await?;
+        .bind(ts(now));
+        self.write_one(q).await?;
         Ok(())
     }
 
     /// Forget a process (it was stopped, or it is gone), if the row is still
     /// this process's (a later process may have the same pid).
     pub async fn delete_cell_process(&self, pid: i64, started: &str) -> Result<()> {
-        sqlx::query("DELETE FROM cell_processes WHERE pid = $1 AND started = $2")
+        let q = sqlx::query("DELETE FROM cell_processes WHERE pid = $1 AND started = $2")
             .bind(pid)
-            .bind(started)
-            .execute(&self.pool)
-            .await?;
+            .bind(started);
+        self.write_one(q).await?;
         Ok(())
     }
 

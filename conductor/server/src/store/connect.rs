@@ -178,15 +178,67 @@ impl Store {
     /// start (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a transaction-scoped
     /// advisory lock), so that what it reads (the audit chain's head, a
     /// pipeline's current revision) cannot change before it commits.
+    ///
+    /// Fenced ([`Store::set_fence`]), the transaction first checks that
+    /// the leadership's epoch is still the fence: else it is rolled back
+    /// and the error is [`StoreError::Fenced`], so a deposed leader writes
+    /// nothing.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        match self.backend {
-            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 write_lock(&mut tx).await?;
-                Ok(tx)
+                tx
             }
+        };
+        self.check_fence(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// A write transaction for writes that read nothing of the store's
+    /// first (no write lock on PostgreSQL; SQLite's `BEGIN IMMEDIATE`, as
+    /// it reads the leadership first), fenced like [`Store::begin_write`].
+    pub(crate) async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        self.check_fence(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// Run one writing statement: on the pool when the store is not
+    /// fenced, else in a [`Store::begin_fenced`] transaction.
+    pub(crate) async fn write_one<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<sqlx::any::AnyQueryResult> {
+        if self.fence.load(Ordering::SeqCst) == 0 {
+            return Ok(q.execute(&self.pool).await?);
         }
+        let mut tx = self.begin_fenced().await?;
+        let r = q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
+    /// Inside a write transaction: is the leadership's epoch still this
+    /// store's fence (if it has one)? PostgreSQL reads the row FOR SHARE,
+    /// so that a concurrent claim waits until the transaction ends.
+    pub(super) async fn check_fence(&self, conn: &mut AnyConnection) -> Result<()> {
+        let fence = self.fence.load(Ordering::SeqCst);
+        if fence == 0 {
+            return Ok(());
+        }
+        let current = super::leadership::epoch_in(conn, self.backend).await?;
+        if current != fence {
+            return Err(StoreError::Fenced {
+                ours: fence,
+                current,
+            });
+        }
+        Ok(())
     }
 
     /// The value of a SQLite setting on a connection of the pool (`PRAGMA

@@ -2,6 +2,111 @@
 
 use super::*;
 
+/// A change of the version a cell runs of an artifact, made by a deploy
+/// target under the effect `key`: the engine commits it with the event
+/// that reports it (the cell's version and the deploy log row, in the
+/// event's transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellChange {
+    pub cell: String,
+    pub artifact: String,
+    /// What the cell runs now (None: the artifact was removed).
+    pub version: Option<String>,
+    /// What it ran before, as read before the target acted.
+    pub previous: Option<String>,
+    pub key: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub at: DateTime<Utc>,
+}
+
+/// PostgreSQL: every change's version and deploy log row in one statement
+/// (one round trip), the changes given as one JSON array, in their order.
+const PG_CHANGES: &str = "WITH r AS (
+        SELECT * FROM ROWS FROM (json_to_recordset($1::JSON)
+            AS (c TEXT, a TEXT, v TEXT, p TEXT, k TEXT, d TEXT, t TEXT)) WITH ORDINALITY AS r (c, a, v, p, k, d, t, i)
+    ), versions AS (
+        INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at)
+        SELECT c, a, v, p, t FROM r
+        ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
+            version = excluded.version, updated_at = excluded.updated_at
+    )
+    INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at)
+    SELECT c, a, v, p, k, d, t FROM r ORDER BY i";
+
+#[derive(serde::Serialize)]
+struct PgChange<'a> {
+    c: &'a str,
+    a: &'a str,
+    v: Option<&'a str>,
+    p: Option<&'a str>,
+    k: &'a str,
+    d: &'a str,
+    t: String,
+}
+
+/// Inside the commit's transaction: each change's cell version (the
+/// version it replaces becomes its previous one) and its deploy log row.
+pub(super) async fn write_changes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    changes: &[CellChange],
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // One statement cannot change a row twice: a batch that changes a
+    // cell's artifact twice (never, under the cell's lease) goes row by row.
+    let distinct = changes
+        .iter()
+        .map(|c| (&c.cell, &c.artifact))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        == changes.len();
+    if backend == Backend::Postgres && distinct {
+        let rows: Vec<PgChange> = changes
+            .iter()
+            .map(|c| PgChange {
+                c: &c.cell,
+                a: &c.artifact,
+                v: c.version.as_deref(),
+                p: c.previous.as_deref(),
+                k: &c.key,
+                d: &c.kind,
+                t: ts(c.at),
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(corrupt)?;
+        sqlx::query(PG_CHANGES).bind(json).execute(conn).await?;
+        return Ok(());
+    }
+    for c in changes {
+        sqlx::query(
+            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
+                 version = excluded.version, updated_at = excluded.updated_at",
+        )
+        .bind(&c.cell)
+        .bind(&c.artifact)
+        .bind(&c.version)
+        .bind(&c.previous)
+        .bind(ts(c.at))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&c.cell)
+            .bind(&c.artifact)
+            .bind(&c.version)
+            .bind(&c.previous)
+            .bind(&c.key)
+            .bind(&c.kind)
+            .bind(ts(c.at))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Has the effect `key` already changed a cell's version? Returns the
     /// version the cell ran before it, when it has.
@@ -15,8 +120,10 @@ impl Store {
     }
 
     /// Record that a cell now runs `version` of `artifact` (None: nothing),
-    /// made so by the effect `key`; the version it ran before becomes its
-    /// previous version. Returns that previous version.
+    /// made so by the effect `key`, as the engine's commit does (the same
+    /// statements, fenced the same way). Returns the version it ran before.
+    /// For tools and tests: the engine records the changes of its deploys
+    /// and rollbacks with the events that report them.
     pub async fn set_cell_version(
         &self,
         cell: &str,
@@ -26,34 +133,19 @@ impl Store {
         kind: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>> {
-        // BEGIN IMMEDIATE: the transaction holds the write lock from the
-        // start (a deferred one that read first could not wait for it).
-        let mut tx = self.begin_write().await?;
-        let old: Option<String> = sqlx::query(
-            "INSERT INTO cell_versions (cell_id, artifact, version, previous_version, updated_at) VALUES ($1, $2, $3, NULL, $4)
-             ON CONFLICT (cell_id, artifact) DO UPDATE SET previous_version = cell_versions.version,
-                 version = excluded.version, updated_at = excluded.updated_at
-             RETURNING previous_version",
-        )
-        .bind(cell)
-        .bind(artifact)
-        .bind(version)
-        .bind(ts(now))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-        sqlx::query("INSERT INTO deploy_log (cell_id, artifact, version, previous, key, kind, at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(cell)
-            .bind(artifact)
-            .bind(version)
-            .bind(&old)
-            .bind(key)
-            .bind(kind)
-            .bind(ts(now))
-            .execute(&mut *tx)
+        let previous = self.cell_version(cell, artifact).await?;
+        let change = CellChange {
+            cell: cell.into(),
+            artifact: artifact.into(),
+            version: version.map(Into::into),
+            previous: previous.clone(),
+            key: key.into(),
+            kind: kind.into(),
+            at: now,
+        };
+        self.commit_all(&[], &[], &[], std::slice::from_ref(&change))
             .await?;
-        tx.commit().await?;
-        Ok(old)
+        Ok(previous)
     }
 
     pub async fn cell_version(&self, cell: &str, artifact: &str) -> Result<Option<String>> {
@@ -86,7 +178,7 @@ impl Store {
         output: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        sqlx::query(
+        let q = sqlx::query(
             "INSERT INTO step_logs (key, train_id, cell_id, output, at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (key) DO UPDATE SET output = excluded.output, at = excluded.at",
         )
@@ -94,9 +186,8 @@ impl Store {
         .bind(train)
         .bind(cell)
         .bind(output)
-        .bind(ts(now))
-        .execute(&self.pool)
-        .await?;
+        .bind(ts(now));
+        self.write_one(q).await?;
         Ok(())
     }
 

@@ -18,13 +18,15 @@ pub type Snapshots<'a> = &'a [&'a Train];
 
 pub trait TrainLog: Send + Sync + 'static {
     /// Append events (numbered within their trains), write the trains'
-    /// snapshots and the audit rows, atomically; fenced like
+    /// snapshots, the audit rows and the cell version changes the events
+    /// report (versions and deploy log), atomically; fenced like
     /// [`Store::commit`].
     fn commit<'a>(
         &'a self,
         events: &'a [NewEvent],
         trains: Snapshots<'a>,
         audit: &'a [(AuditEntry, DateTime<Utc>)],
+        changes: &'a [CellChange],
     ) -> BoxFut<'a, Result<()>>;
     /// Events of every unfinished train, grouped by train, in order.
     fn active_train_events(&self) -> BoxFut<'_, Result<TrainEvents>>;
@@ -43,8 +45,9 @@ impl TrainLog for Store {
         events: &'a [NewEvent],
         trains: Snapshots<'a>,
         audit: &'a [(AuditEntry, DateTime<Utc>)],
+        changes: &'a [CellChange],
     ) -> BoxFut<'a, Result<()>> {
-        Box::pin(Store::commit(self, events, trains, audit))
+        Box::pin(Store::commit_all(self, events, trains, audit, changes))
     }
 
     fn active_train_events(&self) -> BoxFut<'_, Result<TrainEvents>> {

@@ -68,6 +68,7 @@ pub use log::TrainLog;
 pub use trains::NewEvent;
 
 pub use cells::CellProcessRow;
+pub use deploys::CellChange;
 pub use stream::StreamEvent;
 
 fn corrupt(e: serde_json::Error) -> StoreError {

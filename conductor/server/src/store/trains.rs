@@ -20,8 +20,24 @@ impl Store {
         trains: &[&Train],
         audit: &[(AuditEntry, DateTime<Utc>)],
     ) -> Result<()> {
+        self.commit_all(events, trains, audit, &[]).await
+    }
+
+    /// [`Store::commit`] with the cell version changes the events report
+    /// (each a `cell_versions` upsert and a `deploy_log` row), in the same
+    /// transaction: all of it is written, or (fenced, a sequence number
+    /// taken, an error) none of it.
+    pub async fn commit_all(
+        &self,
+        events: &[NewEvent],
+        trains: &[&Train],
+        audit: &[(AuditEntry, DateTime<Utc>)],
+        changes: &[CellChange],
+    ) -> Result<()> {
         let mut conn = self.writer.lock().await;
-        let r = self.commit_on(&mut conn, events, trains, audit).await;
+        let r = self
+            .commit_on(&mut conn, events, trains, audit, changes)
+            .await;
         // A PostgreSQL connection can break (the server restarted, the
         // network): the engine retries, on a new connection.
         if let Err(StoreError::Db(e)) = &r {
@@ -41,13 +57,18 @@ impl Store {
         events: &[NewEvent],
         trains: &[&Train],
         audit: &[(AuditEntry, DateTime<Utc>)],
+        changes: &[CellChange],
     ) -> Result<()> {
         let fence = self.fence.load(Ordering::SeqCst);
         let rows = event_rows(events)?;
         // One statement is atomic on its own: most batches (events only, no
         // snapshot) need no BEGIN/COMMIT round trips. Fenced, the statement
         // inserts its rows only if the epoch is still ours.
-        if trains.is_empty() && audit.is_empty() && rows.len() <= max_rows(self.backend) {
+        if trains.is_empty()
+            && audit.is_empty()
+            && changes.is_empty()
+            && rows.len() <= max_rows(self.backend)
+        {
             let n = insert_events(conn, self.backend, &rows, fence).await?;
             if n < rows.len() as u64 {
                 return Err(self.fenced(conn, fence).await);
@@ -65,15 +86,7 @@ impl Store {
                 tx
             }
         };
-        if fence != 0 {
-            let current = leadership::epoch_in(&mut tx, self.backend).await?;
-            if current != fence {
-                return Err(StoreError::Fenced {
-                    ours: fence,
-                    current,
-                });
-            }
-        }
+        self.check_fence(&mut tx).await?;
         for t in trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
             sqlx::query(
@@ -97,6 +110,7 @@ impl Store {
             // Checked above, under the transaction's lock.
             insert_events(&mut tx, self.backend, chunk, 0).await?;
         }
+        super::deploys::write_changes(&mut tx, self.backend, changes).await?;
         for (entry, at) in audit {
             append_audit(&mut tx, self.backend, entry, *at).await?;
         }

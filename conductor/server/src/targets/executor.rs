@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::engine::{BoxFut, Executor, Outcome, RollbackRequest, StepRequest};
 use crate::procs::run_shell;
 use crate::procs::sandbox::Sandbox;
-use crate::store::Store;
+use crate::store::{CellChange, Store};
 use cells_inventory::CellSpec;
 use conductor_core::pipeline::Step;
 use conductor_core::train::{step_key, TrainSpec};
@@ -35,6 +35,10 @@ impl CellExecutor {
     }
 
     /// Change a cell's version through its target, at most once per key.
+    /// The executor writes nothing: the outcome carries the change, and the
+    /// engine commits it with the event (a crash before that commit runs
+    /// the change again under the same key, and targets treat a cell that
+    /// already runs `to` as done).
     async fn change_version(
         &self,
         train: &TrainSpec,
@@ -51,12 +55,19 @@ impl CellExecutor {
                     detail: format!("{} already done (key {key})", kind.as_str()),
                     previous_version: prev,
                     skipped: false,
+                    change: None,
                 }
             }
             Ok(None) => {}
             Err(e) => return Outcome::failed(format!("store unavailable: {e}")),
         }
         let art = &train.artifact;
+        // What the cell runs before the target acts: the change's previous
+        // version (nothing else changes the cell meanwhile: its lease).
+        let previous = match self.store.cell_version(&cell.id, &art.name).await {
+            Ok(v) => v,
+            Err(e) => return Outcome::failed(format!("store unavailable: {e}")),
+        };
         let result = match self.targets.for_cell(cell) {
             Ok(target) => {
                 target
@@ -73,40 +84,29 @@ impl CellExecutor {
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => match self
-                .store
-                .set_cell_version(
-                    &cell.id,
-                    &art.name,
-                    to,
-                    key,
-                    kind.as_str(),
-                    self.clock.now(),
-                )
-                .await
-            {
-                Ok(prev) => Outcome {
-                    ok: true,
-                    detail: format!("{} now runs {}", cell.id, to.unwrap_or("nothing")),
-                    previous_version: prev,
-                    skipped: false,
-                },
-                Err(e) => Outcome::failed(format!("deployed but could not record it: {e}")),
+            // Recorded by the engine, with the event that reports it.
+            Ok(()) => Outcome {
+                ok: true,
+                detail: format!("{} now runs {}", cell.id, to.unwrap_or("nothing")),
+                previous_version: previous.clone(),
+                skipped: false,
+                change: Some(CellChange {
+                    cell: cell.id.clone(),
+                    artifact: art.name.clone(),
+                    version: to.map(Into::into),
+                    previous,
+                    key: key.to_string(),
+                    kind: kind.as_str().to_string(),
+                    at: self.clock.now(),
+                }),
             },
-            Err(e) => {
-                let prev = self
-                    .store
-                    .cell_version(&cell.id, &art.name)
-                    .await
-                    .ok()
-                    .flatten();
-                Outcome {
-                    ok: false,
-                    detail: e,
-                    previous_version: prev,
-                    skipped: false,
-                }
-            }
+            Err(e) => Outcome {
+                ok: false,
+                detail: e,
+                previous_version: previous,
+                skipped: false,
+                change: None,
+            },
         }
     }
 
@@ -266,6 +266,7 @@ impl CellExecutor {
             ),
             previous_version: None,
             skipped: true,
+            change: None,
         })
     }
 

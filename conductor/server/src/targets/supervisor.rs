@@ -179,7 +179,8 @@ impl Supervisor {
     }
 
     /// Switch a local cell to `version` (None: stop the artifact), with as
-    /// many workers as the cell's shape runs.
+    /// many workers as the cell's shape runs. A cell that already runs
+    /// `version` is left as it is.
     pub async fn switch(
         self: &Arc<Self>,
         cell: &CellSpec,
@@ -188,6 +189,12 @@ impl Supervisor {
         health_timeout: Duration,
     ) -> Result<(), String> {
         let key = (cell.id.clone(), art.name.clone());
+        // Already so (a change run again after a crash before the engine
+        // committed it): done, without restarting the processes.
+        let runs = self.lock().get(&key).map(|p| p.version.clone());
+        if runs.as_deref() == version {
+            return Ok(());
+        }
         let Some(version) = version else {
             let old = self.lock().remove(&key);
             if let Some(p) = old {
