@@ -3,45 +3,15 @@
 //! it replaced) and the deploy log row are written together, or, when the
 //! commit is fenced or an event's number is taken, none of them.
 
-use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
 use conductor::store::{CellChange, NewEvent, Store, StoreError};
-use conductor_core::train::{Event, Train, TrainSpec};
-use conductor_core::{pipeline, plan};
+use conductor_core::train::Event;
 
 #[path = "common/db.rs"]
 mod db;
-
-const YAML: &str = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - deploy: {}\nwaves:\n  - { name: all, percent: 100 }\n";
-
-fn cell() -> CellSpec {
-    CellSpec {
-        id: "c1".into(),
-        region: "us-east-1".into(),
-        shape: "small".into(),
-        labels: Default::default(),
-        target: TargetSpec::Local,
-        port: None,
-        tz: None,
-    }
-}
-
-fn train(id: &str) -> Train {
-    let cells = vec![cell()];
-    let (p, spans) = pipeline::parse("p.yaml", YAML).expect("pipeline");
-    let spec = TrainSpec {
-        id: id.into(),
-        pipeline: p.name.clone(),
-        artifact: p.artifact.clone(),
-        version: "1".into(),
-        started_by: "tester".into(),
-        steps: p.steps.clone(),
-        on_failure: p.on_failure,
-        windows: p.parsed_windows(),
-        plan: plan::plan(&p, &spans, &cells).expect("plan"),
-    };
-    Train::new(spec, false, Utc::now())
-}
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::{cell, train};
 
 fn finished(n: i64, previous: Option<&str>) -> NewEvent {
     let ev = Event::StepFinished {
@@ -89,7 +59,7 @@ async fn a_commit_writes_its_version_changes_with_its_events_or_nothing() {
     for db in db::both("commitchanges").await {
         let (s, be) = (&db.store, db.backend);
         let now = Utc::now();
-        s.seed_cells(&[cell()], now).await.expect("seed");
+        s.seed_cells(&[cell("c1")], now).await.expect("seed");
         let t = train("t1");
         let created = Event::Created {
             spec: Box::new(t.spec.clone()),
@@ -198,9 +168,9 @@ async fn many_changes_in_one_commit_are_logged_in_order() {
     for db in db::both("manychanges").await {
         let (s, be) = (&db.store, db.backend);
         let now = Utc::now();
-        let mut c2 = cell();
+        let mut c2 = cell("c1");
         c2.id = "c2".into();
-        s.seed_cells(&[cell(), c2], now).await.expect("seed");
+        s.seed_cells(&[cell("c1"), c2], now).await.expect("seed");
         s.set_cell_version("c2", "a", Some("1"), "k0", "deploy", now)
             .await
             .expect("v1");

@@ -3,25 +3,15 @@
 //! versions, resizes, step logs, process rows, ports, tokens and audit rows
 //! are refused with `Fenced`, and nothing changed.
 
-use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
 use conductor::store::{AuditEntry, CellProcessRow, Store, StoreError};
 use conductor_core::resize::{Resize, ResizeStatus};
 
 #[path = "common/db.rs"]
 mod db;
-
-fn cell() -> CellSpec {
-    CellSpec {
-        id: "c1".into(),
-        region: "us-east-1".into(),
-        shape: "small".into(),
-        labels: Default::default(),
-        target: TargetSpec::Local,
-        port: None,
-        tz: None,
-    }
-}
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::cell;
 
 fn process(pid: i64) -> CellProcessRow {
     CellProcessRow {
@@ -71,7 +61,7 @@ async fn a_deposed_leader_writes_nothing_anywhere() {
         let (a, be) = (&db.store, db.backend);
         let b = db.reopen().await;
         let now = Utc::now();
-        a.seed_cells(&[cell()], now).await.expect("seed");
+        a.seed_cells(&[cell("c1")], now).await.expect("seed");
         let ea = a.claim_leadership("a", "http://a", now).await.expect("a");
         a.set_fence(ea);
         // While it leads, its writes go through.
@@ -109,7 +99,7 @@ async fn a_deposed_leader_writes_nothing_anywhere() {
                 .await,
         );
         r.status = ResizeStatus::Succeeded;
-        let mut large = cell();
+        let mut large = cell("c1");
         large.shape = "large".into();
         fenced(
             "finish_resize",

@@ -2,41 +2,15 @@
 //! lost the leadership cannot append, and an event numbered as one already
 //! stored is refused; nothing is written either way.
 
-use cells_inventory::{CellSpec, TargetSpec};
 use chrono::Utc;
 use conductor::store::{AuditEntry, Store, StoreError};
-use conductor_core::train::{Event, Train, TrainSpec};
-use conductor_core::{pipeline, plan};
+use conductor_core::train::{Event, Train};
 
 #[path = "common/db.rs"]
 mod db;
-
-const YAML: &str = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - deploy: {}\nwaves:\n  - { name: all, percent: 100 }\n";
-
-fn train(id: &str) -> Train {
-    let cells = vec![CellSpec {
-        id: "c1".into(),
-        region: "us-east-1".into(),
-        shape: "small".into(),
-        labels: Default::default(),
-        target: TargetSpec::Local,
-        port: None,
-        tz: None,
-    }];
-    let (p, spans) = pipeline::parse("p.yaml", YAML).expect("pipeline");
-    let spec = TrainSpec {
-        id: id.into(),
-        pipeline: p.name.clone(),
-        artifact: p.artifact.clone(),
-        version: "1".into(),
-        started_by: "tester".into(),
-        steps: p.steps.clone(),
-        on_failure: p.on_failure,
-        windows: p.parsed_windows(),
-        plan: plan::plan(&p, &spans, &cells).expect("plan"),
-    };
-    Train::new(spec, false, Utc::now())
-}
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::train;
 
 fn wake(train: &str, n: i64) -> conductor::store::NewEvent {
     (train.to_string(), n, Event::Wake { cell: None }, Utc::now())
