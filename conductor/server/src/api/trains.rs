@@ -2,6 +2,7 @@
 
 use super::pipelines::check_pipeline;
 use super::*;
+use wire::train_json;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -130,11 +131,6 @@ async fn get_train(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
     Ok(Json(train_json(&t)))
-}
-
-/// A train as every train endpoint answers it ([`wire::TrainView`]).
-fn train_json(t: &conductor_core::train::Train) -> Value {
-    json!(wire::TrainView::from(t))
 }
 
 async fn train_events(

@@ -53,6 +53,12 @@ impl<'a> From<&'a Train> for TrainView<'a> {
     }
 }
 
+/// A train as every train endpoint answers it ([`TrainView`]), as the
+/// JSON value the handlers send.
+pub fn train_json(t: &Train) -> serde_json::Value {
+    serde_json::json!(TrainView::from(t))
+}
+
 /// A train in a list.
 #[derive(Debug, Serialize)]
 pub struct TrainSummary<'a> {
