@@ -9,7 +9,7 @@ use crate::planner::Planner;
 use crate::procs::sandbox::{self, RunAs, Sandbox};
 use crate::replica::front::Front;
 use crate::replica::{Elector, Me};
-use crate::resizer::{LocalActuator, Resizer};
+use crate::resizer::{Actuators, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
 use crate::targets::{
@@ -206,10 +206,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         http,
         sandbox: sb.clone(),
     });
-    let actuator = Arc::new(LocalActuator {
-        supervisor: supervisor.clone(),
-        health_timeout: Duration::from_secs(60),
-    });
+    let actuator = Arc::new(Actuators::local(
+        supervisor.clone(),
+        Duration::from_secs(60),
+    ));
     let template = Arc::new(template);
     let artifact_store: Arc<dyn ArtifactStore> = Arc::new(artifacts);
 
