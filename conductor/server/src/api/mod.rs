@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
 use crate::store::{ArtifactRow, AuditEntry, Store, StoreError};
-use crate::targets::{valid_version, ArtifactStore, Supervisor, Targets};
+use crate::targets::{valid_version, ArtifactStore, CellRouting, Supervisor, Targets};
 use crate::workflow::Workflow;
 use axum::body::Bytes;
 use axum::extract::MatchedPath;
@@ -132,6 +132,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub supervisor: Arc<Supervisor>,
+    /// Where cells' routes are published (`/routes` answers from it).
+    pub routing: Arc<dyn CellRouting>,
     /// The deploy targets, by cell target kind.
     pub targets: Targets,
     pub resizer: Resizer,
