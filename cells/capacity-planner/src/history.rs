@@ -147,28 +147,11 @@ impl History {
         let rows: Vec<&SampleRow> = keyed.into_values().collect();
         let mut tx = self.pool.begin().await?;
         for chunk in rows.chunks(CHUNK) {
-            // `$N` placeholders written out: they work on both databases
-            // (the Any driver's query builder would write `?`).
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 7;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO samples (tenant, cell, at, check_rps, tuples, connections, source) VALUES {} \
                  ON CONFLICT (tenant, cell, at) DO UPDATE SET check_rps = excluded.check_rps, \
                  tuples = excluded.tuples, connections = excluded.connections, source = excluded.source",
-                values.join(", ")
+                values_placeholders(self.backend == "postgres", chunk.len(), 7)
             );
             let mut q = sqlx::query(&sql);
             for r in chunk {
@@ -257,5 +240,45 @@ impl History {
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?)
+    }
+}
+
+/// The placeholders of a multi-row `VALUES` list: `rows` rows of `cols`.
+/// PostgreSQL: numbered, `($1, $2), ($3, $4)`. SQLite: anonymous,
+/// `(?, ?), (?, ?)`, bound in order: sqlx looks each numbered parameter's
+/// name up in SQLite, a linear search there, so binding N numbered
+/// parameters costs N^2.
+fn values_placeholders(postgres: bool, rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if postgres {
+                sql.push_str(&format!("${}", r * cols + c + 1));
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(
+            values_placeholders(true, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_placeholders(false, 2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(values_placeholders(false, 1, 1), "(?)");
+        assert_eq!(values_placeholders(true, 0, 3), "");
     }
 }

@@ -3,6 +3,7 @@
 //! The pure rules live in `conductor-core`; this crate is the shell that
 //! persists events, holds leases, runs steps against cells and serves HTTP.
 
+pub mod actuators;
 pub mod api;
 pub mod auth;
 pub mod capacity;

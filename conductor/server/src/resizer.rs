@@ -2,61 +2,22 @@
 //!
 //! A resize is persisted before anything acts on it. It takes its cell's
 //! lease as `resize:<id>` (the same per-cell leases trains take) only once it
-//! may run, holds it while the capacity actuator changes the cell, records
+//! may run, holds it while the capacity actuator changes the cell (found
+//! by the cell's target kind in [`Actuators`]), records
 //! the cell's new shape in the same transaction as the outcome, and releases
 //! it. Trains on other cells never see it; a train that reaches this cell
 //! waits for the lease like it would for another train.
 
 use crate::clock::Clock;
-use crate::engine::BoxFut;
 use crate::leases::Leases;
 use crate::store::{AuditEntry, Store, StoreError};
-use crate::targets::Supervisor;
 use crate::workflow::Workflow;
-use cells_inventory::{CellSpec, Shape, TargetSpec};
+use cells_inventory::{CellSpec, Shape};
 use conductor_core::resize::{Resize, ResizeEffect, ResizeEvent, ResizeRefusal};
 use conductor_core::CellStatus;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Changes a cell's capacity to a shape. Setting, not adding: running it
-/// twice for the same shape leaves the cell as once.
-pub trait CapacityActuator: Send + Sync + 'static {
-    fn resize<'a>(
-        &'a self,
-        cell: &'a CellSpec,
-        shape: &'a Shape,
-    ) -> BoxFut<'a, Result<String, String>>;
-}
-
-/// The local actuator: a local cell's worker processes, one per shape worker.
-pub struct LocalActuator {
-    pub supervisor: Arc<Supervisor>,
-    pub health_timeout: Duration,
-}
-
-impl CapacityActuator for LocalActuator {
-    fn resize<'a>(
-        &'a self,
-        cell: &'a CellSpec,
-        shape: &'a Shape,
-    ) -> BoxFut<'a, Result<String, String>> {
-        Box::pin(async move {
-            match &cell.target {
-                TargetSpec::Local => {
-                    self.supervisor
-                        .set_workers(cell, shape.workers, self.health_timeout)
-                        .await
-                }
-                TargetSpec::Command { .. } => Err(format!(
-                    "cell {} uses the command target, which has no capacity actuator \
-                     (only local cells can be resized here)",
-                    cell.id
-                )),
-            }
-        })
-    }
-}
+pub use crate::actuators::{Actuators, CapacityActuator, LocalActuator};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResizeError {

@@ -9,11 +9,12 @@ use crate::planner::Planner;
 use crate::procs::sandbox::{self, RunAs, Sandbox};
 use crate::replica::front::Front;
 use crate::replica::{Elector, Me};
-use crate::resizer::{LocalActuator, Resizer};
+use crate::resizer::{Actuators, Resizer};
 use crate::store::Store;
 use crate::targets::ports::PortRange;
 use crate::targets::{
-    ArtifactDir, ArtifactStore, CellExecutor, Supervisor, SupervisorConfig, Targets,
+    ArtifactDir, ArtifactStore, CellExecutor, CellRouting, LocalRoutesFile, Supervisor,
+    SupervisorConfig, Targets,
 };
 use crate::workflow::Workflow;
 use anyhow::{Context, Result};
@@ -179,15 +180,21 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // planner, which pushes rate limits with it.
     let fga_admin_key = secret(&data_dir, "fga-admin.key")?;
     let cell_env = [("FGA_ADMIN_KEY".to_string(), fga_admin_key.clone())].into();
-    let supervisor = Supervisor::new(SupervisorConfig {
-        artifacts: artifacts.clone(),
-        data_dir: data_dir.clone(),
-        sandbox: sb.clone(),
-        store: store.clone(),
-        workers_by_shape: workers,
-        cell_env,
-        ports: opts.artifact_ports,
-    });
+    // The routing table: the supervisor publishes to it, the API reads it.
+    let routing: Arc<dyn CellRouting> =
+        Arc::new(LocalRoutesFile::new(data_dir.join("routes.json")));
+    let supervisor = Supervisor::with_routing(
+        SupervisorConfig {
+            artifacts: artifacts.clone(),
+            data_dir: data_dir.clone(),
+            sandbox: sb.clone(),
+            store: store.clone(),
+            workers_by_shape: workers,
+            cell_env,
+            ports: opts.artifact_ports,
+        },
+        routing.clone(),
+    );
     let template_name = opts.cell_template.display().to_string();
     let template = cells_inventory::parse_template(&template_name, &read(&opts.cell_template)?)
         .map_err(|d| anyhow::anyhow!("{d}"))?;
@@ -206,10 +213,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         http,
         sandbox: sb.clone(),
     });
-    let actuator = Arc::new(LocalActuator {
-        supervisor: supervisor.clone(),
-        health_timeout: Duration::from_secs(60),
-    });
+    let actuator = Arc::new(Actuators::local(
+        supervisor.clone(),
+        Duration::from_secs(60),
+    ));
     let template = Arc::new(template);
     let artifact_store: Arc<dyn ArtifactStore> = Arc::new(artifacts);
 
@@ -236,6 +243,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         metrics: metrics.clone(),
         artifacts: artifact_store.clone(),
         supervisor: supervisor.clone(),
+        routing: routing.clone(),
         targets: targets.clone(),
         resizer: Resizer::idle(
             store.clone(),
@@ -326,6 +334,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             metrics,
             artifacts: artifact_store,
             supervisor: supervisor.clone(),
+            routing,
             targets,
             resizer,
             planner: planner.map(Arc::new),

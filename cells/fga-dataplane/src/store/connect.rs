@@ -107,9 +107,44 @@ impl Db {
     }
 }
 
+/// The placeholders of a multi-row `VALUES` list: `rows` rows of `cols`.
+/// PostgreSQL: numbered, `($1, $2), ($3, $4)`. SQLite: anonymous,
+/// `(?, ?), (?, ?)`, bound in order: sqlx looks each numbered parameter's
+/// name up in SQLite, a linear search there, so binding N numbered
+/// parameters costs N^2.
+pub(super) fn values_placeholders(postgres: bool, rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if postgres {
+                sql.push_str(&format!("${}", r * cols + c + 1));
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_placeholders_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        assert_eq!(
+            values_placeholders(true, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(values_placeholders(false, 2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(values_placeholders(false, 1, 1), "(?)");
+        assert_eq!(values_placeholders(true, 0, 3), "");
+    }
     use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &std::path::Path) -> u32 {

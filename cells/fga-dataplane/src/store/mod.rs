@@ -108,6 +108,7 @@ impl From<sqlx::Error> for WriteError {
 
 mod connect;
 pub use connect::is_postgres_url;
+use connect::values_placeholders;
 mod reader;
 mod warm;
 pub use reader::SqlReader;
@@ -393,26 +394,14 @@ impl Db {
         let now = ts(Utc::now());
         let mut tx = self.pool.begin().await?;
         for chunk in tuples.chunks(500) {
-            // `$N` placeholders written out: they work on both databases
-            // (the `Any` driver's query builder would write `?`).
             let mut sql = String::from(
                 "INSERT INTO tuples (store, object_type, object_id, relation, \"user\", user_type, ulid, inserted_at) VALUES ",
             );
-            for i in 0..chunk.len() {
-                let b = i * COLUMNS;
-                let sep = if i == 0 { "" } else { ", " };
-                sql.push_str(&format!(
-                    "{sep}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7,
-                    b + 8
-                ));
-            }
+            sql.push_str(&values_placeholders(
+                self.backend == "postgres",
+                chunk.len(),
+                COLUMNS,
+            ));
             sql.push_str(" ON CONFLICT DO NOTHING");
             let mut q = sqlx::query(&sql);
             for t in chunk {

@@ -221,5 +221,5 @@ async fn leases(State(st): State<AppState>, _id: Identity) -> Json<Value> {
 }
 
 async fn route_table(State(st): State<AppState>, _id: Identity) -> Json<Value> {
-    Json(json!({ "routes": st.supervisor.routes() }))
+    Json(json!({ "routes": st.routing.table() }))
 }

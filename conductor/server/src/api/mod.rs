@@ -8,14 +8,13 @@
 
 use crate::auth::{hash_token, new_token, Action, Identity, Role};
 use crate::clock::Clock;
-use crate::engine::EngineError;
 use crate::leases::Leases;
 use crate::metrics::Metrics;
 use crate::planner::{Planner, PlannerError};
 use crate::resizer::{ResizeError, ResizeRequest, Resizer};
 use crate::store::{ArtifactRow, AuditEntry, Store, StoreError};
-use crate::targets::{valid_version, ArtifactStore, Supervisor, Targets};
-use crate::workflow::Workflow;
+use crate::targets::{valid_version, ArtifactStore, CellRouting, Supervisor, Targets};
+use crate::workflow::{Workflow, WorkflowError};
 use axum::body::Bytes;
 use axum::extract::MatchedPath;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -132,6 +131,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub artifacts: Arc<dyn ArtifactStore>,
     pub supervisor: Arc<Supervisor>,
+    /// Where cells' routes are published (`/routes` answers from it).
+    pub routing: Arc<dyn CellRouting>,
     /// The deploy targets, by cell target kind.
     pub targets: Targets,
     pub resizer: Resizer,
@@ -210,11 +211,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> ApiError {
+impl From<WorkflowError> for ApiError {
+    fn from(e: WorkflowError) -> ApiError {
         match e {
-            EngineError::NotFound(id) => ApiError::not_found(format!("no train {id:?}")),
-            EngineError::Refused(r) => {
+            WorkflowError::NotFound(_) => ApiError::not_found(e.to_string()),
+            WorkflowError::Refused(r) => {
                 let (status, code) = match r {
                     Refusal::SelfApproval(_) | Refusal::NotInGroup { .. } => {
                         (StatusCode::FORBIDDEN, "forbidden")
@@ -224,12 +225,11 @@ impl From<EngineError> for ApiError {
                 };
                 ApiError::new(status, code, r.to_string())
             }
-            EngineError::Store(s) => s.into(),
-            EngineError::Stopped => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the engine has stopped",
-            ),
+            WorkflowError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            WorkflowError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            WorkflowError::Store(s) => s.into(),
         }
     }
 }

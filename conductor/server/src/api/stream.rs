@@ -11,7 +11,7 @@
 
 use super::*;
 use crate::store::{Store, StreamEvent};
-use crate::workflow::Workflow;
+use crate::workflow::{Workflow, WorkflowError};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Extension;
@@ -194,7 +194,7 @@ impl Follow {
     }
 
     /// Read the next page; true if there is something to send.
-    async fn fill(&mut self) -> Result<bool, EngineError> {
+    async fn fill(&mut self) -> Result<bool, WorkflowError> {
         let store = &self.store;
         // Status first, then events: a train's finished status is committed
         // with the events that finished it, so once it reads finished, the

@@ -2,6 +2,7 @@
 
 use super::pipelines::check_pipeline;
 use super::*;
+use wire::train_json;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -130,11 +131,6 @@ async fn get_train(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no train {tid:?}")))?;
     Ok(Json(train_json(&t)))
-}
-
-/// A train as every train endpoint answers it ([`wire::TrainView`]).
-fn train_json(t: &conductor_core::train::Train) -> Value {
-    json!(wire::TrainView::from(t))
 }
 
 async fn train_events(
@@ -273,4 +269,66 @@ async fn rollback(
         by: id.name.clone(),
     };
     stop_train(&st, &id, &tid, ev, "train.rollback").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each workflow error answers the status and code the API always
+    /// answered for it (the HTTP tests drive the common ones end to end).
+    #[test]
+    fn workflow_errors_map_to_their_status_and_code() {
+        let cases = [
+            (
+                WorkflowError::NotFound("t1".into()),
+                404,
+                "not_found",
+                "no train \"t1\"",
+            ),
+            (
+                WorkflowError::Refused(Refusal::SelfApproval("alice".into())),
+                403,
+                "forbidden",
+                "alice started this train and cannot approve or reject it",
+            ),
+            (
+                WorkflowError::Refused(Refusal::UnknownWave("w9".into())),
+                404,
+                "not_found",
+                "train has no wave named \"w9\"",
+            ),
+            (
+                WorkflowError::Refused(Refusal::NotAwaitingApproval("w1".into())),
+                409,
+                "conflict",
+                "wave \"w1\" is not waiting for an approval",
+            ),
+            (
+                WorkflowError::Conflict("moved".into()),
+                409,
+                "conflict",
+                "moved",
+            ),
+            (
+                WorkflowError::Unavailable("the engine has stopped".into()),
+                503,
+                "unavailable",
+                "the engine has stopped",
+            ),
+            (
+                WorkflowError::Store(StoreError::Corrupt("secret detail".into())),
+                500,
+                "internal",
+                "internal error; see the server log",
+            ),
+        ];
+        for (e, status, code, message) in cases {
+            let a = ApiError::from(e);
+            assert_eq!(
+                (a.status.as_u16(), a.code, a.message.as_str()),
+                (status, code, message)
+            );
+        }
+    }
 }

@@ -4,22 +4,24 @@
 //! names are the API's contract.
 
 use crate::store::{CellRow, CellVersion, TrainRow};
-use cells_inventory::CellSpec;
+use cells_inventory::{CellSpec, TargetSpec};
 use chrono::{DateTime, Utc};
-use conductor_core::resize::{Resize, ResizeStatus};
-use conductor_core::train::{CellRun, Train, TrainSpec, TrainStatus, WaveState};
-use conductor_core::CellStatus;
+use conductor_core::resize::Resize;
+use conductor_core::train::Train;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+mod train;
+pub use train::*;
 
 /// A train as every train endpoint answers it: its state, the gates
 /// waiting for an approval and the count of cells per phase.
 #[derive(Debug, Serialize)]
 pub struct TrainView<'a> {
-    pub spec: &'a TrainSpec,
-    pub status: TrainStatus,
-    pub waves: &'a [WaveState],
-    pub cells: &'a BTreeMap<String, CellRun>,
+    pub spec: SpecView<'a>,
+    pub status: &'static str,
+    pub waves: Vec<WaveView<'a>>,
+    pub cells: BTreeMap<&'a str, CellRunView<'a>>,
     pub halted: bool,
     pub cancel_requested: bool,
     pub rollback_all: bool,
@@ -35,10 +37,14 @@ pub struct TrainView<'a> {
 impl<'a> From<&'a Train> for TrainView<'a> {
     fn from(t: &'a Train) -> TrainView<'a> {
         TrainView {
-            spec: &t.spec,
-            status: t.status,
-            waves: &t.waves,
-            cells: &t.cells,
+            spec: SpecView::from(&t.spec),
+            status: t.status.as_str(),
+            waves: t.waves.iter().map(WaveView::from).collect(),
+            cells: t
+                .cells
+                .iter()
+                .map(|(id, c)| (id.as_str(), CellRunView::from(c)))
+                .collect(),
             halted: t.halted,
             cancel_requested: t.cancel_requested,
             rollback_all: t.rollback_all,
@@ -51,6 +57,12 @@ impl<'a> From<&'a Train> for TrainView<'a> {
             summary: t.cell_summary(),
         }
     }
+}
+
+/// A train as every train endpoint answers it ([`TrainView`]), as the
+/// JSON value the handlers send.
+pub fn train_json(t: &Train) -> serde_json::Value {
+    serde_json::json!(TrainView::from(t))
 }
 
 /// A train in a list.
@@ -104,13 +116,52 @@ pub struct Workers {
     pub running: BTreeMap<String, usize>,
 }
 
+/// A cell's fields, as in a cells file.
+#[derive(Debug, Serialize)]
+pub struct CellSpecView<'a> {
+    pub id: &'a str,
+    pub region: &'a str,
+    pub shape: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub target: TargetView<'a>,
+    pub port: Option<u16>,
+    pub tz: Option<&'a str>,
+}
+
+/// How a cell is deployed to: `"local"`, or `{"command": {deploy, rollback}}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetView<'a> {
+    Local,
+    Command { deploy: &'a str, rollback: &'a str },
+}
+
+impl<'a> From<&'a CellSpec> for CellSpecView<'a> {
+    fn from(c: &'a CellSpec) -> CellSpecView<'a> {
+        CellSpecView {
+            id: &c.id,
+            region: &c.region,
+            shape: &c.shape,
+            labels: &c.labels,
+            target: match &c.target {
+                TargetSpec::Local => TargetView::Local,
+                TargetSpec::Command { deploy, rollback } => {
+                    TargetView::Command { deploy, rollback }
+                }
+            },
+            port: c.port,
+            tz: c.tz.as_deref(),
+        }
+    }
+}
+
 /// A cell of the inventory: its fields, lifecycle status, versions and
 /// (for local cells) workers.
 #[derive(Debug, Serialize)]
 pub struct CellView<'a> {
     #[serde(flatten)]
-    pub spec: &'a CellSpec,
-    pub status: CellStatus,
+    pub spec: CellSpecView<'a>,
+    pub status: &'static str,
     pub versions: Vec<VersionView<'a>>,
     pub workers: Workers,
 }
@@ -118,8 +169,8 @@ pub struct CellView<'a> {
 impl<'a> CellView<'a> {
     pub fn new(c: &'a CellRow, workers: Workers) -> CellView<'a> {
         CellView {
-            spec: &c.spec,
-            status: c.status,
+            spec: CellSpecView::from(&c.spec),
+            status: c.status.as_str(),
             versions: c.versions.iter().map(VersionView::from).collect(),
             workers,
         }
@@ -135,7 +186,7 @@ pub struct ResizeView<'a> {
     pub to_shape: &'a str,
     pub requested_by: &'a str,
     pub reason: &'a str,
-    pub status: ResizeStatus,
+    pub status: &'static str,
     pub approved_by: Option<&'a str>,
     pub detail: &'a str,
     pub created_at: DateTime<Utc>,
@@ -152,7 +203,7 @@ impl<'a> From<&'a Resize> for ResizeView<'a> {
             to_shape: &r.to_shape,
             requested_by: &r.requested_by,
             reason: &r.reason,
-            status: r.status,
+            status: r.status.as_str(),
             approved_by: r.approved_by.as_deref(),
             detail: &r.detail,
             created_at: r.created_at,
@@ -170,6 +221,7 @@ pub fn views<'a, T, V: From<&'a T>>(items: &'a [T]) -> Vec<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use conductor_core::train::TrainSpec;
     use serde_json::{json, Value};
 
     fn train() -> Train {
@@ -212,5 +264,31 @@ mod tests {
         let wire = serde_json::to_value(ResizeView::from(&rz)).expect("json");
         assert_eq!(wire, serde_json::to_value(&rz).expect("json"));
         assert_eq!(wire["status"], Value::from(rz.status.as_str()));
+    }
+
+    /// A cell's fields answer as the cell spec always serialized, for
+    /// both target kinds.
+    #[test]
+    fn a_cell_spec_view_has_the_fields_of_a_cell_spec() {
+        let local: CellSpec = serde_json::from_value(json!({
+            "id": "c1", "region": "eu-west-1", "shape": "small",
+            "labels": {"tier": "gold"}, "port": 4100
+        }))
+        .expect("a cell");
+        let command: CellSpec = serde_json::from_value(json!({
+            "id": "c2", "region": "us-east-1", "shape": "large", "tz": "UTC",
+            "target": {"command": {"deploy": "./up", "rollback": "./down"}}
+        }))
+        .expect("a cell");
+        for c in [&local, &command] {
+            let wire = serde_json::to_value(CellSpecView::from(c)).expect("json");
+            assert_eq!(wire, serde_json::to_value(c).expect("json"));
+        }
+        let wire = serde_json::to_value(CellSpecView::from(&command)).expect("json");
+        assert_eq!(wire["target"]["command"]["rollback"], "./down");
+        assert_eq!(
+            serde_json::to_value(CellSpecView::from(&local)).expect("json")["target"],
+            "local"
+        );
     }
 }

@@ -14,7 +14,7 @@ use conductor::leases::Leases;
 use conductor::metrics::Metrics;
 use conductor::resizer::{CapacityActuator, Resizer};
 use conductor::store::Store;
-use conductor::targets::{ArtifactDir, SimExecutor, Supervisor, Targets};
+use conductor::targets::{ArtifactDir, LocalRoutesFile, SimExecutor, Supervisor, Targets};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -59,6 +59,8 @@ pub struct TestApp {
     pub artifacts: ArtifactDir,
     pub clock: Arc<TestClock>,
     pub app: axum::Router,
+    /// The routing table the API answers `/routes` from.
+    pub routing: Arc<LocalRoutesFile>,
     /// A token per role name (`admin`, `developer`, `ci`, `approver`, `sre`).
     pub tokens: BTreeMap<String, String>,
 }
@@ -105,18 +107,22 @@ impl TestApp {
             )
             .expect("sandbox"),
         );
-        let supervisor = Supervisor::new(conductor::targets::SupervisorConfig {
-            artifacts: artifacts.clone(),
-            data_dir: dir.path().join("data"),
-            sandbox: sandbox.clone(),
-            store: store.clone(),
-            workers_by_shape: shapes.iter().map(|s| (s.name.clone(), s.workers)).collect(),
-            cell_env: Default::default(),
-            ports: conductor::targets::ports::PortRange {
-                first: 28000,
-                last: 28999,
+        let routing = Arc::new(LocalRoutesFile::new(dir.path().join("data/routes.json")));
+        let supervisor = Supervisor::with_routing(
+            conductor::targets::SupervisorConfig {
+                artifacts: artifacts.clone(),
+                data_dir: dir.path().join("data"),
+                sandbox: sandbox.clone(),
+                store: store.clone(),
+                workers_by_shape: shapes.iter().map(|s| (s.name.clone(), s.workers)).collect(),
+                cell_env: Default::default(),
+                ports: conductor::targets::ports::PortRange {
+                    first: 28000,
+                    last: 28999,
+                },
             },
-        });
+            routing.clone(),
+        );
         let resizer = Resizer::start(
             store.clone(),
             leases.clone(),
@@ -142,6 +148,7 @@ impl TestApp {
             artifacts: Arc::new(artifacts.clone()),
             targets: Targets::local(supervisor.clone(), sandbox, store.clone(), clock.clone()),
             supervisor,
+            routing: routing.clone(),
             resizer,
             planner: None,
             template: Arc::new(template),
@@ -153,6 +160,7 @@ impl TestApp {
             artifacts,
             clock,
             app,
+            routing,
             tokens: BTreeMap::new(),
         };
         for (role, groups) in [

@@ -7,6 +7,7 @@ mod common;
 mod errors;
 mod revisions;
 mod roles;
+mod routes;
 mod stream;
 mod tokens;
 mod upgrade;
