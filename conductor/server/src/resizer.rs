@@ -10,8 +10,8 @@
 
 use crate::clock::Clock;
 use crate::leases::Leases;
-use crate::store::{AuditEntry, Store, StoreError};
-use crate::workflow::Workflow;
+use crate::store::{AuditEntry, ResizeDone, Store, StoreError};
+use crate::workflow::{Workflow, WorkflowError};
 use cells_inventory::{CellSpec, Shape};
 use conductor_core::resize::{Resize, ResizeEffect, ResizeEvent, ResizeRefusal};
 use conductor_core::CellStatus;
@@ -37,6 +37,8 @@ pub enum ResizeError {
     Refused(#[from] ResizeRefusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the outcome could not be recorded: {0}")]
+    Workflow(#[from] WorkflowError),
 }
 
 /// What a caller asks for. The resize is audited as `cell.resize` by `by`,
@@ -233,14 +235,20 @@ impl Resizer {
             .await?
             .ok_or_else(|| ResizeError::NotFound(id.to_string()))?;
         let fx = rz.apply(&event, self.inner.clock.now())?;
-        match new_shape_of {
-            Some(cell) => {
+        match (&event, audit) {
+            // The outcome, the cell's new shape and the audit row go into
+            // the workflow's commit: only it changes cell state.
+            (ResizeEvent::Finished { .. }, Some(audit)) => {
+                let done = ResizeDone {
+                    resize: rz.clone(),
+                    cell: new_shape_of.cloned(),
+                };
                 self.inner
-                    .store
-                    .finish_resize(&rz, Some(cell), audit)
+                    .workflow
+                    .finish_resize(done, audit.clone())
                     .await?
             }
-            None => self.inner.store.put_resize(&rz, audit).await?,
+            _ => self.inner.store.put_resize(&rz, audit).await?,
         }
         self.execute(&rz, fx);
         Ok(rz)

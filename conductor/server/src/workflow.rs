@@ -4,7 +4,7 @@
 //! service) implements the same trait.
 
 use crate::engine::{BoxFut, Engine, EngineError};
-use crate::store::{AuditEntry, StoreError};
+use crate::store::{AuditEntry, ResizeDone, StoreError};
 use conductor_core::train::{Event, Refusal, Train, TrainSpec, TrainStatus};
 use tokio::sync::broadcast;
 
@@ -68,6 +68,14 @@ pub trait Workflow: Send + Sync + 'static {
     /// Trains as they finish (id, final status), from now on.
     fn finished(&self) -> broadcast::Receiver<(String, TrainStatus)>;
 
+    /// Record a finished resize (and the cell's new shape) with its audit
+    /// row: only the workflow backend changes cell state.
+    fn finish_resize(
+        &self,
+        done: ResizeDone,
+        audit: AuditEntry,
+    ) -> BoxFut<'_, Result<(), WorkflowError>>;
+
     /// The cell inventory changed (a cell was added, resized or retired).
     fn refresh_cells(&self) -> BoxFut<'_, Result<(), WorkflowError>>;
 
@@ -100,6 +108,14 @@ impl Workflow for Engine {
 
     fn finished(&self) -> broadcast::Receiver<(String, TrainStatus)> {
         Engine::finished(self)
+    }
+
+    fn finish_resize(
+        &self,
+        done: ResizeDone,
+        audit: AuditEntry,
+    ) -> BoxFut<'_, Result<(), WorkflowError>> {
+        Box::pin(async move { Ok(Engine::finish_resize(self, done, audit).await?) })
     }
 
     fn refresh_cells(&self) -> BoxFut<'_, Result<(), WorkflowError>> {

@@ -146,14 +146,11 @@ struct Counting {
 impl conductor::store::TrainLog for Counting {
     fn commit<'a>(
         &'a self,
-        events: &'a [conductor::store::NewEvent],
-        trains: &'a [&'a Train],
-        audit: &'a [(conductor::store::AuditEntry, chrono::DateTime<Utc>)],
-        changes: &'a [conductor::store::CellChange],
+        c: conductor::store::Commit<'a>,
     ) -> conductor::engine::BoxFut<'a, conductor::store::Result<()>> {
         self.events
-            .fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
-        Box::pin(self.store.commit_all(events, trains, audit, changes))
+            .fetch_add(c.events.len(), std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move { self.store.commit_batch(&c).await })
     }
     fn active_train_events(
         &self,
@@ -316,4 +313,91 @@ async fn a_bake_completes_when_paused_time_moves_on() {
         "the train finished {took} after it started, by the clock"
     );
     spinner.abort();
+}
+
+/// A finished resize goes through the engine's commit (only the engine
+/// changes cell state): the resize row, the cell's new shape and the audit
+/// row land together. Once another Conductor claimed the leadership, the
+/// engine refuses to record one, writes nothing and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resize_outcomes_are_committed_by_the_engine() {
+    use conductor::store::{AuditEntry, ResizeDone};
+    use conductor_core::resize::{Resize, ResizeStatus};
+    for db in db::both("resize_engine").await {
+        let store = &db.store;
+        let now = Utc::now();
+        store.seed_cells(&cells(2), now).await.expect("seed");
+        let epoch = store
+            .claim_leadership("a", "http://a", now)
+            .await
+            .expect("claim");
+        store.set_fence(epoch);
+        let e = engine(store, Arc::new(SimExecutor::new(Duration::from_millis(5)))).await;
+        let resize = |id: &str, cell: &str| {
+            let (mut r, _) = Resize::new(
+                id.into(),
+                cell.into(),
+                "small".into(),
+                "large".into(),
+                "alice".into(),
+                "grow".into(),
+                false,
+                now,
+            );
+            r.status = ResizeStatus::Succeeded;
+            r
+        };
+        let grown = |id: &str| {
+            let mut c = cells(2).into_iter().find(|c| c.id == id).expect("cell");
+            c.shape = "large".into();
+            c
+        };
+        let audit_rows = store.audit_log(0, 100).await.expect("audit").len();
+        e.finish_resize(
+            ResizeDone {
+                resize: resize("r1", "c000"),
+                cell: Some(grown("c000")),
+            },
+            AuditEntry::new("conductor", "resize.succeeded", "c000", "r1"),
+        )
+        .await
+        .expect("recorded");
+        let stored = store.get_resize("r1").await.expect("get").expect("r1");
+        assert_eq!(stored.status, ResizeStatus::Succeeded, "{}", db.backend);
+        let c = store.cell_spec("c000").await.expect("cell").expect("c000");
+        assert_eq!(c.shape, "large", "{}", db.backend);
+        let log = store.audit_log(0, 100).await.expect("audit");
+        assert_eq!(log.len(), audit_rows + 1, "{}", db.backend);
+        assert_eq!(log.last().expect("row").action, "resize.succeeded");
+
+        // Deposed: nothing of the next outcome is written, and the engine stops.
+        let other = db.reopen().await;
+        other
+            .claim_leadership("b", "http://b", now)
+            .await
+            .expect("b claims");
+        let r = e
+            .finish_resize(
+                ResizeDone {
+                    resize: resize("r2", "c001"),
+                    cell: Some(grown("c001")),
+                },
+                AuditEntry::new("conductor", "resize.succeeded", "c001", "r2"),
+            )
+            .await;
+        assert!(
+            r.is_err(),
+            "{}: a deposed engine recorded a resize",
+            db.backend
+        );
+        assert!(store.get_resize("r2").await.expect("get").is_none());
+        let c = store.cell_spec("c001").await.expect("cell").expect("c001");
+        assert_eq!(c.shape, "small", "{}", db.backend);
+        assert_eq!(
+            store.audit_log(0, 100).await.expect("audit").len(),
+            audit_rows + 1,
+            "{}",
+            db.backend
+        );
+    }
 }

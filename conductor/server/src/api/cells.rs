@@ -69,6 +69,7 @@ impl From<ResizeError> for ApiError {
                 ApiError::new(status, code, r.to_string())
             }
             E::Store(s) => s.into(),
+            E::Workflow(w) => w.into(),
         }
     }
 }

@@ -19,9 +19,22 @@ struct Batch {
     audit: Vec<(AuditEntry, DateTime<Utc>)>,
     /// Cell version changes reported by outcomes, committed with them.
     changes: Vec<CellChange>,
+    /// Finished resizes, and who waits for their commit.
+    resizes: Vec<ResizeDone>,
+    resized: Vec<oneshot::Sender<Result<(), EngineError>>>,
 }
 
 impl Batch {
+    /// The engine stops without committing: everyone waiting hears it.
+    fn stop(self) {
+        for (reply, _) in self.replies {
+            let _ = reply.send(Err(EngineError::Stopped));
+        }
+        for reply in self.resized {
+            let _ = reply.send(Err(EngineError::Stopped));
+        }
+    }
+
     /// The working copy of a train: moved out of the committed map (cloned
     /// only if the live view still shares it). If the commit fails the engine
     /// stops, so the committed map never needs the old state back.
@@ -203,6 +216,8 @@ pub(super) async fn run(
             replies: Vec::new(),
             audit: Vec::new(),
             changes: Vec::new(),
+            resizes: Vec::new(),
+            resized: Vec::new(),
         };
         for m in msgs {
             match m {
@@ -217,6 +232,11 @@ pub(super) async fn run(
                 } => {
                     let _ = b.apply(&mut trains, &train, event, now);
                     b.changes.extend(change);
+                }
+                Msg::Resized { done, audit, reply } => {
+                    b.audit.push((audit, done.resize.updated_at));
+                    b.resizes.push(done);
+                    b.resized.push(reply);
                 }
                 Msg::Command {
                     train,
@@ -281,20 +301,21 @@ pub(super) async fn run(
             .map(|t| (t.spec.id.clone(), t.status))
             .collect();
         let mut attempt = 0u32;
-        while !b.events.is_empty() || !b.changes.is_empty() {
-            match shared
-                .log
-                .commit(&b.events, &changed, &b.audit, &b.changes)
-                .await
-            {
+        while !b.events.is_empty() || !b.changes.is_empty() || !b.resizes.is_empty() {
+            let commit = Commit {
+                events: &b.events,
+                trains: &changed,
+                audit: &b.audit,
+                changes: &b.changes,
+                resizes: &b.resizes,
+            };
+            match shared.log.commit(commit).await {
                 Ok(()) => break,
                 // Another Conductor leads, or appended to these trains:
                 // retrying cannot help, and nothing may be acted on.
                 Err(e @ (StoreError::Fenced { .. } | StoreError::SequenceTaken(_))) => {
                     tracing::error!(error = %e, "this Conductor may no longer write; the engine stops");
-                    for (reply, _) in b.replies {
-                        let _ = reply.send(Err(EngineError::Stopped));
-                    }
+                    b.stop();
                     return;
                 }
                 Err(e) if attempt < 20 => {
@@ -305,12 +326,13 @@ pub(super) async fn run(
                 Err(e) => {
                     // Nothing was applied in memory; stop rather than act on unpersisted events.
                     tracing::error!(error = %e, "cannot persist events; the engine stops");
-                    for (reply, _) in b.replies {
-                        let _ = reply.send(Err(EngineError::Stopped));
-                    }
+                    b.stop();
                     return;
                 }
             }
+        }
+        for reply in b.resized.drain(..) {
+            let _ = reply.send(Ok(()));
         }
         shared.metrics.events_persisted(b.events.len());
         seqs = std::mem::take(&mut b.seqs);

@@ -12,7 +12,7 @@
 
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, CellChange, Store, StoreError, TrainLog};
+use crate::store::{AuditEntry, CellChange, Commit, ResizeDone, Store, StoreError, TrainLog};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::queue::{self, QueuedTrain};
@@ -134,6 +134,13 @@ enum Msg {
         spec: TrainSpec,
         audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<Train, EngineError>>,
+    },
+    /// A finished resize (its row, the cell's new spec if it changed shape)
+    /// and its audit row, committed like the trains' changes.
+    Resized {
+        done: ResizeDone,
+        audit: AuditEntry,
+        reply: oneshot::Sender<Result<(), EngineError>>,
     },
     /// The committed state of an active train (None: not active).
     Get {
@@ -388,6 +395,22 @@ impl Engine {
                 audit,
                 reply,
             })
+            .map_err(|_| EngineError::Stopped)?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Record a finished resize and the cell's new shape, with its audit
+    /// row, in the engine's next commit (only the engine changes cell
+    /// state). Returns once committed.
+    pub async fn finish_resize(
+        &self,
+        done: ResizeDone,
+        audit: AuditEntry,
+    ) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.shared
+            .tx
+            .send(Msg::Resized { done, audit, reply })
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }

@@ -146,28 +146,28 @@ impl Store {
     }
 
     /// Record a resize's outcome, the cell's new shape if it succeeded,
-    /// and its audit row, atomically.
+    /// and its audit row, atomically (what the engine commits for the
+    /// resizer; fenced like every write).
     pub async fn finish_resize(
         &self,
         r: &Resize,
         cell: Option<&CellSpec>,
         audit: Option<&AuditEntry>,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        write_resize(&mut tx, r).await?;
-        if let Some(a) = audit {
-            append_audit(&mut tx, self.backend, a, r.updated_at).await?;
-        }
-        if let Some(c) = cell {
-            sqlx::query("UPDATE cells SET spec = $1, updated_at = $2 WHERE id = $3")
-                .bind(serde_json::to_string(c).map_err(corrupt)?)
-                .bind(ts(r.updated_at))
-                .bind(&c.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let done = [ResizeDone {
+            resize: r.clone(),
+            cell: cell.cloned(),
+        }];
+        let audit: Vec<_> = audit
+            .map(|a| (a.clone(), r.updated_at))
+            .into_iter()
+            .collect();
+        self.commit_batch(&super::trains::Commit {
+            audit: &audit,
+            resizes: &done,
+            ..Default::default()
+        })
+        .await
     }
 
     pub async fn get_resize(&self, id: &str) -> Result<Option<Resize>> {
@@ -225,6 +225,29 @@ async fn refuse_taken_ports(tx: &mut AnyConnection, c: &CellSpec) -> Result<()> 
             q + 1,
             c.id
         )));
+    }
+    Ok(())
+}
+
+/// A finished resize to record: its row, and the cell's new spec when the
+/// cell changed shape.
+#[derive(Debug, Clone)]
+pub struct ResizeDone {
+    pub resize: Resize,
+    pub cell: Option<CellSpec>,
+}
+
+/// Write a finished resize and the cell's new spec, in the caller's
+/// transaction.
+pub(super) async fn write_resize_done(tx: &mut AnyConnection, d: &ResizeDone) -> Result<()> {
+    write_resize(tx, &d.resize).await?;
+    if let Some(c) = &d.cell {
+        sqlx::query("UPDATE cells SET spec = $1, updated_at = $2 WHERE id = $3")
+            .bind(serde_json::to_string(c).map_err(corrupt)?)
+            .bind(ts(d.resize.updated_at))
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }

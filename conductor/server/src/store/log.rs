@@ -13,21 +13,12 @@ pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Events of the unfinished trains, grouped by train, in order.
 pub type TrainEvents = Vec<Vec<(Event, DateTime<Utc>)>>;
 
-/// Snapshots given to [`TrainLog::commit`].
-pub type Snapshots<'a> = &'a [&'a Train];
-
 pub trait TrainLog: Send + Sync + 'static {
-    /// Append events (numbered within their trains), write the trains'
-    /// snapshots, the audit rows and the cell version changes the events
-    /// report (versions and deploy log), atomically; fenced like
+    /// Write one engine commit ([`Commit`]: events numbered within their
+    /// trains, the trains' snapshots, audit rows, the cell version changes
+    /// the events report, finished resizes), atomically; fenced like
     /// [`Store::commit`].
-    fn commit<'a>(
-        &'a self,
-        events: &'a [NewEvent],
-        trains: Snapshots<'a>,
-        audit: &'a [(AuditEntry, DateTime<Utc>)],
-        changes: &'a [CellChange],
-    ) -> BoxFut<'a, Result<()>>;
+    fn commit<'a>(&'a self, c: Commit<'a>) -> BoxFut<'a, Result<()>>;
     /// Events of every unfinished train, grouped by train, in order.
     fn active_train_events(&self) -> BoxFut<'_, Result<TrainEvents>>;
     /// A train's latest snapshot.
@@ -40,14 +31,8 @@ pub trait TrainLog: Send + Sync + 'static {
 }
 
 impl TrainLog for Store {
-    fn commit<'a>(
-        &'a self,
-        events: &'a [NewEvent],
-        trains: Snapshots<'a>,
-        audit: &'a [(AuditEntry, DateTime<Utc>)],
-        changes: &'a [CellChange],
-    ) -> BoxFut<'a, Result<()>> {
-        Box::pin(Store::commit_all(self, events, trains, audit, changes))
+    fn commit<'a>(&'a self, c: Commit<'a>) -> BoxFut<'a, Result<()>> {
+        Box::pin(async move { self.commit_batch(&c).await })
     }
 
     fn active_train_events(&self) -> BoxFut<'_, Result<TrainEvents>> {

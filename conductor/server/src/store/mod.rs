@@ -65,9 +65,9 @@ mod trains;
 pub use connect::{is_postgres_url, sqlite_path, url_has_password, Backend};
 pub use leadership::LeaderRow;
 pub use log::TrainLog;
-pub use trains::NewEvent;
+pub use trains::{Commit, NewEvent};
 
-pub use cells::CellProcessRow;
+pub use cells::{CellProcessRow, ResizeDone};
 pub use deploys::CellChange;
 pub use stream::StreamEvent;
 

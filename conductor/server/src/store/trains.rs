@@ -7,6 +7,22 @@ use super::*;
 /// another writer), the event and its time.
 pub type NewEvent = (String, i64, Event, DateTime<Utc>);
 
+/// What one engine commit writes, in one transaction: all of it, or
+/// (fenced, an event number taken, an error) none of it.
+#[derive(Clone, Copy, Default)]
+pub struct Commit<'a> {
+    /// Events, numbered within their trains.
+    pub events: &'a [NewEvent],
+    /// Snapshots of the trains they change.
+    pub trains: &'a [&'a Train],
+    /// Audit rows of the accepted commands and recorded outcomes.
+    pub audit: &'a [(AuditEntry, DateTime<Utc>)],
+    /// Cell version changes the events report (versions and deploy log).
+    pub changes: &'a [CellChange],
+    /// Finished resizes, each with the cell's new spec if it succeeded.
+    pub resizes: &'a [ResizeDone],
+}
+
 impl Store {
     /// Append events, write the snapshots of the trains they change, and
     /// the audit rows of the commands among them, in one transaction.
@@ -34,10 +50,20 @@ impl Store {
         audit: &[(AuditEntry, DateTime<Utc>)],
         changes: &[CellChange],
     ) -> Result<()> {
+        self.commit_batch(&Commit {
+            events,
+            trains,
+            audit,
+            changes,
+            resizes: &[],
+        })
+        .await
+    }
+
+    /// Write one engine commit ([`Commit`]) in one transaction.
+    pub async fn commit_batch(&self, c: &Commit<'_>) -> Result<()> {
         let mut conn = self.writer.lock().await;
-        let r = self
-            .commit_on(&mut conn, events, trains, audit, changes)
-            .await;
+        let r = self.commit_on(&mut conn, c).await;
         // A PostgreSQL connection can break (the server restarted, the
         // network): the engine retries, on a new connection.
         if let Err(StoreError::Db(e)) = &r {
@@ -51,14 +77,14 @@ impl Store {
         r
     }
 
-    async fn commit_on(
-        &self,
-        conn: &mut AnyConnection,
-        events: &[NewEvent],
-        trains: &[&Train],
-        audit: &[(AuditEntry, DateTime<Utc>)],
-        changes: &[CellChange],
-    ) -> Result<()> {
+    async fn commit_on(&self, conn: &mut AnyConnection, c: &Commit<'_>) -> Result<()> {
+        let Commit {
+            events,
+            trains,
+            audit,
+            changes,
+            resizes,
+        } = *c;
         let fence = self.fence.load(Ordering::SeqCst);
         let rows = event_rows(events)?;
         // One statement is atomic on its own: most batches (events only, no
@@ -67,6 +93,7 @@ impl Store {
         if trains.is_empty()
             && audit.is_empty()
             && changes.is_empty()
+            && resizes.is_empty()
             && rows.len() <= max_rows(self.backend)
         {
             let n = insert_events(conn, self.backend, &rows, fence).await?;
@@ -86,8 +113,31 @@ impl Store {
                 tx
             }
         };
-        self.check_fence(&mut tx).await?;
-        for t in trains {
+        // Roll back at once on an error: a transaction left open on the
+        // writer's connection would keep its locks (PostgreSQL: the
+        // leadership row read FOR SHARE, which a replica claiming the
+        // leadership waits for) until the connection's next use.
+        match self.write_commit(&mut tx, c, &rows).await {
+            Ok(()) => tx.commit().await?,
+            Err(e) => {
+                if let Err(r) = tx.rollback().await {
+                    tracing::warn!(error = %r, "rolling back a refused commit failed");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The writes of [`Store::commit_on`], inside its transaction.
+    async fn write_commit(
+        &self,
+        tx: &mut AnyConnection,
+        c: &Commit<'_>,
+        rows: &[EventRowText<'_>],
+    ) -> Result<()> {
+        self.check_fence(tx).await?;
+        for t in c.trains {
             let state = serde_json::to_string(t).map_err(corrupt)?;
             sqlx::query(
                 "INSERT INTO trains (id, pipeline, version, status, started_by, state, created_at, updated_at)
@@ -108,13 +158,15 @@ impl Store {
         }
         for chunk in rows.chunks(max_rows(self.backend)) {
             // Checked above, under the transaction's lock.
-            insert_events(&mut tx, self.backend, chunk, 0).await?;
+            insert_events(tx, self.backend, chunk, 0).await?;
         }
-        super::deploys::write_changes(&mut tx, self.backend, changes).await?;
-        for (entry, at) in audit {
-            append_audit(&mut tx, self.backend, entry, *at).await?;
+        super::deploys::write_changes(tx, self.backend, c.changes).await?;
+        for r in c.resizes {
+            super::cells::write_resize_done(tx, r).await?;
         }
-        tx.commit().await?;
+        for (entry, at) in c.audit {
+            append_audit(tx, self.backend, entry, *at).await?;
+        }
         Ok(())
     }
 
