@@ -4,7 +4,7 @@
 //! service) implements the same trait.
 
 use crate::engine::{BoxFut, Engine, EngineError};
-use crate::store::{AuditEntry, ResizeDone, StoreError};
+use crate::store::{AuditEntry, CellStatusChange, ResizeDone, StoreError};
 use conductor_core::train::{Event, Refusal, Train, TrainSpec, TrainStatus};
 use tokio::sync::broadcast;
 
@@ -76,6 +76,13 @@ pub trait Workflow: Send + Sync + 'static {
         audit: AuditEntry,
     ) -> BoxFut<'_, Result<(), WorkflowError>>;
 
+    /// Change a cell's lifecycle status (drain, retire) with its audit row.
+    fn set_cell_status(
+        &self,
+        change: CellStatusChange,
+        audit: AuditEntry,
+    ) -> BoxFut<'_, Result<(), WorkflowError>>;
+
     /// The cell inventory changed (a cell was added, resized or retired).
     fn refresh_cells(&self) -> BoxFut<'_, Result<(), WorkflowError>>;
 
@@ -116,6 +123,14 @@ impl Workflow for Engine {
         audit: AuditEntry,
     ) -> BoxFut<'_, Result<(), WorkflowError>> {
         Box::pin(async move { Ok(Engine::finish_resize(self, done, audit).await?) })
+    }
+
+    fn set_cell_status(
+        &self,
+        change: CellStatusChange,
+        audit: AuditEntry,
+    ) -> BoxFut<'_, Result<(), WorkflowError>> {
+        Box::pin(async move { Ok(Engine::set_cell_status(self, change, audit).await?) })
     }
 
     fn refresh_cells(&self) -> BoxFut<'_, Result<(), WorkflowError>> {

@@ -315,14 +315,16 @@ async fn a_bake_completes_when_paused_time_moves_on() {
     spinner.abort();
 }
 
-/// A finished resize goes through the engine's commit (only the engine
-/// changes cell state): the resize row, the cell's new shape and the audit
-/// row land together. Once another Conductor claimed the leadership, the
-/// engine refuses to record one, writes nothing and stops.
+/// A finished resize and a cell's new status are committed by the engine
+/// (only the engine changes cell state): the resize row, the cell's new
+/// shape or status and the audit row land together. Once another
+/// Conductor claimed the leadership, the engine refuses to record either,
+/// writes nothing and stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resize_outcomes_are_committed_by_the_engine() {
-    use conductor::store::{AuditEntry, ResizeDone};
+    use conductor::store::{AuditEntry, CellStatusChange, ResizeDone};
     use conductor_core::resize::{Resize, ResizeStatus};
+    use conductor_core::CellStatus;
     for db in db::both("resize_engine").await {
         let store = &db.store;
         let now = Utc::now();
@@ -369,6 +371,24 @@ async fn resize_outcomes_are_committed_by_the_engine() {
         let log = store.audit_log(0, 100).await.expect("audit");
         assert_eq!(log.len(), audit_rows + 1, "{}", db.backend);
         assert_eq!(log.last().expect("row").action, "resize.succeeded");
+        let status = |cell: &str, status| CellStatusChange {
+            cell: cell.into(),
+            status,
+            at: now,
+        };
+        e.set_cell_status(
+            status("c001", CellStatus::Draining),
+            AuditEntry::new("sre", "cell.drain", "c001", ""),
+        )
+        .await
+        .expect("drained");
+        assert_eq!(
+            store.cell_status("c001").await.expect("status"),
+            Some(CellStatus::Draining),
+            "{}",
+            db.backend
+        );
+        let audit_rows = audit_rows + 1;
 
         // Deposed: nothing of the next outcome is written, and the engine stops.
         let other = db.reopen().await;
@@ -388,6 +408,23 @@ async fn resize_outcomes_are_committed_by_the_engine() {
         assert!(
             r.is_err(),
             "{}: a deposed engine recorded a resize",
+            db.backend
+        );
+        let r = e
+            .set_cell_status(
+                status("c001", CellStatus::Retired),
+                AuditEntry::new("sre", "cell.retire", "c001", ""),
+            )
+            .await;
+        assert!(
+            r.is_err(),
+            "{}: a deposed engine retired a cell",
+            db.backend
+        );
+        assert_eq!(
+            store.cell_status("c001").await.expect("status"),
+            Some(CellStatus::Draining),
+            "{}",
             db.backend
         );
         assert!(store.get_resize("r2").await.expect("get").is_none());

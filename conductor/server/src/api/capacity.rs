@@ -13,7 +13,7 @@ use super::{audit, entry, require, wire, ApiError, ApiResult, AppState, JsonBody
 use crate::auth::{Action, Identity, Role};
 use crate::capacity::{accepts_tenants, fga_version, tenants_from_answer, FGA_ARTIFACT};
 use crate::resizer::{ResizeError, ResizeRequest};
-use crate::store::CellRow;
+use crate::store::{CellRow, CellStatusChange};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -400,12 +400,14 @@ async fn drain_cell(
             ))
         }
     }
-    st.store
+    st.workflow
         .set_cell_status(
-            &cell,
-            CellStatus::Draining,
-            st.clock.now(),
-            &entry(&id, "cell.drain", &cell, ""),
+            CellStatusChange {
+                cell: cell.clone(),
+                status: CellStatus::Draining,
+                at: st.clock.now(),
+            },
+            entry(&id, "cell.drain", &cell, ""),
         )
         .await?;
     Ok(Json(json!({"cell": cell, "status": "draining"})))
@@ -522,12 +524,14 @@ async fn retire_cell(
     }
     st.supervisor.stop_cell(&cell);
     let r = st
-        .store
+        .workflow
         .set_cell_status(
-            &cell,
-            CellStatus::Retired,
-            st.clock.now(),
-            &match &forced {
+            CellStatusChange {
+                cell: cell.clone(),
+                status: CellStatus::Retired,
+                at: st.clock.now(),
+            },
+            match &forced {
                 Some(detail) => entry(&id, "cell.retire.force", &cell, detail),
                 None => entry(&id, "cell.retire", &cell, "no tenants left"),
             },

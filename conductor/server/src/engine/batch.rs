@@ -19,18 +19,14 @@ struct Batch {
     audit: Vec<(AuditEntry, DateTime<Utc>)>,
     /// Cell version changes reported by outcomes, committed with them.
     changes: Vec<CellChange>,
-    /// Finished resizes, and who waits for their commit.
-    resizes: Vec<ResizeDone>,
-    resized: Vec<oneshot::Sender<Result<(), EngineError>>>,
+    /// A cell update's commit was refused as another Conductor's: stop.
+    deposed: bool,
 }
 
 impl Batch {
     /// The engine stops without committing: everyone waiting hears it.
     fn stop(self) {
         for (reply, _) in self.replies {
-            let _ = reply.send(Err(EngineError::Stopped));
-        }
-        for reply in self.resized {
             let _ = reply.send(Err(EngineError::Stopped));
         }
     }
@@ -216,8 +212,7 @@ pub(super) async fn run(
             replies: Vec::new(),
             audit: Vec::new(),
             changes: Vec::new(),
-            resizes: Vec::new(),
-            resized: Vec::new(),
+            deposed: false,
         };
         for m in msgs {
             match m {
@@ -233,10 +228,21 @@ pub(super) async fn run(
                     let _ = b.apply(&mut trains, &train, event, now);
                     b.changes.extend(change);
                 }
-                Msg::Resized { done, audit, reply } => {
-                    b.audit.push((audit, done.resize.updated_at));
-                    b.resizes.push(done);
-                    b.resized.push(reply);
+                Msg::Cell {
+                    change,
+                    audit,
+                    reply,
+                } => {
+                    // Its own commit: a refused change goes back to its
+                    // caller and stops nothing else.
+                    let r = commit_cell(&shared, &change, audit).await;
+                    if matches!(
+                        r,
+                        Err(StoreError::Fenced { .. } | StoreError::SequenceTaken(_))
+                    ) {
+                        b.deposed = true;
+                    }
+                    let _ = reply.send(r.map_err(EngineError::from));
                 }
                 Msg::Command {
                     train,
@@ -301,13 +307,18 @@ pub(super) async fn run(
             .map(|t| (t.spec.id.clone(), t.status))
             .collect();
         let mut attempt = 0u32;
-        while !b.events.is_empty() || !b.changes.is_empty() || !b.resizes.is_empty() {
+        if b.deposed {
+            tracing::error!("this Conductor may no longer write; the engine stops");
+            b.stop();
+            return;
+        }
+        while !b.events.is_empty() || !b.changes.is_empty() {
             let commit = Commit {
                 events: &b.events,
                 trains: &changed,
                 audit: &b.audit,
                 changes: &b.changes,
-                resizes: &b.resizes,
+                ..Default::default()
             };
             match shared.log.commit(commit).await {
                 Ok(()) => break,
@@ -330,9 +341,6 @@ pub(super) async fn run(
                     return;
                 }
             }
-        }
-        for reply in b.resized.drain(..) {
-            let _ = reply.send(Ok(()));
         }
         shared.metrics.events_persisted(b.events.len());
         seqs = std::mem::take(&mut b.seqs);
@@ -385,4 +393,27 @@ pub(super) async fn run(
         }
         specs.retain(|id, _| trains.contains_key(id));
     }
+}
+
+/// Commit a cell update (a finished resize, a new status) and its audit
+/// row in a transaction of its own.
+async fn commit_cell(
+    shared: &Shared,
+    change: &CellUpdate,
+    audit: AuditEntry,
+) -> Result<(), StoreError> {
+    let (resizes, statuses, at) = match change {
+        CellUpdate::Resized(d) => (std::slice::from_ref(&**d), &[][..], d.resize.updated_at),
+        CellUpdate::Status(c) => (&[][..], std::slice::from_ref(c), c.at),
+    };
+    let audit = [(audit, at)];
+    shared
+        .log
+        .commit(Commit {
+            audit: &audit,
+            resizes,
+            statuses,
+            ..Default::default()
+        })
+        .await
 }

@@ -12,7 +12,9 @@
 
 use crate::leases::Leases;
 use crate::metrics::Metrics;
-use crate::store::{AuditEntry, CellChange, Commit, ResizeDone, Store, StoreError, TrainLog};
+use crate::store::{
+    AuditEntry, CellChange, CellStatusChange, Commit, ResizeDone, Store, StoreError, TrainLog,
+};
 use cells_inventory::CellSpec;
 use chrono::{DateTime, Utc};
 use conductor_core::train::queue::{self, QueuedTrain};
@@ -135,10 +137,11 @@ enum Msg {
         audit: Option<AuditEntry>,
         reply: oneshot::Sender<Result<Train, EngineError>>,
     },
-    /// A finished resize (its row, the cell's new spec if it changed shape)
-    /// and its audit row, committed like the trains' changes.
-    Resized {
-        done: ResizeDone,
+    /// A change of a cell made outside trains (a finished resize, a new
+    /// lifecycle status) and its audit row: committed by the engine in a
+    /// transaction of its own, whose failure goes back to the caller.
+    Cell {
+        change: CellUpdate,
         audit: AuditEntry,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
@@ -147,6 +150,14 @@ enum Msg {
         train: String,
         reply: oneshot::Sender<Option<Train>>,
     },
+}
+
+/// What [`Msg::Cell`] changes.
+enum CellUpdate {
+    /// A finished resize (its row, the cell's new spec if it changed shape).
+    Resized(Box<ResizeDone>),
+    /// A cell's new lifecycle status.
+    Status(CellStatusChange),
 }
 
 struct Shared {
@@ -400,17 +411,36 @@ impl Engine {
     }
 
     /// Record a finished resize and the cell's new shape, with its audit
-    /// row, in the engine's next commit (only the engine changes cell
+    /// row, in a commit of the engine (only the engine changes cell
     /// state). Returns once committed.
     pub async fn finish_resize(
         &self,
         done: ResizeDone,
         audit: AuditEntry,
     ) -> Result<(), EngineError> {
+        self.cell_update(CellUpdate::Resized(Box::new(done)), audit)
+            .await
+    }
+
+    /// Change a cell's lifecycle status, with its audit row, in a commit of
+    /// the engine. Returns once committed.
+    pub async fn set_cell_status(
+        &self,
+        change: CellStatusChange,
+        audit: AuditEntry,
+    ) -> Result<(), EngineError> {
+        self.cell_update(CellUpdate::Status(change), audit).await
+    }
+
+    async fn cell_update(&self, change: CellUpdate, audit: AuditEntry) -> Result<(), EngineError> {
         let (reply, rx) = oneshot::channel();
         self.shared
             .tx
-            .send(Msg::Resized { done, audit, reply })
+            .send(Msg::Cell {
+                change,
+                audit,
+                reply,
+            })
             .map_err(|_| EngineError::Stopped)?;
         rx.await.map_err(|_| EngineError::Stopped)?
     }

@@ -111,7 +111,8 @@ impl Store {
             .transpose()
     }
 
-    /// Change a cell's lifecycle status and audit it, in one transaction.
+    /// Change a cell's lifecycle status and audit it, in one transaction
+    /// (what the engine commits for the API; fenced like every write).
     pub async fn set_cell_status(
         &self,
         id: &str,
@@ -119,16 +120,17 @@ impl Store {
         now: DateTime<Utc>,
         audit: &AuditEntry,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE cells SET status = $1, updated_at = $2 WHERE id = $3")
-            .bind(status.as_str())
-            .bind(ts(now))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        append_audit(&mut tx, self.backend, audit, now).await?;
-        tx.commit().await?;
-        Ok(())
+        let change = [CellStatusChange {
+            cell: id.to_string(),
+            status,
+            at: now,
+        }];
+        self.commit_batch(&super::trains::Commit {
+            audit: &[(audit.clone(), now)],
+            statuses: &change,
+            ..Default::default()
+        })
+        .await
     }
 
     // ---- resizes ----------------------------------------------------------
@@ -226,6 +228,25 @@ async fn refuse_taken_ports(tx: &mut AnyConnection, c: &CellSpec) -> Result<()> 
             c.id
         )));
     }
+    Ok(())
+}
+
+/// A cell's new lifecycle status (drained, retired), as the engine commits it.
+#[derive(Debug, Clone)]
+pub struct CellStatusChange {
+    pub cell: String,
+    pub status: CellStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// Write a cell's new status, in the caller's transaction.
+pub(super) async fn write_status(tx: &mut AnyConnection, c: &CellStatusChange) -> Result<()> {
+    sqlx::query("UPDATE cells SET status = $1, updated_at = $2 WHERE id = $3")
+        .bind(c.status.as_str())
+        .bind(ts(c.at))
+        .bind(&c.cell)
+        .execute(tx)
+        .await?;
     Ok(())
 }
 

@@ -67,7 +67,7 @@ pub use leadership::LeaderRow;
 pub use log::TrainLog;
 pub use trains::{Commit, NewEvent};
 
-pub use cells::{CellProcessRow, ResizeDone};
+pub use cells::{CellProcessRow, CellStatusChange, ResizeDone};
 pub use deploys::CellChange;
 pub use stream::StreamEvent;
 

@@ -21,6 +21,8 @@ pub struct Commit<'a> {
     pub changes: &'a [CellChange],
     /// Finished resizes, each with the cell's new spec if it succeeded.
     pub resizes: &'a [ResizeDone],
+    /// Cells' new lifecycle statuses (drain, retire).
+    pub statuses: &'a [CellStatusChange],
 }
 
 impl Store {
@@ -55,7 +57,7 @@ impl Store {
             trains,
             audit,
             changes,
-            resizes: &[],
+            ..Default::default()
         })
         .await
     }
@@ -84,6 +86,7 @@ impl Store {
             audit,
             changes,
             resizes,
+            statuses,
         } = *c;
         let fence = self.fence.load(Ordering::SeqCst);
         let rows = event_rows(events)?;
@@ -94,6 +97,7 @@ impl Store {
             && audit.is_empty()
             && changes.is_empty()
             && resizes.is_empty()
+            && statuses.is_empty()
             && rows.len() <= max_rows(self.backend)
         {
             let n = insert_events(conn, self.backend, &rows, fence).await?;
@@ -163,6 +167,9 @@ impl Store {
         super::deploys::write_changes(tx, self.backend, c.changes).await?;
         for r in c.resizes {
             super::cells::write_resize_done(tx, r).await?;
+        }
+        for st in c.statuses {
+            super::cells::write_status(tx, st).await?;
         }
         for (entry, at) in c.audit {
             append_audit(tx, self.backend, entry, *at).await?;
