@@ -1,7 +1,7 @@
 //! The engine and the store together, in process: a train over simulated
 //! cells, then its persisted events replayed.
 
-use cells_inventory::{CellSpec, TargetSpec};
+use cells_inventory::CellSpec;
 use chrono::Utc;
 use conductor::engine::{
     BoxFut, Clock, Engine, Executor, Outcome, RollbackRequest, StepRequest, SystemClock,
@@ -10,24 +10,21 @@ use conductor::leases::Leases;
 use conductor::metrics::Metrics;
 use conductor::store::Store;
 use conductor::targets::SimExecutor;
-use conductor_core::train::{CellPhase, Train, TrainSpec, TrainStatus};
-use conductor_core::{pipeline, plan};
+use conductor_core::train::{CellPhase, Train, TrainStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "common/db.rs"]
 mod db;
+#[path = "common/fixtures.rs"]
+mod fixtures;
+use fixtures::{cell, spec};
 
 fn cells(n: usize) -> Vec<CellSpec> {
     (0..n)
         .map(|i| CellSpec {
-            id: format!("c{i:03}"),
             region: ["us-east-1", "eu-west-1"][i % 2].into(),
-            shape: "small".into(),
-            labels: Default::default(),
-            target: TargetSpec::Local,
-            port: None,
-            tz: None,
+            ..cell(&format!("c{i:03}"))
         })
         .collect()
 }
@@ -44,22 +41,6 @@ async fn engine(store: &Store, sim: Arc<SimExecutor>) -> Engine {
     )
     .await
     .expect("engine")
-}
-
-fn spec(id: &str, yaml: &str, cells: &[CellSpec]) -> TrainSpec {
-    let (p, spans) = pipeline::parse("p.yaml", yaml).expect("pipeline");
-    let pl = plan::plan(&p, &spans, cells).expect("plan");
-    TrainSpec {
-        id: id.into(),
-        pipeline: p.name.clone(),
-        artifact: p.artifact.clone(),
-        version: "1".into(),
-        started_by: "tester".into(),
-        steps: p.steps.clone(),
-        on_failure: p.on_failure,
-        windows: p.parsed_windows(),
-        plan: pl,
-    }
 }
 
 const YAML: &str = "name: p\nartifact: { kind: binary, name: a }\nsteps:\n  - deploy: {}\n  - bake: 50ms\nwaves:\n  - { name: one, cells: 1 }\n  - { name: rest, percent: 100, max_parallel: 4 }\n";

@@ -22,11 +22,11 @@ pub fn cell(id: &str) -> CellSpec {
     }
 }
 
-/// A train `id` of pipeline `p` (one deploy step) over the cell `c1`.
-pub fn train(id: &str) -> Train {
-    let cells = vec![cell("c1")];
-    let (p, spans) = pipeline::parse("p.yaml", YAML).expect("pipeline");
-    let spec = TrainSpec {
+/// The spec of train `id` of the pipeline `yaml` over `cells`.
+pub fn spec(id: &str, yaml: &str, cells: &[CellSpec]) -> TrainSpec {
+    let (p, spans) = pipeline::parse("p.yaml", yaml).expect("pipeline");
+    let pl = plan::plan(&p, &spans, cells).expect("plan");
+    TrainSpec {
         id: id.into(),
         pipeline: p.name.clone(),
         artifact: p.artifact.clone(),
@@ -35,7 +35,11 @@ pub fn train(id: &str) -> Train {
         steps: p.steps.clone(),
         on_failure: p.on_failure,
         windows: p.parsed_windows(),
-        plan: plan::plan(&p, &spans, &cells).expect("plan"),
-    };
-    Train::new(spec, false, Utc::now())
+        plan: pl,
+    }
+}
+
+/// A train `id` of pipeline `p` (one deploy step) over the cell `c1`.
+pub fn train(id: &str) -> Train {
+    Train::new(spec(id, YAML, &[cell("c1")]), false, Utc::now())
 }
