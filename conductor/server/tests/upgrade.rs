@@ -1,6 +1,7 @@
-//! A database written by a release before per-artifact ports (migration
-//! 0004) opens with this build, and its cells' first artifact keeps the
-//! cell's ports.
+//! Databases written by earlier releases open with this build: before
+//! per-artifact ports (SQLite 0004), before per-train event numbers
+//! (SQLite 0005), and a PostgreSQL one before the event append changes
+//! (PostgreSQL 0006).
 
 use cells_inventory::{CellSpec, TargetSpec};
 use conductor::store::Store;
@@ -8,6 +9,9 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
 use std::borrow::Cow;
 use std::str::FromStr;
+
+#[path = "common/db.rs"]
+mod db;
 
 fn cell(id: &str, port: Option<u16>) -> CellSpec {
     CellSpec {
@@ -146,4 +150,67 @@ async fn events_of_an_earlier_release_are_numbered_per_train() {
     };
     assert!(store.commit(&[wake(3)], &[], &[]).await.is_err());
     store.commit(&[wake(4)], &[], &[]).await.expect("next");
+}
+
+/// A PostgreSQL database of the release before migration 0006 (events with
+/// a foreign key to their train, pglz snapshots) opens: its events read
+/// back, the key is gone, and appends go on from its numbers.
+#[tokio::test]
+async fn a_postgres_database_before_the_append_changes_opens_and_carries_on() {
+    let Some(url) = db::empty_postgres("upgrade_0006").await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let all = sqlx::migrate!("../../migrations/postgres/conductor");
+    let before = Migrator {
+        migrations: Cow::Owned(
+            all.migrations
+                .iter()
+                .filter(|m| m.version < 6)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    };
+    before.run(&pool).await.expect("earlier migrations");
+    sqlx::query("INSERT INTO trains (id, pipeline, version, status, started_by, state, created_at, updated_at) VALUES ('a', 'p', '1', 'succeeded', 'x', '{}', 'then', 'then')")
+        .execute(&pool)
+        .await
+        .expect("train");
+    for n in 1..=3_i64 {
+        sqlx::query("INSERT INTO events (train_id, train_seq, at, body) VALUES ('a', $1, 'then', '{\"type\":\"promoted\"}')")
+            .bind(n)
+            .execute(&pool)
+            .await
+            .expect("event");
+    }
+    let fks =
+        "SELECT COUNT(*) FROM pg_constraint WHERE conrelid = 'events'::regclass AND contype = 'f'";
+    let (n,): (i64,) = sqlx::query_as(fks).fetch_one(&pool).await.expect("fks");
+    assert_eq!(n, 1, "the release before has the foreign key");
+    pool.close().await;
+
+    let store = Store::connect(&url).await.expect("upgrade");
+    assert_eq!(store.train_event_count("a").await.expect("a"), 3);
+    assert_eq!(
+        store.train_events("a", 0, 10).await.expect("events").len(),
+        3
+    );
+    let wake = |n| {
+        (
+            "a".to_string(),
+            n,
+            conductor_core::train::Event::Wake { cell: None },
+            chrono::Utc::now(),
+        )
+    };
+    assert!(store.commit(&[wake(3)], &[], &[]).await.is_err());
+    store
+        .commit(&[wake(4), wake(5)], &[], &[])
+        .await
+        .expect("next");
+    assert_eq!(store.train_event_count("a").await.expect("a"), 5);
+    let pool = sqlx::PgPool::connect(&url).await.expect("reconnect");
+    let (n,): (i64,) = sqlx::query_as(fks).fetch_one(&pool).await.expect("fks");
+    assert_eq!(n, 0, "0006 drops the per-row foreign key");
 }

@@ -47,6 +47,18 @@ pub async fn sqlite() -> Db {
 
 /// A fresh database named after `tag` (unique per test) and the process.
 pub async fn postgres(tag: &str) -> Option<Db> {
+    let url = empty_postgres(tag).await?;
+    Some(Db {
+        store: Store::connect(&url).await.expect("open postgres"),
+        url,
+        backend: "postgres",
+        _dir: None,
+    })
+}
+
+/// The URL of a fresh, empty PostgreSQL database named after `tag` (no
+/// migrations run), or None without a test server.
+pub async fn empty_postgres(tag: &str) -> Option<String> {
     let url = match std::env::var("FGA_TEST_DATABASE_URL") {
         Ok(u) if !u.is_empty() => u,
         _ if std::env::var_os("CI").is_some() => {
@@ -70,13 +82,7 @@ pub async fn postgres(tag: &str) -> Option<Db> {
             .expect("create database");
     }
     let (base, _) = url.rsplit_once('/').expect("database in the URL");
-    let url = format!("{base}/{name}");
-    Some(Db {
-        store: Store::connect(&url).await.expect("open postgres"),
-        url,
-        backend: "postgres",
-        _dir: None,
-    })
+    Some(format!("{base}/{name}"))
 }
 
 /// SQLite, then PostgreSQL when available.
