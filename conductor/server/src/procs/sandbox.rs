@@ -274,16 +274,32 @@ impl Sandbox {
                 )))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(&dir) {
-                // A concurrent caller made it: it is theirs to finish.
+                // A concurrent caller made it meanwhile.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
-                Ok(()) => {
-                    std::fs::create_dir(dir.join("data"))?;
-                    set_mode_owner(&dir.join("data"), 0o700, owner)?;
-                    set_mode_owner(&dir, 0o700, owner)?;
-                }
+                Ok(()) => {}
             },
             Err(e) => return Err(e),
+        }
+        // Every caller finishes what is still root's: a concurrent caller
+        // that made the directory may not have handed it over yet, and a
+        // Conductor killed in between leaves it half made (a process
+        // started in it then could not enter it). What the cells user
+        // already owns is left as it is.
+        let data = dir.join("data");
+        match std::fs::create_dir(&data) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            other => other?,
+        }
+        for d in [&data, &dir] {
+            let m = std::fs::symlink_metadata(d)?;
+            let unfinished = match owner {
+                Some((uid, _)) => m.uid() != uid,
+                None => m.mode() & 0o777 != 0o700,
+            };
+            if m.is_dir() && unfinished {
+                set_mode_owner(d, 0o700, owner)?;
+            }
         }
         Ok(dir)
     }
@@ -591,6 +607,19 @@ mod tests {
             std::fs::metadata(&dir).expect("stat").permissions().mode() & 0o777,
             0o700
         );
+        // A cell directory left half made (a crash, or a concurrent caller
+        // not done yet) is finished by the next caller.
+        let half = sb.run_dir().join("cells/c2");
+        std::fs::create_dir(&half).expect("half made");
+        std::fs::set_permissions(&half, std::fs::Permissions::from_mode(0o755)).expect("mode");
+        let dir = sb.cell_dir("c2").expect("cell dir");
+        for d in [dir.clone(), dir.join("data")] {
+            let m = std::fs::metadata(&d).expect("stat");
+            assert_eq!(m.permissions().mode() & 0o777, 0o700, "{}", d.display());
+            if is_root() {
+                assert_eq!(m.uid(), 61184, "{}", d.display());
+            }
+        }
         // Once only: nothing left to move, nothing overwritten.
         assert!(!sb.adopt_cell_data("c1", &old).expect("again"));
         assert!(sb.cell_dir("../x").is_err());
